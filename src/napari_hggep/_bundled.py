@@ -1,0 +1,35 @@
+"""Where the bundled model lives, and its card (readable without torch)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BUNDLED_NAME = "hggep_compact_her2st"
+
+
+def bundled_checkpoint() -> Path:
+    return WEIGHTS_DIR / f"{BUNDLED_NAME}.pt"
+
+
+def bundled_card() -> dict | None:
+    p = WEIGHTS_DIR / f"{BUNDLED_NAME}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+class NoBundledModelError(FileNotFoundError):
+    pass
+
+
+def load_model(path=None, device: str = "auto"):
+    """Load a checkpoint (``path``) or, with no path, the model bundled in the package."""
+    from .model.checkpoint import load_checkpoint
+
+    if path is None:
+        path = bundled_checkpoint()
+        if not path.is_file():
+            raise NoBundledModelError(
+                "no trained model is bundled with this installation of napari-hggep; "
+                "train one with `napari-hggep train` and pass its path"
+            )
+    return load_checkpoint(path, device)

@@ -1,0 +1,197 @@
+"""The ``napari-hggep`` command: predict, train, evaluate, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ._version import __version__
+
+DEFAULT_DATA = "../shared/data/her2st"
+
+
+class Bar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str, stream=sys.stderr):
+        self.label, self.stream, self.t0 = label, stream, time.time()
+
+    def __call__(self, done: int, total: int, extra: str = "") -> None:
+        frac = done / total if total else 1.0
+        bar = "#" * int(30 * frac)
+        self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} {time.time() - self.t0:5.1f}s {extra}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _cmd_predict(a) -> int:
+    from ._bundled import load_model
+    from .data.readers import open_slide
+    from .predict import predict_slide
+
+    if sum(x is not None and x is not False for x in (a.spots, a.visium, a.grid or None)) != 1:
+        raise SystemExit("error: give exactly one of --spots CSV, --visium DIR or --grid")
+    t0 = time.time()
+    slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
+                       pitch_um=a.pitch_um)
+    if a.um_per_px and a.visium is None:
+        slide.um_per_px = float(a.um_per_px)
+    bundle = load_model(a.model, a.device)
+    print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px; model on {bundle.device}",
+          file=sys.stderr)
+    pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"))
+    genes = a.genes.split(",") if a.genes else None
+    pred.write_csv(a.output, genes)
+    if a.h5ad:
+        pred.write_h5ad(a.h5ad, genes)
+    print(f"wrote {a.output}" + (f" and {a.h5ad}" if a.h5ad else "") + f" in {time.time() - t0:.1f}s",
+          file=sys.stderr)
+    return 0
+
+
+def _train_config(a):
+    from .training.train import TrainConfig
+
+    return TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed, device=a.device, zinb_weight=a.zinb_weight,
+                       val_frac=a.val_frac)
+
+
+def _model_config(a, genes):
+    from .model.config import preset
+
+    over = {"n_genes": len(genes)}
+    if a.ham_rule:
+        over["ham_rule"] = a.ham_rule
+    return preset(a.preset, **over)
+
+
+def _sections(a):
+    from .training.dataset import load_sections, read_genes
+
+    genes = read_genes(a.genes or Path(a.data) / "genes.txt")
+    cfg = _model_config(a, genes)
+    names = a.sections or sorted(p.name for p in Path(a.data).iterdir() if p.is_dir())
+    print(f"reading {len(names)} sections from {a.data} ...", file=sys.stderr)
+    return load_sections(a.data, names, genes, cfg.patch_um, cfg.patch_px, a.cache), genes, cfg
+
+
+def _epoch_printer(total):
+    def show(rec):
+        print(f"epoch {rec['epoch']:3d}/{total}  loss {rec['loss']:.4f}  val PCC {rec['val_pcc']:.4f}  "
+              f"{rec['seconds']:.1f}s", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _cmd_train(a) -> int:
+    from .training.train import train_model
+
+    secs, genes, cfg = _sections(a)
+    metrics = json.loads(Path(a.card_metrics).read_text()) if a.card_metrics else None
+    if metrics is not None:
+        metrics = {"loo": metrics.get("summary"), "per_section": metrics.get("per_section"),
+                   "protocol": metrics.get("protocol"), "gene_pcc": metrics.get("gene_pcc")}
+    train_model(secs, cfg, genes, _train_config(a), out=a.out, resume=a.resume,
+                progress=_epoch_printer(a.epochs), metrics=metrics)
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(a) -> int:
+    from .training.evaluate import evaluate_loo, markdown_table, write_results
+
+    if not a.loo:
+        raise SystemExit("error: only --loo (leave-one-section-out) evaluation is implemented; pass --loo")
+    secs, genes, cfg = _sections(a)
+    labels = None
+    if a.labels:
+        import pandas as pd
+
+        df = pd.read_csv(a.labels)
+        labels = {s: df[df.section == s].set_index("spot_id").reindex([*sec.spot_ids])["label"].to_numpy()
+                  for s, sec in ((x.name, x) for x in secs)}
+    res = evaluate_loo(secs, cfg, genes, _train_config(a), labels,
+                       log=lambda m: print(m, file=sys.stderr, flush=True), progress=_epoch_printer(a.epochs))
+    js, md = write_results(res, a.out)
+    print(markdown_table(res))
+    print(f"wrote {js} and {md}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from ._napari.demo import run_demo
+
+    return run_demo(screenshot=a.screenshot, gene=a.gene)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-hggep", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"napari-hggep {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pr = sub.add_parser("predict", help="predict gene expression for every spot of a slide")
+    pr.add_argument("image", help="H&E image (TIFF, OME-TIFF, JPEG, PNG) or a slide folder")
+    g = pr.add_mutually_exclusive_group()
+    g.add_argument("--spots", help="CSV with spot_id,x,y in full-resolution pixels")
+    g.add_argument("--visium", help="Space Ranger outs/ folder (IMAGE is its full-resolution image)")
+    g.add_argument("--grid", action="store_true", help="lay a hexagonal spot grid over the tissue")
+    pr.add_argument("--pitch-um", type=float, default=200.0, help="grid pitch in micrometres (default 200)")
+    pr.add_argument("--um-per-px", type=float, help="micrometres per pixel (default: from the file)")
+    pr.add_argument("--model", help="checkpoint (default: the bundled model)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--genes", help="comma-separated genes to export (default: all)")
+    pr.add_argument("-o", "--output", required=True, help="output CSV")
+    pr.add_argument("--h5ad", help="also write AnnData .h5ad (obsm['spatial'])")
+    pr.set_defaults(func=_cmd_predict)
+
+    for name, helptext, func in (("train", "train a model on ST sections", _cmd_train),
+                                 ("evaluate", "leave-one-section-out evaluation with a ridge baseline", _cmd_evaluate)):
+        t = sub.add_parser(name, help=helptext)
+        t.add_argument("--data", default=DEFAULT_DATA, help="folder of section folders (HER2+ ST or Visium)")
+        t.add_argument("--sections", nargs="+", help="section folder names (default: all)")
+        t.add_argument("--genes", help="gene list file (default: DATA/genes.txt)")
+        t.add_argument("--preset", default="compact", choices=["compact", "paper"])
+        t.add_argument("--ham-rule", choices=["nearest", "largest"])
+        t.add_argument("--epochs", type=int, default=30)
+        t.add_argument("--lr", type=float, default=1e-3)
+        t.add_argument("--zinb-weight", type=float, default=0.25)
+        t.add_argument("--val-frac", type=float, default=0.15)
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--device", default="auto")
+        t.add_argument("--cache", help="folder to cache extracted patches in")
+        t.set_defaults(func=func)
+        if name == "train":
+            t.add_argument("--out", required=True, help="checkpoint to write")
+            t.add_argument("--resume", action="store_true", help="resume from OUT.state")
+            t.add_argument("--card-metrics", help="loo.json from `evaluate` to store in the model card")
+        else:
+            t.add_argument("--loo", action="store_true", help="leave-one-section-out")
+            t.add_argument("--labels", help="CSV section,spot_id,label of pathologist regions (for ARI)")
+            t.add_argument("--out", default=".", help="folder for loo.json and loo.md")
+
+    d = sub.add_parser("demo", help="open napari with the sample slide and predict on it")
+    d.add_argument("--screenshot", help="save a PNG of the viewer and exit")
+    d.add_argument("--gene", default=None, help="gene to colour by (default: the best-predicted one)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.slide import SlideError
+    from .model.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (SlideError, CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"napari-hggep: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

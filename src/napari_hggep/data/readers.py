@@ -1,0 +1,292 @@
+"""Readers for HER2+ ST folders, 10x Visium Space Ranger output, and plain images with or
+without a spot table. Each returns a :class:`Slide`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .image import image_um_per_px, is_image_path, read_image
+from .slide import Slide, SlideError
+from .tissue import DEFAULT_PITCH_UM, tissue_grid
+
+ST_PITCH_UM = 200.0  # legacy ST: 100 um spots, 200 um centre-to-centre
+ST_SPOT_UM = 100.0
+VISIUM_SPOT_UM = 55.0
+
+
+# ---------------------------------------------------------------- HER2+ ST
+def is_her2st_folder(path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "spots.tsv").is_file() and any((p / n).is_file() for n in ("he.jpg", "he.tif", "he.png"))
+
+
+def _st_um_per_px(spots: pd.DataFrame) -> float:
+    """Pixel size from the 200 um ST pitch: fit pixel = a * array + b on both axes."""
+    a = []
+    for arr, pix in (("x", "pixel_x"), ("y", "pixel_y")):
+        xa, xp = spots[arr].to_numpy(float), spots[pix].to_numpy(float)
+        if np.ptp(xa) > 0:
+            a.append(abs(np.polyfit(xa, xp, 1)[0]))
+    if not a:
+        raise SlideError("cannot infer the pixel size from a single ST spot; pass um_per_px")
+    return ST_PITCH_UM / float(np.mean(a))
+
+
+def read_her2st(folder, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
+    """A HER2+ ST section folder: ``he.jpg``, ``spots.tsv`` and (optional) ``counts.tsv.gz``.
+
+    Only ``selected == 1`` spots are kept; spots join counts by the rounded array
+    coordinates (``"{x}x{y}"``). ``genes`` reorders/selects count columns (missing
+    genes are zeros).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SlideError(f"{folder} is not a folder")
+    spots_path = folder / "spots.tsv"
+    if not spots_path.is_file():
+        raise SlideError(f"{folder} is not a HER2+ ST folder: spots.tsv is missing")
+    img_path = next((folder / n for n in ("he.jpg", "he.tif", "he.png") if (folder / n).is_file()), None)
+    if img_path is None:
+        raise SlideError(f"{folder}: no H&E image (he.jpg) found")
+    spots = pd.read_csv(spots_path, sep="\t")
+    need = {"x", "y", "pixel_x", "pixel_y"}
+    if not need <= set(spots.columns):
+        raise SlideError(f"{spots_path}: needs columns {sorted(need)}, has {list(spots.columns)}")
+    if "selected" in spots.columns:
+        spots = spots[spots["selected"] == 1]
+    spots = spots.assign(spot_id=[f"{int(round(x))}x{int(round(y))}" for x, y in zip(spots["x"], spots["y"])])
+    spots = spots.drop_duplicates("spot_id")
+    counts = gene_names = None
+    counts_path = folder / "counts.tsv.gz"
+    if with_counts and counts_path.is_file():
+        df = pd.read_csv(counts_path, sep="\t", index_col=0)
+        df.index = df.index.astype(str)
+        spots = spots[spots["spot_id"].isin(df.index)]
+        df = df.loc[spots["spot_id"]]
+        if genes is not None:
+            df = df.reindex(columns=list(genes), fill_value=0)
+        counts = df.to_numpy(np.float32)
+        gene_names = [str(g) for g in df.columns]
+    return Slide(
+        image=read_image(img_path),
+        um_per_px=_st_um_per_px(spots),
+        spot_ids=spots["spot_id"].to_numpy(),
+        xy=spots[["pixel_x", "pixel_y"]].to_numpy(float),
+        array_rc=spots[["y", "x"]].to_numpy(float).round().astype(int),
+        counts=counts,
+        genes=gene_names,
+        name=folder.name,
+        spot_diameter_um=ST_SPOT_UM,
+        source=str(folder),
+    )
+
+
+# ---------------------------------------------------------------- Visium
+def _visium_spatial(folder: Path) -> Path:
+    for cand in (folder / "spatial", folder / "outs" / "spatial"):
+        if cand.is_dir():
+            return cand
+    raise SlideError(f"{folder} is not a Space Ranger output folder: no spatial/ subfolder")
+
+
+def is_visium_folder(path) -> bool:
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    try:
+        sp = _visium_spatial(p)
+    except SlideError:
+        return False
+    return any((sp / n).is_file() for n in ("tissue_positions.csv", "tissue_positions_list.csv"))
+
+
+def read_visium_positions(spatial: Path) -> pd.DataFrame:
+    cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+    new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
+    if new.is_file():
+        df = pd.read_csv(new)
+        if list(df.columns[:6]) != cols:  # some tools write the new name without a header
+            df = pd.read_csv(new, header=None, names=cols)
+    elif old.is_file():
+        df = pd.read_csv(old, header=None, names=cols)
+    else:
+        raise SlideError(f"{spatial}: neither tissue_positions.csv nor tissue_positions_list.csv exists")
+    return df
+
+
+def read_10x_h5(path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Counts (barcodes x genes, dense float32), gene names, barcodes from a 10x ``.h5``."""
+    import h5py
+    from scipy.sparse import csc_matrix
+
+    with h5py.File(path, "r") as f:
+        m = f["matrix"]
+        shape = tuple(m["shape"][:])
+        mat = csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=shape)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in m["features"]["name"][:]]
+        barcodes = np.array([b.decode() if isinstance(b, bytes) else str(b) for b in m["barcodes"][:]])
+    return np.asarray(mat.T.todense(), dtype=np.float32), names, barcodes
+
+
+def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
+    """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image the spots refer
+    to; without it the hires PNG is used with spots scaled by ``tissue_hires_scalef``.
+    Pixel size from ``spot_diameter_fullres`` (Visium spots are 55 um)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SlideError(f"{folder} is not a folder")
+    spatial = _visium_spatial(folder)
+    sf_path = spatial / "scalefactors_json.json"
+    if not sf_path.is_file():
+        raise SlideError(f"{spatial}: scalefactors_json.json is missing")
+    try:
+        sf = json.loads(sf_path.read_text())
+        diameter = float(sf["spot_diameter_fullres"])
+    except (ValueError, KeyError) as e:
+        raise SlideError(f"{sf_path}: cannot read spot_diameter_fullres ({e})") from None
+    pos = read_visium_positions(spatial)
+    pos = pos[pos["in_tissue"] == 1]
+    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
+    um_per_px = VISIUM_SPOT_UM / diameter
+    if image is not None:
+        img = read_image(image)
+        src = str(image)
+    else:
+        hires = spatial / "tissue_hires_image.png"
+        if not hires.is_file():
+            raise SlideError(f"{spatial}: no tissue_hires_image.png; name the full-resolution image instead")
+        scale = float(sf.get("tissue_hires_scalef", 0) or 0)
+        if scale <= 0:
+            raise SlideError(f"{sf_path}: tissue_hires_scalef is missing, cannot place spots on the hires image")
+        img = read_image(hires)
+        xy = xy * scale
+        um_per_px = um_per_px / scale
+        src = str(hires)
+    counts = gene_names = None
+    h5 = folder / "filtered_feature_bc_matrix.h5"
+    barcodes = pos["barcode"].astype(str).to_numpy()
+    if with_counts and h5.is_file():
+        mat, names, bc = read_10x_h5(h5)
+        df = pd.DataFrame(mat, index=bc, columns=names)
+        df = df.loc[:, ~df.columns.duplicated()]
+        keep = np.isin(barcodes, df.index)
+        pos, xy, barcodes = pos[keep], xy[keep], barcodes[keep]
+        df = df.loc[barcodes]
+        if genes is not None:
+            df = df.reindex(columns=list(genes), fill_value=0)
+        counts, gene_names = df.to_numpy(np.float32), [str(g) for g in df.columns]
+    return Slide(
+        image=img,
+        um_per_px=um_per_px,
+        spot_ids=barcodes,
+        xy=xy,
+        array_rc=pos[["array_row", "array_col"]].to_numpy(int),
+        counts=counts,
+        genes=gene_names,
+        name=folder.name,
+        spot_diameter_um=VISIUM_SPOT_UM,
+        source=src,
+        meta={"image_path": src},
+    )
+
+
+# ---------------------------------------------------------------- image + CSV / grid
+def read_spots_csv(path) -> pd.DataFrame:
+    """A spot table ``spot_id,x,y`` (full-resolution px), optional ``array_row,array_col``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"spot table {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:
+        raise SlideError(f"{path}: not a readable CSV ({e})") from None
+    cols = {c.lower().strip(): c for c in df.columns}
+    if not {"x", "y"} <= set(cols):
+        raise SlideError(f"{path}: a spot table needs columns spot_id,x,y (full-resolution pixels); found {list(df.columns)}")
+    out = pd.DataFrame(
+        {
+            "spot_id": df[cols["spot_id"]].astype(str) if "spot_id" in cols else [f"spot_{i}" for i in range(len(df))],
+            "x": pd.to_numeric(df[cols["x"]], errors="coerce"),
+            "y": pd.to_numeric(df[cols["y"]], errors="coerce"),
+        }
+    )
+    if out[["x", "y"]].isna().any().any():
+        raise SlideError(f"{path}: x and y must be numbers on every row")
+    if "array_row" in cols and "array_col" in cols:
+        out["array_row"] = df[cols["array_row"]].to_numpy()
+        out["array_col"] = df[cols["array_col"]].to_numpy()
+    return out
+
+
+def _resolve_um_per_px(image_path, um_per_px) -> float:
+    if um_per_px:
+        return float(um_per_px)
+    meta = image_um_per_px(image_path)
+    if meta:
+        return meta
+    raise SlideError(
+        f"{image_path}: the image does not record its pixel size; give micrometres per pixel "
+        "(--um-per-px, or the um/px field in the widget)"
+    )
+
+
+def read_image_with_spots(image_path, spots_csv, um_per_px: float | None = None) -> Slide:
+    df = read_spots_csv(spots_csv)
+    rc = df[["array_row", "array_col"]].to_numpy() if "array_row" in df else None
+    return Slide(
+        image=read_image(image_path),
+        um_per_px=_resolve_um_per_px(image_path, um_per_px),
+        spot_ids=df["spot_id"].to_numpy(),
+        xy=df[["x", "y"]].to_numpy(float),
+        array_rc=rc,
+        name=Path(image_path).stem,
+        source=str(image_path),
+    )
+
+
+def read_image_with_grid(image_path, um_per_px: float | None = None, pitch_um: float = DEFAULT_PITCH_UM) -> Slide:
+    """A plain H&E slide: spots on a hexagonal grid over the detected tissue."""
+    image = read_image(image_path)
+    upp = _resolve_um_per_px(image_path, um_per_px)
+    return grid_slide(image, upp, pitch_um, name=Path(image_path).stem, source=str(image_path))
+
+
+def grid_slide(image, um_per_px: float, pitch_um: float = DEFAULT_PITCH_UM, name: str = "slide", source: str = "") -> Slide:
+    xy, rc = tissue_grid(image, um_per_px, pitch_um)
+    if len(xy) == 0:
+        raise SlideError(f"{name}: no tissue found in the image (is it empty or not an H&E stain?)")
+    return Slide(
+        image=image,
+        um_per_px=um_per_px,
+        spot_ids=np.array([f"grid_{r}_{c}" for r, c in rc]),
+        xy=xy,
+        array_rc=rc,
+        name=name,
+        spot_diameter_um=min(pitch_um / 2, ST_SPOT_UM),
+        source=source,
+    )
+
+
+def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None, pitch_um=DEFAULT_PITCH_UM) -> Slide:
+    """One entry point: a HER2+ folder, a Visium folder, or an image with spots / a grid."""
+    path = Path(path)
+    if visium is not None:
+        return read_visium(visium, image=path if path.is_file() else None)
+    if path.is_dir():
+        if is_visium_folder(path):
+            return read_visium(path)
+        if is_her2st_folder(path):
+            return read_her2st(path, with_counts=False)
+        raise SlideError(f"{path} is neither a Space Ranger outs/ folder nor a HER2+ ST folder")
+    if not path.exists():
+        raise SlideError(f"{path} does not exist")
+    if not is_image_path(path):
+        raise SlideError(f"{path}: not an image (TIFF, OME-TIFF, JPEG, PNG) or a slide folder")
+    if spots is not None:
+        return read_image_with_spots(path, spots, um_per_px)
+    if grid:
+        return read_image_with_grid(path, um_per_px, pitch_um)
+    raise SlideError(f"{path}: say where the spots are: --spots CSV, --visium DIR or --grid")

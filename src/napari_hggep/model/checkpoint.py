@@ -1,0 +1,155 @@
+"""The one checkpoint format: config, genes, patch size, target normalisation, provenance,
+metrics and weights, with a sha256 over all of it. Loaded with ``weights_only=True``."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import HGGEPConfig
+
+FORMAT = "napari-hggep-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, tampered with or not ours."""
+
+
+@dataclass
+class ModelBundle:
+    """A model ready to predict, with everything needed to read its outputs."""
+
+    model: torch.nn.Module
+    config: HGGEPConfig
+    genes: list[str]
+    target_norm: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def patch_um(self) -> float:
+        return float(self.config.patch_um)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def gene_pcc(self) -> dict[str, float]:
+        """Held-out (leave-one-out) PCC per gene, when the card has it."""
+        return dict(self.meta.get("metrics", {}).get("gene_pcc", {}))
+
+
+def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    config: HGGEPConfig,
+    genes: list[str],
+    target_norm: dict | None = None,
+    sections: list[str] | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+    half: bool = False,
+) -> str:
+    """Write a checkpoint atomically; returns its content sha256."""
+    if len(genes) != config.n_genes:
+        raise ValueError(f"{len(genes)} genes but the config has n_genes={config.n_genes}")
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "genes": list(genes),
+        "patch_um": float(config.patch_um),
+        "target_norm": _jsonable(target_norm or {}),
+        "sections": list(sections or []),
+        "metrics": _jsonable(metrics or {}),
+        "extra": _jsonable(extra or {}),
+    }
+    digest = _digest(meta, state)
+    buf = io.BytesIO()
+    torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return digest
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint; returns ``(meta, state_dict)``. Never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
+        raise CheckpointError(
+            f"{path} is not a readable napari-hggep checkpoint (truncated, corrupt or not a safe "
+            f"torch file): {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
+    if not isinstance(raw, dict) or not {"meta_json", "state_dict", "sha256"} <= set(raw):
+        raise CheckpointError(f"{path} is a torch file but not a napari-hggep checkpoint (no model card inside)")
+    try:
+        meta = json.loads(raw["meta_json"])
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: the model card inside is not valid JSON") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer napari-hggep (format {meta['format_version']}); upgrade")
+    state = raw["state_dict"]
+    if _digest(meta, state) != raw["sha256"]:
+        raise CheckpointError(f"{path}: sha256 mismatch, the file was modified or damaged; re-download or retrain it")
+    return meta, state
+
+
+def load_checkpoint(path: str | Path, device: str = "auto") -> ModelBundle:
+    from ..devices import resolve_device
+    from .hggep import HGGEP
+
+    meta, state = read_checkpoint(path)
+    config = HGGEPConfig.from_dict(meta["config"])
+    model = HGGEP(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the config stored with them: {str(e)[:300]}") from None
+    model.to(resolve_device(device)).eval()
+    return ModelBundle(model, config, list(meta["genes"]), meta.get("target_norm", {}), meta, str(path))

@@ -1,0 +1,82 @@
+"""One config object that holds every size of the model; it is saved with the weights."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class HGGEPConfig:
+    """Every hyper-parameter of :class:`~napari_hggep.model.hggep.HGGEP`.
+
+    Shapes follow Li et al. 2024 (SPEC section 2). ``n_genes`` is the width of the
+    gene head; ``patch_px`` the side of the square input patch and ``patch_um`` the
+    tissue it covers, so patches can be resampled to the same physical size on any
+    slide.
+    """
+
+    n_genes: int = 785
+    patch_px: int = 112
+    patch_um: float = 70.5
+    # GEM
+    gem_theta: float = 0.7
+    # per-stage projection: CBAM output -> (optional adaptive avg pool) -> flatten -> Linear(d)
+    dim: int = 1024
+    proj_pool: int | None = None  # None: flatten the whole map as in the paper
+    cbam_reduction: int = 16
+    # transformer per stage
+    depth: int = 4
+    heads: int = 8
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    pos_wavelength_um: tuple[float, float] = (100.0, 20000.0)
+    # HAM
+    k: int = 3
+    ham_rule: str = "nearest"  # "nearest" (paper) or "largest" (reference code)
+    # fusion
+    lstm_layers: int = 4
+    head_rank: int | None = None  # low-rank gene head: Linear(d, r) -> Linear(r, G)
+    zinb: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pos_wavelength_um"] = list(self.pos_wavelength_um)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HGGEPConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown HGGEP config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "pos_wavelength_um" in d:
+            d["pos_wavelength_um"] = tuple(d["pos_wavelength_um"])
+        return cls(**d)
+
+    def replace(self, **changes) -> "HGGEPConfig":
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, HGGEPConfig] = {
+    # the paper's sizes (SPEC 2): d = 1024, 4 blocks, 8 heads, 4 LSTM layers, K = 3
+    "paper": HGGEPConfig(),
+    # small enough to train on 2 CPU cores and to ship in the wheel (~3 MB fp16)
+    "compact": HGGEPConfig(
+        dim=128,
+        proj_pool=2,
+        depth=2,
+        heads=4,
+        lstm_layers=1,
+        dropout=0.2,
+        head_rank=32,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> HGGEPConfig:
+    """Return the named preset (``paper`` or ``compact``), optionally with overrides."""
+    try:
+        cfg = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return cfg.replace(**overrides) if overrides else cfg

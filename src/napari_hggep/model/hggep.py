@@ -1,0 +1,104 @@
+"""HGGEP: GEM -> ShuffleNet stages -> CBAM -> per-stage transformer -> HAM -> LSTM fusion -> genes."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import STAGE_CHANNELS, ShuffleNetStages
+from .cbam import CBAM
+from .config import HGGEPConfig
+from .gem import GEM
+from .hypergraph import HAM
+from .transformer import SpotTransformer, position_encoding
+
+# patches arrive as floats in [0, 1]; standardise with the usual RGB statistics
+_RGB_MEAN = (0.485, 0.456, 0.406)
+_RGB_STD = (0.229, 0.224, 0.225)
+
+
+class StageProjection(nn.Module):
+    """CBAM on one backbone stage, then (optional pooling,) flatten and project to width d."""
+
+    def __init__(self, channels: int, spatial: int, dim: int, pool: int | None, reduction: int):
+        super().__init__()
+        self.cbam = CBAM(channels, reduction)
+        self.pool = nn.AdaptiveAvgPool2d(pool) if pool else nn.Identity()
+        side = pool if pool else spatial
+        self.proj = nn.Linear(channels * side * side, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(self.cbam(x)).flatten(1))
+
+
+class HGGEP(nn.Module):
+    """The HGGEP model of Li et al. (2024) for one slide at a time.
+
+    ``forward(patches, coords_um)`` takes ``N x 3 x P x P`` patches in [0, 1] and the
+    spot centres in micrometres (``N x 2``); attention and the hypergraph run across
+    all ``N`` spots. It returns a dict with ``expr`` (``N x G``, the training target
+    space) and, when ``config.zinb``, the ZINB heads ``mean``, ``disp`` and ``pi``.
+    ``encode`` (per patch, batchable) and ``forward_tokens`` (per slide) split the
+    work so large slides can be encoded in batches.
+    """
+
+    def __init__(self, config: HGGEPConfig, backbone_weights=None):
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.register_buffer("rgb_mean", torch.tensor(_RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("rgb_std", torch.tensor(_RGB_STD).view(1, 3, 1, 1), persistent=False)
+        self.gem = GEM(3, config.gem_theta)
+        self.backbone = ShuffleNetStages(backbone_weights)
+        with torch.no_grad():
+            was = self.backbone.training
+            self.backbone.eval()
+            probe = torch.zeros(1, 3, config.patch_px // 2, config.patch_px // 2)
+            sides = [s.shape[-1] for s in self.backbone(probe)]
+            self.backbone.train(was)
+        self.stages = nn.ModuleList(
+            StageProjection(c, s, d, config.proj_pool, config.cbam_reduction)
+            for c, s in zip(STAGE_CHANNELS, sides)
+        )
+        self.vits = nn.ModuleList(
+            SpotTransformer(d, config.depth, config.heads, config.mlp_ratio, config.dropout) for _ in range(3)
+        )
+        self.ham = HAM(d, config.k, config.ham_rule, config.dropout)
+        self.lstm = nn.LSTM(d, d, num_layers=config.lstm_layers, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(config.dropout)
+        g, r = config.n_genes, config.head_rank
+
+        def head() -> nn.Module:
+            return nn.Sequential(nn.Linear(d, r), nn.Linear(r, g)) if r else nn.Linear(d, g)
+
+        self.head = head()
+        if config.zinb:
+            self.zinb_mean, self.zinb_disp, self.zinb_pi = head(), head(), head()
+
+    def encode(self, patches: torch.Tensor) -> torch.Tensor:
+        """Per-patch CNN part: ``N x 3 x P x P`` -> stage tokens ``N x 3 x d``."""
+        if patches.ndim != 4 or patches.shape[1] != 3:
+            raise ValueError(f"patches must be N x 3 x H x W, got {tuple(patches.shape)}")
+        # channels-last input crashes oneDNN's 1x1 conv backward on some CPUs: keep NCHW
+        x = (patches.contiguous() - self.rgb_mean) / self.rgb_std
+        feats = self.backbone(self.gem(x))
+        return torch.stack([p(f) for p, f in zip(self.stages, feats)], dim=1)
+
+    def forward_tokens(self, tokens: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Slide-level part: attention and hypergraph across all spots of one slide."""
+        pos = position_encoding(coords_um, self.config.dim, self.config.pos_wavelength_um)
+        z = [vit(tokens[:, i], pos) for i, vit in enumerate(self.vits)]
+        h_out = self.ham(z[0] + z[1] + z[2], coords_um)
+        seq = torch.stack([*z, h_out], dim=1)  # N x 4 x d
+        fused, _ = self.lstm(seq)
+        h = self.drop(self.norm(fused.mean(dim=1)))
+        out = {"expr": self.head(h), "embedding": h}
+        if self.config.zinb:
+            out["mean"] = torch.exp(self.zinb_mean(h).clamp(max=12.0)).clamp(1e-5, 1e6)
+            out["disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
+            out["pi"] = torch.sigmoid(self.zinb_pi(h))
+        return out
+
+    def forward(self, patches: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_tokens(self.encode(patches), coords_um)

@@ -1,0 +1,96 @@
+"""``predict_slide``: the one path from a slide to predicted expression, used by the CLI and
+the napari widget alike. Patches are encoded in batches (progress, cancel); attention and the
+hypergraph then run across all spots of the slide."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generator
+
+import numpy as np
+
+from .data.patches import iter_patch_batches, to_tensor
+from .data.slide import Slide
+
+
+@dataclass
+class Prediction:
+    """Predicted log-normalised expression, spots x genes, with where the spots are."""
+
+    spot_ids: np.ndarray
+    xy: np.ndarray  # full-resolution pixel (x, y)
+    genes: list[str]
+    values: np.ndarray  # N x G float32
+    array_rc: np.ndarray | None = None
+    um_per_px: float = 1.0
+    name: str = "slide"
+    meta: dict = field(default_factory=dict)
+
+    def gene_index(self, gene: str) -> int:
+        try:
+            return self.genes.index(gene)
+        except ValueError:
+            raise KeyError(f"gene {gene!r} is not among the {len(self.genes)} predicted genes") from None
+
+    def to_dataframe(self, genes: list[str] | None = None):
+        from .data.export import prediction_frame
+
+        return prediction_frame(self, genes)
+
+    def write_csv(self, path, genes: list[str] | None = None) -> Path:
+        from .data.export import write_csv
+
+        return write_csv(self, path, genes)
+
+    def write_h5ad(self, path, genes: list[str] | None = None) -> Path:
+        from .data.export import write_h5ad
+
+        return write_h5ad(self, path, genes)
+
+
+def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tuple[int, int], None, Prediction]:
+    """Generator: yields ``(spots_done, total)`` after each batch, returns a :class:`Prediction`.
+
+    Stop iterating to cancel; nothing is left half-written.
+    """
+    import torch
+
+    slide.validate()
+    cfg = bundle.config
+    device = bundle.device
+    model = bundle.model.eval()
+    n = slide.n_spots
+    tokens = torch.empty(n, 3, cfg.dim, device=device)
+    yield 0, n
+    with torch.inference_mode():
+        for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
+            tokens[torch.from_numpy(idx).to(device)] = model.encode(to_tensor(patches).to(device))
+            yield int(idx[-1]) + 1, n
+        coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
+        z = model.forward_tokens(tokens, coords)["expr"].float().cpu().numpy()
+    tn = bundle.target_norm or {}
+    if "mean" in tn and "std" in tn:
+        z = z * np.asarray(tn["std"], np.float32) + np.asarray(tn["mean"], np.float32)
+    return Prediction(
+        spot_ids=slide.spot_ids.copy(),
+        xy=slide.xy.copy(),
+        genes=list(bundle.genes),
+        values=z.astype(np.float32),
+        array_rc=None if slide.array_rc is None else slide.array_rc.copy(),
+        um_per_px=slide.um_per_px,
+        name=slide.name,
+        meta={"model": bundle.path, "patch_um": cfg.patch_um},
+    )
+
+
+def predict_slide(model, slide: Slide, batch_size: int = 256,
+                  progress: Callable[[int, int], None] | None = None) -> Prediction:
+    """Predict every gene of ``model`` (a bundle from :func:`load_model`) for every spot."""
+    gen = predict_steps(model, slide, batch_size)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress:
+            progress(done, total)
