@@ -65,6 +65,8 @@ def _model_config(a, genes):
     over = {"n_genes": len(genes)}
     if a.ham_rule:
         over["ham_rule"] = a.ham_rule
+    if a.colour_norm:
+        over["colour_norm"] = a.colour_norm
     return preset(a.preset, **over)
 
 
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--genes", help="gene list file (default: DATA/genes.txt)")
         t.add_argument("--preset", default="compact", choices=["compact", "paper"])
         t.add_argument("--ham-rule", choices=["nearest", "largest"])
+        t.add_argument("--colour-norm", choices=["imagenet", "slide"], help="input colour standardisation")
         t.add_argument("--epochs", type=int, default=30)
         t.add_argument("--lr", type=float, default=1e-3)
         t.add_argument("--zinb-weight", type=float, default=0.25)

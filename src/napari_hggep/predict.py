@@ -9,7 +9,7 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from .data.patches import iter_patch_batches, to_tensor
+from .data.patches import extract_patches, iter_patch_batches, to_tensor
 from .data.slide import Slide
 
 
@@ -63,8 +63,15 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
     tokens = torch.empty(n, 3, cfg.dim, device=device)
     yield 0, n
     with torch.inference_mode():
+        stats = None
+        if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
+            from .model.hggep import colour_stats_of
+
+            sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
+            stats = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
+            stats = tuple(t.to(device) for t in stats)
         for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-            tokens[torch.from_numpy(idx).to(device)] = model.encode(to_tensor(patches).to(device))
+            tokens[torch.from_numpy(idx).to(device)] = model.encode(to_tensor(patches).to(device), stats)
             yield int(idx[-1]) + 1, n
         coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
         z = model.forward_tokens(tokens, coords)["expr"].float().cpu().numpy()

@@ -17,6 +17,9 @@ class HGGEPConfig:
     n_genes: int = 785
     patch_px: int = 112
     patch_um: float = 70.5
+    # input colour standardisation: "imagenet" (fixed RGB statistics) or "slide" (each
+    # slide's own per-channel statistics: removes stain differences between slides)
+    colour_norm: str = "imagenet"
     # GEM
     gem_theta: float = 0.7
     # per-stage projection: CBAM output -> (optional adaptive avg pool) -> flatten -> Linear(d)

@@ -76,12 +76,22 @@ class HGGEP(nn.Module):
         if config.zinb:
             self.zinb_mean, self.zinb_disp, self.zinb_pi = head(), head(), head()
 
-    def encode(self, patches: torch.Tensor) -> torch.Tensor:
-        """Per-patch CNN part: ``N x 3 x P x P`` -> stage tokens ``N x 3 x d``."""
+    def encode(self, patches: torch.Tensor, colour_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-patch CNN part: ``N x 3 x P x P`` -> stage tokens ``N x 3 x d``.
+
+        With ``config.colour_norm == "slide"``, ``colour_stats`` (per-channel mean and std
+        over the slide's patches, see :func:`colour_stats`) standardise the stain of the
+        slide; without them the batch's own statistics are used.
+        """
         if patches.ndim != 4 or patches.shape[1] != 3:
             raise ValueError(f"patches must be N x 3 x H x W, got {tuple(patches.shape)}")
         # channels-last input crashes oneDNN's 1x1 conv backward on some CPUs: keep NCHW
-        x = (patches.contiguous() - self.rgb_mean) / self.rgb_std
+        patches = patches.contiguous()
+        if self.config.colour_norm == "slide":
+            mean, std = colour_stats if colour_stats is not None else colour_stats_of(patches)
+            x = (patches - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        else:
+            x = (patches - self.rgb_mean) / self.rgb_std
         feats = self.backbone(self.gem(x))
         return torch.stack([p(f) for p, f in zip(self.stages, feats)], dim=1)
 
@@ -102,3 +112,9 @@ class HGGEP(nn.Module):
 
     def forward(self, patches: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_tokens(self.encode(patches), coords_um)
+
+
+def colour_stats_of(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over all pixels of a slide's patches (stain normalisation)."""
+    x = patches.detach().transpose(0, 1).reshape(3, -1).float()
+    return x.mean(dim=1), x.std(dim=1).clamp_min(1e-3)

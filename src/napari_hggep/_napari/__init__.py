@@ -1,0 +1,1 @@
+"""napari integration: reader, writers, sample data and the dock widget (the only Qt code)."""

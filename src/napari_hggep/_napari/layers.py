@@ -1,0 +1,91 @@
+"""Slides and predictions as napari layer data tuples, and colouring spots by a gene.
+No Qt here: napari layer objects are only touched by callers on the main thread."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.slide import Slide
+
+KEY = "hggep"  # metadata namespace on our layers
+
+
+def image_layer_data(slide: Slide) -> tuple:
+    upp = float(slide.um_per_px)
+    meta = {KEY: {"kind": "image", "um_per_px": upp, "source": slide.source, "name": slide.name}}
+    return (slide.image, {"name": slide.name, "rgb": True, "scale": (upp, upp), "units": "µm", "metadata": meta},
+            "image")
+
+
+def spot_features(slide_ids, array_rc=None):
+    import pandas as pd
+
+    f = pd.DataFrame({"spot_id": np.asarray(slide_ids).astype(str)})
+    if array_rc is not None:
+        f["array_row"], f["array_col"] = array_rc[:, 0], array_rc[:, 1]
+    return f
+
+
+def spots_layer_data(slide: Slide, name: str | None = None) -> tuple:
+    upp = float(slide.um_per_px)
+    meta = {KEY: {"kind": "spots", "um_per_px": upp, "spot_diameter_um": slide.spot_diameter_um}}
+    kwargs = {
+        "name": name or f"{slide.name} spots",
+        "scale": (upp, upp),
+        "units": "µm",
+        "size": slide.spot_diameter_um / upp,
+        "face_color": "transparent",
+        "border_color": "yellow",
+        "border_width": 0.08,
+        "features": spot_features(slide.spot_ids, slide.array_rc),
+        "metadata": meta,
+    }
+    return (slide.xy[:, ::-1].copy(), kwargs, "points")
+
+
+def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None = None, name=None) -> tuple:
+    """A Points layer holding all genes as features; coloured later by :func:`color_by_gene`."""
+    import pandas as pd
+
+    upp = float(pred.um_per_px)
+    feats = pd.concat([spot_features(pred.spot_ids, pred.array_rc),
+                       pd.DataFrame(pred.values, columns=pred.genes)], axis=1)
+    meta = {KEY: {"kind": "prediction", "genes": list(pred.genes), "um_per_px": upp,
+                  "gene_pcc": dict(gene_pcc or {}), "gene": None, "colormap": "viridis", "slide": pred.name}}
+    kwargs = {
+        "name": name or f"{pred.name} genes",
+        "scale": (upp, upp),
+        "units": "µm",
+        "size": spot_diameter_um / upp,
+        "border_width": 0,
+        "features": feats,
+        "metadata": meta,
+    }
+    return (pred.xy[:, ::-1].copy(), kwargs, "points")
+
+
+def gene_colors(values: np.ndarray, colormap: str = "viridis") -> tuple[np.ndarray, tuple[float, float]]:
+    """RGBA per spot with contrast limits at the 1st-99th percentile."""
+    from napari.utils.colormaps import ensure_colormap
+
+    v = np.asarray(values, dtype=np.float32)
+    lo, hi = (np.percentile(v, [1, 99]) if len(v) else (0.0, 1.0))
+    if not hi > lo:
+        hi = lo + 1e-6
+    norm = np.clip((v - lo) / (hi - lo), 0, 1)
+    return ensure_colormap(colormap).map(norm), (float(lo), float(hi))
+
+
+def color_by_gene(layer, gene: str, colormap: str | None = None) -> tuple[float, float]:
+    """Recolour a prediction layer by ``gene`` without re-running the model."""
+    meta = layer.metadata.get(KEY, {})
+    if gene not in meta.get("genes", ()):
+        raise KeyError(f"gene {gene!r} is not in layer {layer.name!r}")
+    cmap = colormap or meta.get("colormap") or "viridis"
+    colors, limits = gene_colors(layer.features[gene].to_numpy(), cmap)
+    layer.face_color = colors
+    meta.update(gene=gene, colormap=cmap, contrast_limits=limits)
+    return limits
+
+
+def is_prediction_layer(layer) -> bool:
+    return layer.__class__.__name__ == "Points" and layer.metadata.get(KEY, {}).get("kind") == "prediction"

@@ -1,0 +1,32 @@
+"""npe2 writers: a Points layer (predicted or plain spots) to CSV or AnnData, atomically."""
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import KEY
+
+
+def layer_prediction(data, meta):
+    """A :class:`~napari_hggep.predict.Prediction` from a Points layer's data and attributes."""
+    import pandas as pd
+
+    from ..predict import Prediction
+
+    feats = meta.get("features")
+    feats = pd.DataFrame(feats) if feats is not None else pd.DataFrame(index=range(len(data)))
+    info = (meta.get("metadata") or {}).get(KEY, {})
+    genes = [g for g in info.get("genes", []) if g in feats.columns]
+    ids = feats["spot_id"].astype(str).to_numpy() if "spot_id" in feats else np.array([f"spot_{i}" for i in range(len(data))])
+    rc = feats[["array_row", "array_col"]].to_numpy() if {"array_row", "array_col"} <= set(feats.columns) else None
+    data = np.asarray(data, dtype=float)
+    return Prediction(spot_ids=ids, xy=data[:, ::-1][:, :2] if len(data) else np.zeros((0, 2)), genes=genes,
+                      values=feats[genes].to_numpy(np.float32) if genes else np.zeros((len(data), 0), np.float32),
+                      array_rc=rc, um_per_px=float(info.get("um_per_px", 1.0)), name=meta.get("name", "spots"))
+
+
+def write_points_csv(path, data, meta):
+    return [str(layer_prediction(data, meta).write_csv(path))]
+
+
+def write_points_h5ad(path, data, meta):
+    return [str(layer_prediction(data, meta).write_h5ad(path))]

@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
+
+
+@pytest.fixture
+def her2st_dir():
+    if not (SHARED / "B4").is_dir():
+        pytest.skip("../shared/data/her2st is not here")
+    return SHARED
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+    os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,0 +1,135 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_hggep.model import HGGEP, HGGEPConfig, preset
+from napari_hggep.model.gem import CentralDifferenceConv2d, GEM
+from napari_hggep.model.losses import hggep_loss
+from napari_hggep.model.transformer import position_encoding
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {name: HGGEP(preset(name)).eval() for name in ("compact", "paper")}
+
+
+@pytest.mark.parametrize("name", ["compact", "paper"])
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+def test_output_shapes(models, name, n):
+    m = models[name]
+    x = torch.rand(n, 3, 112, 112)
+    c = torch.rand(n, 2) * 5000
+    with torch.no_grad():
+        out = m(x, c)
+    d = m.config.dim
+    assert out["expr"].shape == (n, 785)
+    assert out["embedding"].shape == (n, d)
+    for k in ("mean", "disp", "pi"):
+        assert out[k].shape == (n, 785)
+        assert torch.isfinite(out[k]).all()
+    assert torch.isfinite(out["expr"]).all()
+    assert (out["pi"] >= 0).all() and (out["pi"] <= 1).all() and (out["disp"] > 0).all()
+
+
+def test_paper_shapes_match_spec(models):
+    m = models["paper"]
+    cfg = m.config
+    assert (cfg.dim, cfg.depth, cfg.heads, cfg.lstm_layers, cfg.k, cfg.gem_theta, cfg.patch_px) == (1024, 4, 8, 4, 3, 0.7, 112)
+    with torch.no_grad():
+        g = m.gem(torch.rand(2, 3, 112, 112))
+        s3, s4, s5 = m.backbone(g)
+    assert g.shape == (2, 3, 56, 56)
+    assert s3.shape[1:2] == (96,) and s4.shape[1:] == (192, 4, 4) and s5.shape[1:] == (1024, 4, 4)
+    assert m.ham.conv1.out_channels == 512 and m.ham.conv2.out_channels == 1024
+
+
+def test_compact_weights_are_small(models):
+    n = sum(p.numel() for p in models["compact"].parameters())
+    assert n * 2 <= 10 * 2**20, f"compact preset has {n} parameters ({n * 2 / 2**20:.1f} MB fp16)"
+
+
+def test_theta_zero_cdc_equals_plain_conv():
+    torch.manual_seed(1)
+    cdc = CentralDifferenceConv2d(3, 5, 3, stride=2, padding=1, theta=0.0)
+    x = torch.randn(4, 3, 17, 17)
+    assert torch.allclose(cdc(x), F.conv2d(x, cdc.weight, stride=2, padding=1), atol=1e-6)
+
+
+def test_cdc_matches_definition():
+    torch.manual_seed(2)
+    theta = 0.7
+    cdc = CentralDifferenceConv2d(2, 3, 3, stride=1, padding=1, theta=theta)
+    x = torch.randn(1, 2, 6, 6)
+    y = cdc(x)
+    # direct evaluation at one interior output pixel (i, j)
+    i, j = 3, 2
+    w = cdc.weight
+    patch = x[0, :, i - 1 : i + 2, j - 1 : j + 2]
+    direct = (w * patch).sum(dim=(1, 2, 3)) - theta * (x[0, :, i, j][None, :] * w.sum(dim=(2, 3))).sum(1)
+    assert torch.allclose(y[0, :, i, j], direct, atol=1e-5)
+
+
+def test_gem_theta_zero_branches_equal():
+    torch.manual_seed(3)
+    gem = GEM(3, theta=0.0).eval()
+    gem.cdc[0].weight.data.copy_(gem.plain[0].weight.data)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(gem.plain(x), gem.cdc(x), atol=1e-6)
+
+
+def test_position_encoding_any_layout():
+    # 10x Visium has 78 x 128 array positions; the reference's 64-entry embedding breaks there
+    rows, cols = torch.meshgrid(torch.arange(78), torch.arange(128), indexing="ij")
+    c = torch.stack([cols.flatten() * 100.0, rows.flatten() * 86.6], dim=1)
+    pe = position_encoding(c, 128)
+    assert pe.shape == (78 * 128, 128) and torch.isfinite(pe).all()
+    assert torch.unique(pe, dim=0).shape[0] == 78 * 128  # every position distinct
+    assert torch.allclose(position_encoding(c + 1234.0, 128), pe, atol=1e-3)  # translation invariant
+
+
+def test_config_round_trip():
+    cfg = preset("compact", k=5, ham_rule="largest")
+    assert HGGEPConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        HGGEPConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+
+
+def test_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    cfg = preset("compact", n_genes=20, dropout=0.0)
+    m = HGGEP(cfg)
+    n = 24
+    x = torch.rand(n, 3, 112, 112)
+    c = torch.rand(n, 2) * 2000
+    target = torch.randn(n, 20)
+    counts = torch.poisson(torch.full((n, 20), 3.0))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = hggep_loss(m(x, c), target, counts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_channels_last_input_trains():
+    """uint8 HWC patches permuted to NCHW are channels-last; oneDNN crashed on them in backward."""
+    m = HGGEP(preset("compact", n_genes=8))
+    x = torch.rand(30, 112, 112, 3).permute(0, 3, 1, 2)
+    m(x, torch.rand(30, 2) * 1000)["expr"].sum().backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cpu_and_cuda_agree():
+    torch.manual_seed(0)
+    m = HGGEP(preset("compact")).eval()
+    x, c = torch.rand(64, 3, 112, 112), torch.rand(64, 2) * 3000
+    with torch.no_grad():
+        a = m(x, c)["expr"]
+        b = m.cuda()(x.cuda(), c.cuda())["expr"].cpu()
+    assert (a - b).abs().max() < 1e-3

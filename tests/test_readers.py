@@ -1,0 +1,153 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from helpers import he_like_image, write_her2st, write_visium
+from napari_hggep.data import SlideError, open_slide, read_her2st, read_visium
+from napari_hggep.data.image import image_um_per_px, read_image
+from napari_hggep.data.patches import extract_patches, patch_window_px
+from napari_hggep.data.readers import read_image_with_grid, read_image_with_spots
+from napari_hggep.data.tissue import tissue_mask
+
+
+def test_her2st_round_trip(tmp_path):
+    img = he_like_image()
+    f = write_her2st(tmp_path / "S1", img)
+    s = read_her2st(f, genes=["GB", "GA", "MISSING"])
+    assert s.n_spots == 63 and s.genes == ["GB", "GA", "MISSING"]
+    assert s.counts.shape == (63, 3) and (s.counts[:, 2] == 0).all()
+    raw = pd.read_csv(f / "counts.tsv.gz", sep="\t", index_col=0)
+    assert np.array_equal(s.counts[:, 1], raw.loc[s.spot_ids, "GA"].to_numpy())
+    assert s.um_per_px == pytest.approx(200 / 40, rel=1e-3)  # 200 um pitch over 40 px
+    assert s.spot_ids[0] == "3x3" and tuple(s.xy[0]) == (120.5, 119.5)
+    assert s.image.shape == img.shape
+
+
+def test_real_her2st_section(her2st_dir):
+    s = read_her2st(her2st_dir / "C3")
+    assert s.n_spots > 150 and s.counts.shape[0] == s.n_spots
+    assert 0.6 < s.um_per_px < 0.75
+    s.validate()
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_visium_round_trip(tmp_path, old):
+    img = he_like_image(500, 420)
+    f = write_visium(tmp_path / "outs", img, old_format=old)
+    s = read_visium(f)  # hires image, spots scaled by tissue_hires_scalef
+    pos = pd.read_csv(f / "spatial" / ("tissue_positions_list.csv" if old else "tissue_positions.csv"),
+                      header=None if old else 0)
+    n_in = int((pos.iloc[:, 1] == 1).sum())
+    assert s.n_spots == n_in and s.counts.shape == (n_in, 2) and s.genes == ["GA", "GB"]
+    assert s.image.shape[:2] == (250, 210)
+    # first in-tissue spot: array row 2, col 0 -> full-res (x=60, y=60+2*34), hires x 0.5
+    np.testing.assert_allclose(s.xy[0], [30.0, 64.0])
+    assert tuple(s.array_rc[0]) == (2, 0)
+    assert s.um_per_px == pytest.approx(55 / 20 / 0.5)
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, img)
+    s2 = read_visium(f, image=full)
+    assert s2.um_per_px == pytest.approx(55 / 20) and s2.image.shape == img.shape
+    np.testing.assert_allclose(s2.xy * 0.5, s.xy)
+    s2.validate()
+
+
+def test_visium_counts_match_h5(tmp_path):
+    f = write_visium(tmp_path / "outs", he_like_image(500, 420))
+    s = read_visium(f)
+    from napari_hggep.data.readers import read_10x_h5
+
+    mat, names, bc = read_10x_h5(f / "filtered_feature_bc_matrix.h5")
+    order = {b: i for i, b in enumerate(bc)}
+    np.testing.assert_array_equal(s.counts, mat[[order[b] for b in s.spot_ids]])
+
+
+def test_image_and_spots_csv(tmp_path):
+    img = he_like_image()
+    p = tmp_path / "slide.tif"
+    tifffile.imwrite(p, img, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    assert image_um_per_px(p) == pytest.approx(0.5)
+    csv = tmp_path / "spots.csv"
+    pd.DataFrame({"spot_id": ["a", "b"], "x": [100.0, 400.0], "y": [300.0, 250.0]}).to_csv(csv, index=False)
+    s = read_image_with_spots(p, csv)
+    assert s.um_per_px == pytest.approx(0.5) and list(s.spot_ids) == ["a", "b"]
+    np.testing.assert_array_equal(s.xy, [[100, 300], [400, 250]])
+    png = tmp_path / "slide.png"
+    from PIL import Image
+
+    Image.fromarray(img).save(png)
+    with pytest.raises(SlideError, match="micrometres per pixel"):
+        read_image_with_spots(png, csv)
+    assert read_image_with_spots(png, csv, um_per_px=0.7).um_per_px == 0.7
+
+
+def test_ome_tiff_pixel_size_and_lazy_pyramid(tmp_path):
+    img = he_like_image(512, 640)
+    p = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(img, subifds=1, tile=(128, 128), metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        tw.write(img[::2, ::2], tile=(128, 128), subfiletype=1)
+    assert image_um_per_px(p) == pytest.approx(0.25)
+    im = read_image(p)
+    assert im.shape == (512, 640, 3)
+    np.testing.assert_array_equal(np.asarray(im[10:20, 30:50]), img[10:20, 30:50])
+
+
+def test_bad_spot_tables(tmp_path):
+    img = tmp_path / "s.png"
+    from PIL import Image
+
+    Image.fromarray(he_like_image()).save(img)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,col,row\n1,2,3\n")
+    with pytest.raises(SlideError, match="spot_id,x,y"):
+        read_image_with_spots(img, bad, um_per_px=0.5)
+    with pytest.raises(SlideError, match="does not exist"):
+        read_image_with_spots(img, tmp_path / "nope.csv", um_per_px=0.5)
+    out = tmp_path / "out.csv"
+    pd.DataFrame({"spot_id": ["a"], "x": [5000.0], "y": [10.0]}).to_csv(out, index=False)
+    with pytest.raises(SlideError, match="outside"):
+        read_image_with_spots(img, out, um_per_px=0.5).validate()
+    with pytest.raises(SlideError, match="not an image"):
+        open_slide(bad)
+
+
+def test_tissue_grid(tmp_path):
+    img = he_like_image(600, 800)
+    mask, step = tissue_mask(img)
+    assert 0.15 < mask.mean() < 0.4  # the blob covers ~28% of the image
+    from PIL import Image
+
+    p = tmp_path / "he.png"
+    Image.fromarray(img).save(p)
+    s = read_image_with_grid(p, um_per_px=2.0, pitch_um=60.0)
+    assert s.n_spots > 50
+    # every grid spot lies on tissue (purple), none on the glass
+    px = img[s.xy[:, 1].astype(int), s.xy[:, 0].astype(int)]
+    assert (px[:, 1] < 200).mean() > 0.95
+    d = np.sqrt(((s.xy[:, None] - s.xy[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    assert np.median(d.min(1)) == pytest.approx(30.0, rel=0.02)  # 60 um / 2 um per px
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((300, 300, 3), 240, np.uint8)).save(blank)
+    with pytest.raises(SlideError, match="no tissue"):
+        read_image_with_grid(blank, um_per_px=1.0)
+
+
+def test_patches_physical_size_and_border(tmp_path):
+    img = he_like_image(300, 300)
+    img[140:160, 140:160] = (0, 0, 0)  # a dark square in the middle
+    f = write_her2st(tmp_path / "S", img, pitch_px=40.0)
+    s = read_her2st(f)  # 5 um/px
+    s.xy = np.array([[150.0, 150.0], [1.0, 1.0]])
+    s.spot_ids = np.array(["c", "edge"])
+    s.counts = None
+    p = extract_patches(s, patch_um=200.0, patch_px=112)  # 40 px windows
+    assert patch_window_px(5.0, 200.0) == 40
+    assert p.shape == (2, 112, 112, 3) and p.dtype == np.uint8
+    # the 20 px dark square is half of the 40 px window: the middle half of the patch
+    assert p[0, 56, 56].max() < 30 and p[0, 5, 5].min() > 60
+    assert (p[1, :40, :40] == 255).all()  # padded outside the image, no crash
