@@ -12,7 +12,7 @@ KEY = "hggep"  # metadata namespace on our layers
 def image_layer_data(slide: Slide) -> tuple:
     upp = float(slide.um_per_px)
     meta = {KEY: {"kind": "image", "um_per_px": upp, "source": slide.source, "name": slide.name}}
-    return (slide.image, {"name": slide.name, "rgb": True, "scale": (upp, upp), "units": "µm", "metadata": meta},
+    return (slide.image, {"name": slide.name, "rgb": True, "scale": (upp, upp), "metadata": meta},
             "image")
 
 
@@ -31,7 +31,6 @@ def spots_layer_data(slide: Slide, name: str | None = None) -> tuple:
     kwargs = {
         "name": name or f"{slide.name} spots",
         "scale": (upp, upp),
-        "units": "µm",
         "size": slide.spot_diameter_um / upp,
         "face_color": "transparent",
         "border_color": "yellow",
@@ -54,7 +53,6 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
     kwargs = {
         "name": name or f"{pred.name} genes",
         "scale": (upp, upp),
-        "units": "µm",
         "size": spot_diameter_um / upp,
         "border_width": 0,
         "features": feats,

@@ -26,7 +26,6 @@ BUNDLED = "Bundled model (HER2+ compact)"
 CHECKPOINT = "Checkpoint file…"
 COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
 UNRELIABLE_PCC = 0.1
-MAX_GENE_CHOICES = 400
 
 
 def _bundled_gene_pcc() -> dict:
@@ -58,7 +57,7 @@ class PredictWidget(Container):
         self.viewer = napari_viewer
         self.worker = None
         self._slides = {}  # prediction layer name -> spot diameter (um)
-        self.image_layer = ComboBox(label="Image", choices=self._image_layers, nullable=True)
+        self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.spots = ComboBox(label="Spots", choices=self._spot_sources)
         self.pitch_um = FloatSpinBox(label="Grid pitch (µm)", value=200.0, min=20.0, max=2000.0, step=10.0)
         self.um_per_px = FloatSpinBox(label="µm per pixel", value=0.5, min=0.01, max=100.0, step=0.001)
@@ -71,10 +70,10 @@ class PredictWidget(Container):
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.status = Label(label="Status", value="Pick an image, then press Predict.")
         # result section
-        self.result = ComboBox(label="Result layer", choices=self._prediction_layers, nullable=True)
+        self.result = ComboBox(label="Result layer", choices=self._prediction_layers)
         self.gene_filter = LineEdit(label="Find gene", value="")
         self.sort_by_pcc = CheckBox(text="sort by held-out PCC", value=True)
-        self.gene = ComboBox(label="Gene", choices=[], nullable=True)
+        self.gene = ComboBox(label="Gene", choices=[])
         self.colormap = ComboBox(label="Colormap", choices=COLORMAPS, value="viridis")
         self.gene_info = Label(label="", value="")
         self.export_file = FileEdit(label="Export to", mode="w", filter="*.csv *.h5ad")
@@ -193,8 +192,9 @@ class PredictWidget(Container):
             return
         from napari.qt.threading import thread_worker
 
+        _import_torch_stack()
         device = self.device.value
-        self.worker = thread_worker(_predict_job, start_thread=False)(req, model_path, device)
+        self.worker = thread_worker(_predict_job, start_thread=False, ignore_errors=True)(req, model_path, device)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(lambda res: self._on_done(res, req["image_layer"]))
         self.worker.errored.connect(self._fail)
@@ -264,7 +264,6 @@ class PredictWidget(Container):
         genes = [g for g in meta["genes"] if text in g.upper()]
         if self.sort_by_pcc.value and pcc:
             genes.sort(key=lambda g: -(pcc.get(g) if pcc.get(g) is not None else -1))
-        genes = genes[:MAX_GENE_CHOICES]
         vals = layer.features
         choices = []
         for g in genes:
@@ -311,6 +310,26 @@ def result_is_bundled(pred) -> bool:
     from .._bundled import bundled_checkpoint
 
     return pred.meta.get("model") == str(bundled_checkpoint())
+
+
+def _import_torch_stack():
+    """Import torch and friends on the main thread, once, on the first Predict: importing
+    them for the first time inside a worker thread crashes, and importing them at widget
+    creation would slow napari's start.
+
+    Triton (pulled in by ``torch._dynamo``, which torch_geometric imports) bundles its own
+    LLVM, which segfaults when loaded into a process whose OpenGL already loaded Mesa's
+    llvmpipe LLVM (every software-rendered napari). Inference never compiles kernels, so
+    inside napari torch is told triton is absent, unless something imported it already.
+    """
+    import sys
+
+    if "triton" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["triton"] = None  # makes `import triton` raise ImportError: torch treats it as missing
+    import torch  # noqa: F401
+    import torch_geometric.nn  # noqa: F401
+
+    from ..model import hggep  # noqa: F401
 
 
 def _predict_job(req: dict, model_path, device: str):

@@ -1,27 +1,11 @@
 """Export predictions to CSV and AnnData ``.h5ad``, atomically (temporary file + rename)."""
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+from .._atomic import atomic_path
 
 
 def _select(pred, genes):
@@ -45,7 +29,7 @@ def prediction_frame(pred, genes=None):
 def write_csv(pred, path, genes=None) -> Path:
     df = prediction_frame(pred, genes)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.5g")
+        df.to_csv(tmp, index=False, float_format="%.7g")
     return Path(path)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .._atomic import atomic_write_bytes
 from .config import HGGEPConfig
 
 FORMAT = "napari-hggep-checkpoint"
@@ -58,21 +57,6 @@ def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -103,7 +87,12 @@ def save_checkpoint(
     digest = _digest(meta, state)
     buf = io.BytesIO()
     torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    # the model card beside the weights: readable without torch (the widget shows per-gene PCC from it)
+    card = {**meta, "weights_file": Path(path).name, "file_sha256": hashlib.sha256(data).hexdigest(),
+            "content_sha256": digest, "n_parameters": int(sum(v.numel() for v in state.values()))}
+    atomic_write_bytes(Path(path).with_suffix(".json"), json.dumps(card, indent=1).encode())
     return digest
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ..devices import resolve_device
-from ..model.checkpoint import atomic_write_bytes
+from .._atomic import atomic_write_bytes
 from ..model.config import HGGEPConfig
 from .baseline import RidgeBaseline, colour_features
 from .dataset import SectionData

@@ -15,7 +15,8 @@ import torch
 
 from ..data.patches import to_tensor
 from ..devices import resolve_device
-from ..model.checkpoint import ModelBundle, atomic_write_bytes, save_checkpoint
+from .._atomic import atomic_write_bytes
+from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
 from ..model.hggep import HGGEP
 from ..model.losses import hggep_loss
@@ -33,7 +34,20 @@ class TrainConfig:
     seed: int = 0
     ema: float = 0.9  # exponential moving average of the weights, per step
     jitter: float = 0.08  # colour jitter strength
+    smooth_targets: float = 0.0  # weight of the neighbours' mean in denoised training targets (0: raw)
     device: str = "auto"
+
+
+def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> np.ndarray:
+    """Denoise ST targets: blend each spot with the mean of its nearest-ring neighbours."""
+    if weight <= 0 or len(target) < 3:
+        return target
+    d = np.sqrt(((coords_um[:, None] - coords_um[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    ring = d <= 1.25 * np.median(d.min(axis=1))
+    cnt = ring.sum(1, keepdims=True)
+    nb = np.where(cnt > 0, (ring.astype(np.float32) @ target) / np.maximum(cnt, 1), target)
+    return ((1 - weight) * target + weight * nb).astype(np.float32)
 
 
 def _dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -121,10 +135,12 @@ def train_model(
     g = torch.Generator().manual_seed(tcfg.seed)
     device = resolve_device(tcfg.device)
     train_masks = _split(sections, tcfg.val_frac, tcfg.seed)
+    # the loss may see denoised targets; validation always scores against the raw ones
+    fit_targets = [smooth_targets(s.target, s.coords_um, tcfg.smooth_targets) for s in sections]
     mean, std = gene_stats(sections, train_masks)
     model = HGGEP(config).to(device)
     if config.head_rank:
-        z = np.concatenate([(s.target[m] - mean) / std for s, m in zip(sections, train_masks)])
+        z = np.concatenate([(t[m] - mean) / std for t, m in zip(fit_targets, train_masks)])
         init_low_rank_head(model, z)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -144,9 +160,9 @@ def train_model(
         start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
         best_state = st["best_state"]
     tensors = [
-        (torch.from_numpy((s.target - mean) / std).float().to(device), torch.from_numpy(s.counts).to(device),
+        (torch.from_numpy((t - mean) / std).float().to(device), torch.from_numpy(s.counts).to(device),
          torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device))
-        for s, m in zip(sections, train_masks)
+        for s, t, m in zip(sections, fit_targets, train_masks)
     ]
     has_val = any((~m).any() for m in train_masks)
     for epoch in range(start_epoch, tcfg.epochs):

@@ -1,0 +1,133 @@
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import he_like_image, write_her2st, write_visium
+from napari_hggep import __version__, load_model, predict_slide
+from napari_hggep.cli import main
+from napari_hggep.data.readers import read_image_with_spots
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("st")
+    genes = ["GA", "GB", "GC", "GD"]
+    for i, name in enumerate(["S1", "S2"]):
+        write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
+    (root / "genes.txt").write_text("\n".join(genes) + "\n")
+    return root
+
+
+def test_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "napari_hggep.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
+    out = subprocess.run([sys.executable, "-m", "napari_hggep.cli", "--help"], capture_output=True, text=True)
+    for cmd in ("predict", "train", "evaluate", "demo"):
+        assert cmd in out.stdout
+
+
+def test_predict_slide_on_sample(bundle):
+    from napari_hggep._napari.sample import sample_slide
+
+    s = sample_slide()
+    calls = []
+    pred = predict_slide(bundle, s, batch_size=8, progress=lambda d, t: calls.append((d, t)))
+    assert pred.values.shape == (s.n_spots, 785) and np.isfinite(pred.values).all()
+    assert calls[-1] == (s.n_spots, s.n_spots) and len(calls) >= s.n_spots // 8
+    assert pred.values.std(axis=0).max() > 0  # varies across spots
+    # batching does not change the result
+    again = predict_slide(bundle, s, batch_size=1000)
+    np.testing.assert_allclose(again.values, pred.values, atol=1e-4)
+
+
+def test_cli_predict_csv_and_h5ad(tmp_path, bundle):
+    img = he_like_image(700, 700)
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "he.png")
+    pd.DataFrame({"spot_id": ["s1", "s2", "s3"], "x": [300.0, 350, 400], "y": [350.0, 350, 360],
+                  "array_row": [1, 1, 2], "array_col": [1, 3, 2]}).to_csv(tmp_path / "spots.csv", index=False)
+    out, h5 = tmp_path / "pred.csv", tmp_path / "pred.h5ad"
+    rc = main(["predict", str(tmp_path / "he.png"), "--spots", str(tmp_path / "spots.csv"), "--um-per-px", "0.7",
+               "-o", str(out), "--h5ad", str(h5), "--device", "cpu"])
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns[:5]) == ["spot_id", "x", "y", "array_row", "array_col"] and df.shape == (3, 5 + 785)
+    a = ad.read_h5ad(h5)
+    assert a.shape == (3, 785) and a.obsm["spatial"].shape == (3, 2)
+    np.testing.assert_allclose(a.X, df.iloc[:, 5:].to_numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.obsm["spatial"], df[["x", "y"]].to_numpy())
+
+
+def test_cli_predict_grid_and_visium(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(he_like_image(600, 800)).save(tmp_path / "he.png")
+    out = tmp_path / "grid.csv"
+    assert main(["predict", str(tmp_path / "he.png"), "--grid", "--pitch-um", "100", "--um-per-px", "2",
+                 "-o", str(out), "--genes", "KRT8,GNAS"]) == 0
+    df = pd.read_csv(out)
+    assert len(df) > 20 and list(df.columns[-2:]) == ["KRT8", "GNAS"]
+    v = write_visium(tmp_path / "outs", he_like_image(500, 420))
+    out2 = tmp_path / "vis.csv"
+    assert main(["predict", str(v), "--visium", str(v), "-o", str(out2)]) == 0
+    assert len(pd.read_csv(out2)) == 64
+
+
+def test_cli_errors_are_clear_and_keep_old_output(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(he_like_image()).save(tmp_path / "he.png")
+    pd.DataFrame({"spot_id": ["a"], "x": [9000.0], "y": [1.0]}).to_csv(tmp_path / "far.csv", index=False)
+    out = tmp_path / "pred.csv"
+    out.write_text("keep me\n")
+    rc = main(["predict", str(tmp_path / "he.png"), "--spots", str(tmp_path / "far.csv"), "--um-per-px", "1",
+               "-o", str(out)])
+    assert rc == 2 and "outside" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+    rc = main(["predict", str(tmp_path / "missing.png"), "--grid", "--um-per-px", "1", "-o", str(out)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    rc = main(["predict", str(tmp_path / "he.png"), "--grid", "--um-per-px", "1", "--model", str(bad), "-o", str(out)])
+    assert rc == 2 and "bad.pt" in capsys.readouterr().err
+    rc = main(["predict", str(tmp_path / "he.png"), "--grid", "--um-per-px", "1", "-o", str(out), "--genes", "NOPE"])
+    assert rc == 2 and "NOPE" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+
+
+def test_train_resume_predict_evaluate(tiny_data, tmp_path):
+    ck = tmp_path / "m.pt"
+    args = ["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "2", "--out", str(ck),
+            "--seed", "1"]
+    assert main(args) == 0
+    b = load_model(ck, device="cpu")
+    assert b.genes == ["GA", "GB", "GC", "GD"] and b.meta["sections"] == ["S1", "S2"]
+    assert len(b.meta["extra"]["history"]) == 2
+    # resume continues from the saved state up to the new epoch count
+    assert main(args[:-4] + ["--epochs", "3", "--out", str(ck), "--resume", "--seed", "1"]) == 0
+    assert len(load_model(ck, device="cpu").meta["extra"]["history"]) == 3
+    s = read_image_with_spots  # noqa: F841
+    from napari_hggep.data import read_her2st
+
+    pred = predict_slide(b, read_her2st(tiny_data / "S1", with_counts=False))
+    assert pred.values.shape == (63, 4)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--loo", "--data", str(tiny_data), "--epochs", "1", "--out", str(out)]) == 0
+    import json
+
+    res = json.loads((out / "loo.json").read_text())
+    assert set(res["per_section"]) == {"S1", "S2"}
+    for r in res["per_section"].values():
+        assert {"pcc_mean", "pcc_median", "ssim_mean", "rmse"} <= set(r["hggep"])
+        assert "pcc_mean" in r["ridge_baseline"]
+    assert "| S1 |" in (out / "loo.md").read_text()
