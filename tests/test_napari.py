@@ -22,12 +22,9 @@ def sample_viewer(viewer):
     return viewer
 
 
-def wait_predict(qtbot, w, timeout=120_000):
-    w.run()
-    if w.worker is not None:
-        with qtbot.waitSignal(w.worker.finished, timeout=timeout):
-            pass
-    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+def wait_predict(qtbot, w, timeout=180_000):
+    w.run()  # the worker may finish before a signal could be connected here: poll the widget's state
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
 
 
 def test_sample_data(sample_viewer):
@@ -60,7 +57,6 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     assert w.image_layer.value is sample_viewer.layers[0]
     assert w.spots.value is sample_viewer.layers[1]
     assert w.um_per_px.value == pytest.approx(sample_viewer.layers[0].metadata[KEY]["um_per_px"], abs=1e-3)
-    steps = []
     wait_predict(qtbot, w)
     assert w.status.value.startswith("Predicted 785 genes for 29 spots"), w.status.value
     layer = sample_viewer.layers["HER2+ B4 crop genes"]
@@ -134,7 +130,6 @@ def test_error_leaves_widget_usable(viewer, qtbot):
     # a corrupt checkpoint fails in the worker and resets the buttons
     w.spots.value = GENERATE
     w.model_choice.value = "Checkpoint file…"
-    bad = qtbot  # noqa: F841
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as f:
@@ -171,7 +166,9 @@ def test_color_by_unknown_gene(sample_viewer, qtbot):
         color_by_gene(w.result.value, "NOT_A_GENE")
 
 
-def test_screenshot(sample_viewer, qtbot, tmp_path):
+def test_screenshot(make_napari_viewer, qtbot, tmp_path):
+    sample_viewer = make_napari_viewer(show=True)
+    sample_viewer.open_sample("napari-hggep", "he_spots")
     w = PredictWidget(sample_viewer)
     sample_viewer.window.add_dock_widget(w)
     wait_predict(qtbot, w)

@@ -187,12 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.slide import SlideError
-    from .model.checkpoint import CheckpointError
-
     try:
         return args.func(args)
-    except (SlideError, CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    # bad input (SlideError, CheckpointError are ValueErrors): one clear line, no traceback
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"napari-hggep: error: {msg}", file=sys.stderr)
         return 2

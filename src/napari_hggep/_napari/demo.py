@@ -9,6 +9,7 @@ def run_demo(screenshot: str | None = None, gene: str | None = None, timeout_s: 
     from qtpy.QtCore import QEventLoop, QTimer
 
     viewer = napari.Viewer(title="napari-hggep demo")
+    viewer.window._qt_window.resize(1500, 950)
     viewer.open_sample("napari-hggep", "he_spots")
     _, widget = viewer.window.add_plugin_dock_widget("napari-hggep", "Predict gene expression")
     loop = QEventLoop()

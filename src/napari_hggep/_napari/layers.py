@@ -55,6 +55,7 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
         "scale": (upp, upp),
         "size": spot_diameter_um / upp,
         "border_width": 0,
+        "opacity": 0.9,
         "features": feats,
         "metadata": meta,
     }

@@ -28,13 +28,6 @@ COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
 UNRELIABLE_PCC = 0.1
 
 
-def _bundled_gene_pcc() -> dict:
-    from .._bundled import bundled_card
-
-    card = bundled_card() or {}
-    return dict(card.get("metrics", {}).get("gene_pcc") or {})
-
-
 def image_px(points_layer, image_layer) -> np.ndarray:
     """Points layer data -> (x, y) pixel coordinates of the image layer (via world coordinates)."""
     d = np.asarray(points_layer.data, dtype=float)[:, -2:]
@@ -97,6 +90,9 @@ class PredictWidget(Container):
         self.gene.changed.connect(self._recolor)
         self.colormap.changed.connect(self._recolor)
         self.export_btn.clicked.connect(self.export)
+        self.native.setMaximumWidth(460)  # leave the canvas most of the window
+        for lab in (self.status, self.gene_info, self.device_info):
+            lab.native.setWordWrap(True)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._reset_choices)
         self._on_image(self.image_layer.value)
@@ -196,7 +192,8 @@ class PredictWidget(Container):
         device = self.device.value
         self.worker = thread_worker(_predict_job, start_thread=False, ignore_errors=True)(req, model_path, device)
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda res: self._on_done(res, req["image_layer"]))
+        spots_layer = None if self.spots.value == GENERATE else self.spots.value
+        self.worker.returned.connect(lambda res: self._on_done(res, req["image_layer"], spots_layer))
         self.worker.errored.connect(self._fail)
         self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
@@ -221,16 +218,17 @@ class PredictWidget(Container):
         self.progress.value = int(done)
         self.status.value = text
 
-    def _on_done(self, result, image_layer):
-        pred, diameter, device = result
+    def _on_done(self, result, image_layer, spots_layer=None):
+        pred, diameter, device, gene_pcc = result
         name = f"{image_layer.name} genes"
-        data, kwargs, _ = prediction_layer_data(pred, diameter, _bundled_gene_pcc() if result_is_bundled(pred) else {},
-                                                name=name)
+        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name)
         kwargs["scale"] = tuple(image_layer.scale[-2:])
         kwargs["translate"] = tuple(image_layer.translate[-2:])
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         layer = self.viewer.add_points(data, **kwargs)
+        if spots_layer is not None and spots_layer in self.viewer.layers:
+            spots_layer.visible = False  # the coloured spots now sit where the input spots were
         self.result.reset_choices()
         self.result.value = layer
         self._refresh_genes()
@@ -306,12 +304,6 @@ class PredictWidget(Container):
             self._fail(e)
 
 
-def result_is_bundled(pred) -> bool:
-    from .._bundled import bundled_checkpoint
-
-    return pred.meta.get("model") == str(bundled_checkpoint())
-
-
 def _import_torch_stack():
     """Import torch and friends on the main thread, once, on the first Predict: importing
     them for the first time inside a worker thread crashes, and importing them at widget
@@ -324,7 +316,7 @@ def _import_torch_stack():
     """
     import sys
 
-    if "triton" not in sys.modules and "torch" not in sys.modules:
+    if "triton" not in sys.modules:
         sys.modules["triton"] = None  # makes `import triton` raise ImportError: torch treats it as missing
     import torch  # noqa: F401
     import torch_geometric.nn  # noqa: F401
@@ -349,5 +341,5 @@ def _predict_job(req: dict, model_path, device: str):
         try:
             done, total = next(gen)
         except StopIteration as stop:
-            return stop.value, slide.spot_diameter_um, bundle.device.type
+            return stop.value, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc()
         yield ("progress", done, total, f"Predicting… {done}/{total} spots")

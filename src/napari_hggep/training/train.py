@@ -88,8 +88,10 @@ def init_low_rank_head(model: HGGEP, z: np.ndarray) -> None:
     lin = model.head[1]
     r = lin.weight.shape[1]
     _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    k = min(r, vt.shape[0])  # fewer axes than the rank when there are few genes or spots
     with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(vt[:r].T.copy()))
+        lin.weight.zero_()
+        lin.weight[:, :k] = torch.from_numpy(vt[:k].T.copy())
         lin.bias.zero_()
 
 
