@@ -71,7 +71,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
             stats = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
             stats = tuple(t.to(device) for t in stats)
         for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-            tokens[torch.from_numpy(idx).to(device)] = model.encode(to_tensor(patches).to(device), stats)
+            tokens[torch.from_numpy(idx).to(device)] = model.encode_views(to_tensor(patches).to(device), stats)
             yield int(idx[-1]) + 1, n
         coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
         z = model.forward_tokens(tokens, coords)["expr"].float().cpu().numpy()

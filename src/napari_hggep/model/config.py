@@ -20,6 +20,8 @@ class HGGEPConfig:
     # input colour standardisation: "imagenet" (fixed RGB statistics) or "slide" (each
     # slide's own per-channel statistics: removes stain differences between slides)
     colour_norm: str = "imagenet"
+    # test-time augmentation: average patch tokens over this many of the 8 flips/rotations
+    tta_views: int = 1
     # GEM
     gem_theta: float = 0.7
     # per-stage projection: CBAM output -> (optional adaptive avg pool) -> flatten -> Linear(d)

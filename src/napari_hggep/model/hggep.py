@@ -95,6 +95,17 @@ class HGGEP(nn.Module):
         feats = self.backbone(self.gem(x))
         return torch.stack([p(f) for p, f in zip(self.stages, feats)], dim=1)
 
+    def encode_views(self, patches: torch.Tensor, colour_stats=None, views: int | None = None) -> torch.Tensor:
+        """``encode`` averaged over ``views`` (1-8) flips/90 degree rotations of each patch."""
+        views = self.config.tta_views if views is None else int(views)
+        if views <= 1:
+            return self.encode(patches, colour_stats)
+        acc = 0
+        for k in range(min(views, 8)):
+            v = torch.rot90(patches, k % 4, dims=(2, 3))
+            acc = acc + self.encode(v.flip(3) if k >= 4 else v, colour_stats)
+        return acc / min(views, 8)
+
     def forward_tokens(self, tokens: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
         """Slide-level part: attention and hypergraph across all spots of one slide."""
         pos = position_encoding(coords_um, self.config.dim, self.config.pos_wavelength_um)

@@ -42,10 +42,15 @@ def evaluate_loo(
         log(f"[{held.name}] training on {[s.name for s in train]}")
         bundle, history = train_model(train, config, genes, tcfg, progress=progress)
         tn = bundle.target_norm
-        pred = predict_section(bundle.model, held, np.asarray(tn["mean"]), np.asarray(tn["std"]),
-                               resolve_device(tcfg.device))
+        dev = resolve_device(tcfg.device)
+        mean_, std_ = np.asarray(tn["mean"]), np.asarray(tn["std"])
+        pred = predict_section(bundle.model, held, mean_, std_, dev, views=config.tta_views)
         lab = None if labels is None else labels.get(held.name)
         m = slide_metrics(pred, held.target, lab)
+        # the same model with 1 and with 8 test-time views, to show what TTA is worth
+        for views in sorted({1, 8} - {config.tta_views}):
+            alt = slide_metrics(predict_section(bundle.model, held, mean_, std_, dev, views=views), held.target)
+            m[f"pcc_mean_{views}_views"] = alt["pcc_mean"]
         ridge = RidgeBaseline().fit(np.concatenate([feats[s.name] for s in train]),
                                     np.concatenate([s.target for s in train]))
         b = slide_metrics(ridge.predict(feats[held.name]), held.target, lab)

@@ -96,11 +96,12 @@ def init_low_rank_head(model: HGGEP, z: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.ndarray, device) -> np.ndarray:
+def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.ndarray, device,
+                    views: int = 1) -> np.ndarray:
     model.eval()
     x = to_tensor(sec.patches).to(device)
     c = torch.from_numpy(sec.coords_um).to(device)
-    z = model(x, c)["expr"].float().cpu().numpy()
+    z = model.forward_tokens(model.encode_views(x, views=views), c)["expr"].float().cpu().numpy()
     return z * std + mean
 
 
