@@ -81,9 +81,13 @@ def _sections(a):
 
 
 def _epoch_printer(total):
+    """A progress bar over epochs that shows the loss and the validation PCC."""
+    bar = Bar("train")
+
     def show(rec):
-        print(f"epoch {rec['epoch']:3d}/{total}  loss {rec['loss']:.4f}  val PCC {rec['val_pcc']:.4f}  "
-              f"{rec['seconds']:.1f}s", file=sys.stderr, flush=True)
+        if rec["epoch"] == 1:
+            bar.t0 = time.time() - rec["seconds"]
+        bar(rec["epoch"], total, f"loss {rec['loss']:.4f}  val PCC {rec['val_pcc']:.4f}")
 
     return show
 
