@@ -56,7 +56,7 @@ def _train_config(a):
     from .training.train import TrainConfig
 
     return TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed, device=a.device, zinb_weight=a.zinb_weight,
-                       val_frac=a.val_frac, smooth_targets=a.smooth_targets)
+                       val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets)
 
 
 def _model_config(a, genes):
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--lr", type=float, default=1e-3)
         t.add_argument("--zinb-weight", type=float, default=0.25)
         t.add_argument("--val-frac", type=float, default=0.15)
+        t.add_argument("--val-split", choices=["spots", "section"], default="spots",
+                       help="validation for model selection: a fraction of every training section's spots, "
+                            "or one whole training section")
         t.add_argument("--smooth-targets", type=float, default=0.0,
                        help="train on targets blended with their neighbours' mean (0..1; 0 = raw)")
         t.add_argument("--seed", type=int, default=0)

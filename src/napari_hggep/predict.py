@@ -60,7 +60,10 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
     device = bundle.device
     model = bundle.model.eval()
     n = slide.n_spots
+    from .model.hggep import N_STAIN_STATS, stain_stats
+
     tokens = torch.empty(n, 3, cfg.dim, device=device)
+    stats_all = torch.empty(n, N_STAIN_STATS, device=device) if cfg.stain_skip else None
     yield 0, n
     with torch.inference_mode():
         stats = None
@@ -71,10 +74,14 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
             stats = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
             stats = tuple(t.to(device) for t in stats)
         for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-            tokens[torch.from_numpy(idx).to(device)] = model.encode_views(to_tensor(patches).to(device), stats)
+            x = to_tensor(patches).to(device)
+            rows = torch.from_numpy(idx).to(device)
+            tokens[rows] = model.encode_views(x, stats)
+            if stats_all is not None:
+                stats_all[rows] = stain_stats(x)
             yield int(idx[-1]) + 1, n
         coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
-        z = model.forward_tokens(tokens, coords)["expr"].float().cpu().numpy()
+        z = model.forward_tokens(tokens, coords, stats_all)["expr"].float().cpu().numpy()
     tn = bundle.target_norm or {}
     if "mean" in tn and "std" in tn:
         z = z * np.asarray(tn["std"], np.float32) + np.asarray(tn["mean"], np.float32)

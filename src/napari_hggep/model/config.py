@@ -39,6 +39,9 @@ class HGGEPConfig:
     ham_rule: str = "nearest"  # "nearest" (paper) or "largest" (reference code)
     # fusion
     lstm_layers: int = 4
+    # a linear skip from per-patch stain statistics (RGB and haematoxylin/eosin/DAB optical
+    # density: mean, std, quartiles; z-scored within the slide) to the genes. Off in the paper.
+    stain_skip: bool = False
     head_rank: int | None = None  # low-rank gene head: Linear(d, r) -> Linear(r, G)
     zinb: bool = True
 
@@ -74,6 +77,7 @@ PRESETS: dict[str, HGGEPConfig] = {
         lstm_layers=1,
         dropout=0.2,
         head_rank=32,
+        stain_skip=True,
     ),
 }
 

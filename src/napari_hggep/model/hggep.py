@@ -15,6 +15,29 @@ from .transformer import SpotTransformer, position_encoding
 # patches arrive as floats in [0, 1]; standardise with the usual RGB statistics
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
+# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color.rgb2hed
+_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+N_STAIN_STATS = 30
+
+
+def stain_stats(patches: torch.Tensor) -> torch.Tensor:
+    """Per patch, for R, G, B and the H, E, D stain densities: mean, std and quartiles (N x 30)."""
+    x = patches.float().clamp_min(1e-6)
+    hed_from_rgb = torch.linalg.inv(torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device))
+    od = torch.log(x) / torch.log(torch.tensor(1e-6, device=x.device))  # as skimage's rgb2hed
+    hed = torch.einsum("nchw,cd->ndhw", od, hed_from_rgb).clamp_min(0)
+    feats = []
+    for chans in (x, hed):
+        flat = chans.flatten(2)  # N x 3 x P
+        q = torch.quantile(flat, torch.tensor([0.25, 0.5, 0.75], device=x.device), dim=2)  # 3 x N x 3
+        feats += [flat.mean(2), flat.std(2), *q.unbind(0)]
+    return torch.cat(feats, dim=1)
+
+
+def zscore_within_slide(s: torch.Tensor) -> torch.Tensor:
+    if s.shape[0] < 2:
+        return torch.zeros_like(s)
+    return (s - s.mean(0, keepdim=True)) / s.std(0, keepdim=True).clamp_min(1e-6)
 
 
 class StageProjection(nn.Module):
@@ -73,6 +96,10 @@ class HGGEP(nn.Module):
             return nn.Sequential(nn.Linear(d, r), nn.Linear(r, g)) if r else nn.Linear(d, g)
 
         self.head = head()
+        if config.stain_skip:
+            self.stain_head = nn.Linear(N_STAIN_STATS, g)
+            nn.init.zeros_(self.stain_head.weight)
+            nn.init.zeros_(self.stain_head.bias)
         if config.zinb:
             self.zinb_mean, self.zinb_disp, self.zinb_pi = head(), head(), head()
 
@@ -106,15 +133,22 @@ class HGGEP(nn.Module):
             acc = acc + self.encode(v.flip(3) if k >= 4 else v, colour_stats)
         return acc / min(views, 8)
 
-    def forward_tokens(self, tokens: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Slide-level part: attention and hypergraph across all spots of one slide."""
+    def forward_tokens(self, tokens: torch.Tensor, coords_um: torch.Tensor,
+                       stats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Slide-level part: attention and hypergraph across all spots of one slide.
+        ``stats``: :func:`stain_stats` of the patches (needed when ``config.stain_skip``)."""
         pos = position_encoding(coords_um, self.config.dim, self.config.pos_wavelength_um)
         z = [vit(tokens[:, i], pos) for i, vit in enumerate(self.vits)]
         h_out = self.ham(z[0] + z[1] + z[2], coords_um)
         seq = torch.stack([*z, h_out], dim=1)  # N x 4 x d
         fused, _ = self.lstm(seq)
         h = self.drop(self.norm(fused.mean(dim=1)))
-        out = {"expr": self.head(h), "embedding": h}
+        expr = self.head(h)
+        if self.config.stain_skip:
+            if stats is None:
+                raise ValueError("this model needs the patches' stain statistics (stain_skip=True)")
+            expr = expr + self.stain_head(zscore_within_slide(stats))
+        out = {"expr": expr, "embedding": h}
         if self.config.zinb:
             out["mean"] = torch.exp(self.zinb_mean(h).clamp(max=12.0)).clamp(1e-5, 1e6)
             out["disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
@@ -122,7 +156,8 @@ class HGGEP(nn.Module):
         return out
 
     def forward(self, patches: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_tokens(self.encode(patches), coords_um)
+        stats = stain_stats(patches) if self.config.stain_skip else None
+        return self.forward_tokens(self.encode(patches), coords_um, stats)
 
 
 def colour_stats_of(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

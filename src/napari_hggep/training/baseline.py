@@ -6,14 +6,15 @@ import numpy as np
 
 def colour_features(patches: np.ndarray) -> np.ndarray:
     """Per patch: RGB and HED (haematoxylin, eosin, DAB) means, stds and quartiles."""
-    from skimage.color import rgb2hed
+    from ..data.patches import to_tensor
+    from ..model.hggep import stain_stats
 
-    x = patches.astype(np.float32) / 255.0
-    feats = []
-    for chans in (x, np.stack([rgb2hed(p) for p in x])):
-        flat = chans.reshape(len(chans), -1, 3)
-        feats += [flat.mean(1), flat.std(1), *np.percentile(flat, [25, 50, 75], axis=1)]
-    return np.concatenate(feats, axis=1)
+    return np.concatenate([stain_stats(to_tensor(patches[i:i + 512])).numpy() for i in range(0, len(patches), 512)])
+
+
+def ridge_solve(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Weights of ridge regression of centred ``y`` on standardised ``x``."""
+    return np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
 
 
 class RidgeBaseline:
@@ -24,8 +25,7 @@ class RidgeBaseline:
         self.mu, self.sd = feats.mean(0), feats.std(0) + 1e-8
         x = (feats - self.mu) / self.sd
         self.ymu = y.mean(0)
-        a = x.T @ x + self.alpha * np.eye(x.shape[1])
-        self.w = np.linalg.solve(a, x.T @ (y - self.ymu))
+        self.w = ridge_solve(x, y - self.ymu, self.alpha)
         return self
 
     def predict(self, feats: np.ndarray) -> np.ndarray:

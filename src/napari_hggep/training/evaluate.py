@@ -70,7 +70,9 @@ def evaluate_loo(
         "protocol": {
             "kind": "leave-one-section-out",
             "sections": names,
-            "model_selection": f"best epoch on {tcfg.val_frac:.0%} of the training sections' spots (never the test section)",
+            "model_selection": ("best epoch on one whole training section" if tcfg.val_split == "section" else
+                                f"best epoch on {tcfg.val_frac:.0%} of the training sections' spots")
+                               + " (never the test section)",
             "config": config.to_dict(),
             "train": tcfg.__dict__,
         },

@@ -18,7 +18,7 @@ from ..devices import resolve_device
 from .._atomic import atomic_write_bytes
 from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
-from ..model.hggep import HGGEP
+from ..model.hggep import HGGEP, stain_stats
 from ..model.losses import hggep_loss
 from .dataset import SectionData
 from .metrics import gene_pcc
@@ -31,6 +31,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     zinb_weight: float = 0.25
     val_frac: float = 0.15
+    # "spots": val_frac of every training section's spots; "section": one whole training
+    # section (closer to what a new slide is like; needs 2+ sections)
+    val_split: str = "spots"
     seed: int = 0
     ema: float = 0.9  # exponential moving average of the weights, per step
     jitter: float = 0.08  # colour jitter strength
@@ -87,6 +90,11 @@ def init_low_rank_head(model: HGGEP, z: np.ndarray) -> None:
     """Start the low-rank gene head on the principal axes of the (standardised) training targets."""
     lin = model.head[1]
     r = lin.weight.shape[1]
+    if model.config.stain_skip:
+        # the deep path starts silent, so training begins at the stain-statistics ridge
+        # solution and early stopping on a held-out section can keep it there
+        torch.nn.init.zeros_(model.head[0].weight)
+        torch.nn.init.zeros_(model.head[0].bias)
     _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     k = min(r, vt.shape[0])  # fewer axes than the rank when there are few genes or spots
     with torch.no_grad():
@@ -96,17 +104,48 @@ def init_low_rank_head(model: HGGEP, z: np.ndarray) -> None:
 
 
 @torch.no_grad()
+def init_stain_skip(model: HGGEP, sections, targets, masks, mean, std, alpha: float = 1000.0) -> None:
+    """Fix the stain-statistics skip at the ridge solution on the training spots (and freeze
+    it), so the deep part learns only what colour statistics cannot explain. Measured by
+    leave-one-out: letting the skip train with the rest drifts it away from a solution that
+    generalises better across sections."""
+    from ..model.hggep import zscore_within_slide
+
+    xs, ys = [], []
+    for sec, t, m in zip(sections, targets, masks):
+        st = zscore_within_slide(stain_stats(to_tensor(sec.patches))).numpy()
+        xs.append(st[m])
+        ys.append((t[m] - mean) / std)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    from .baseline import ridge_solve
+
+    w = ridge_solve(x, y - y.mean(0), alpha)
+    model.stain_head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+    model.stain_head.bias.zero_()
+    model.stain_head.requires_grad_(False)
+
+
+@torch.no_grad()
 def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.ndarray, device,
                     views: int = 1) -> np.ndarray:
     model.eval()
     x = to_tensor(sec.patches).to(device)
     c = torch.from_numpy(sec.coords_um).to(device)
-    z = model.forward_tokens(model.encode_views(x, views=views), c)["expr"].float().cpu().numpy()
+    stats = stain_stats(x) if model.config.stain_skip else None
+    z = model.forward_tokens(model.encode_views(x, views=views), c, stats)["expr"].float().cpu().numpy()
     return z * std + mean
 
 
-def _split(sections: list[SectionData], frac: float, seed: int) -> list[np.ndarray]:
+def _split(sections: list[SectionData], frac: float, seed: int, how: str = "spots") -> list[np.ndarray]:
+    """Training masks per section (False: a validation spot)."""
     rng = np.random.default_rng(seed)
+    if how == "section":
+        if len(sections) < 2:
+            raise ValueError("a whole-section validation split needs at least two training sections")
+        held = int(rng.integers(len(sections)))
+        return [np.full(s.n_spots, i != held) for i, s in enumerate(sections)]
+    if how != "spots":
+        raise ValueError(f"val_split must be 'spots' or 'section', not {how!r}")
     masks = []
     for s in sections:
         m = np.ones(s.n_spots, bool)
@@ -137,7 +176,7 @@ def train_model(
     torch.manual_seed(tcfg.seed)
     g = torch.Generator().manual_seed(tcfg.seed)
     device = resolve_device(tcfg.device)
-    train_masks = _split(sections, tcfg.val_frac, tcfg.seed)
+    train_masks = _split(sections, tcfg.val_frac, tcfg.seed, tcfg.val_split)
     # the loss may see denoised targets; validation always scores against the raw ones
     fit_targets = [smooth_targets(s.target, s.coords_um, tcfg.smooth_targets) for s in sections]
     mean, std = gene_stats(sections, train_masks)
@@ -145,9 +184,12 @@ def train_model(
     if config.head_rank:
         z = np.concatenate([(t[m] - mean) / std for t, m in zip(fit_targets, train_masks)])
         init_low_rank_head(model, z)
+    if config.stain_skip:
+        init_stain_skip(model, sections, fit_targets, train_masks, mean, std)
     ema = copy.deepcopy(model).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    total_steps = tcfg.epochs * len(sections)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                            weight_decay=tcfg.weight_decay)
+    total_steps = tcfg.epochs * sum(bool(m.any()) for m in train_masks)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(len(sections) * 2, 1)) * 0.5 * (1 + math.cos(math.pi * s / max(total_steps, 1)))
     )
@@ -173,7 +215,7 @@ def train_model(
         model.train()
         losses = []
         order = torch.randperm(len(sections), generator=g).tolist()
-        for i in order:
+        for i in (j for j in order if train_masks[j].any()):
             sec = sections[i]
             z, counts, mask, coords = tensors[i]
             x = augment(to_tensor(sec.patches), g, tcfg.jitter).to(device)
