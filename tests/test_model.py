@@ -133,3 +133,33 @@ def test_cpu_and_cuda_agree():
         a = m(x, c)["expr"]
         b = m.cuda()(x.cuda(), c.cuda())["expr"].cpu()
     assert (a - b).abs().max() < 1e-3
+
+
+def test_slide_colour_norm_uses_slide_statistics():
+    from napari_hggep.model.hggep import colour_stats_of
+
+    torch.manual_seed(0)
+    m = HGGEP(preset("compact", n_genes=4, colour_norm="slide")).eval()
+    x = torch.rand(12, 3, 112, 112)
+    with torch.no_grad():
+        whole = m.encode(x)  # the batch is the slide
+        stats = colour_stats_of(x)
+        batched = torch.cat([m.encode(x[:5], stats), m.encode(x[5:], stats)])
+        # a stain shift of the whole slide is removed
+        shifted = m.encode(x * 0.8 + 0.1)
+    assert torch.allclose(whole, batched, atol=1e-5)
+    assert torch.allclose(whole, shifted, atol=1e-3)
+
+
+def test_tta_views_average_flips_and_rotations():
+    import napari_hggep
+
+    m = napari_hggep.load_model(device="cpu").model  # trained: its features depend on orientation
+    x = torch.zeros(3, 3, 112, 112)
+    x[:, 0, :, :40] = 1.0
+    x[:, 2, 70:, :] = 0.7
+    with torch.no_grad():
+        a = m.encode_views(x, views=8)
+        b = m.encode_views(torch.rot90(x, 1, dims=(2, 3)), views=8)  # 8 views are rotation invariant
+        one = m.encode_views(x, views=1)
+    assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, one, atol=1e-4)

@@ -1,7 +1,6 @@
-"""Where the bundled model lives, and its card (readable without torch)."""
+"""Where the bundled model lives, and loading it (or any checkpoint)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -10,11 +9,6 @@ BUNDLED_NAME = "hggep_compact_her2st"
 
 def bundled_checkpoint() -> Path:
     return WEIGHTS_DIR / f"{BUNDLED_NAME}.pt"
-
-
-def bundled_card() -> dict | None:
-    p = WEIGHTS_DIR / f"{BUNDLED_NAME}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
 
 
 class NoBundledModelError(FileNotFoundError):

@@ -93,6 +93,8 @@ def save_checkpoint(
     card = {**meta, "weights_file": Path(path).name, "file_sha256": hashlib.sha256(data).hexdigest(),
             "content_sha256": digest, "n_parameters": int(sum(v.numel() for v in state.values()))}
     atomic_write_bytes(Path(path).with_suffix(".json"), json.dumps(card, indent=1).encode())
+    # and the file's sha256 in `sha256sum -c` format
+    atomic_write_bytes(Path(str(path) + ".sha256"), f"{card['file_sha256']}  {Path(path).name}\n".encode())
     return digest
 
 
