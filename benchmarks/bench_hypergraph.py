@@ -27,21 +27,30 @@ import psutil
 base = psutil.Process().memory_info().rss
 
 def loop(f, c, k=3, max_nodes=None):
-    # the reference's shape: one Python iteration per node, distances and a sort per node
-    out = []
+    # the reference's build_adj_hypergraph: one Python iteration per node (two distance rows,
+    # normalised, summed, topk), then a Python append per member and one torch.tensor at the end
+    edges, weights = [], []
     stop = n if max_nodes is None else min(n, max_nodes)
     for i in range(stop):
-        fd = torch.sqrt(((f - f[i]) ** 2).sum(1))
-        pd = torch.sqrt(((c - c[i]) ** 2).sum(1))
+        fd = torch.norm(f[i] - f, dim=-1)
+        pd = torch.norm(c[i] - c, dim=-1)
         s = fd / fd.max() + pd / pd.max()
         s[i] = float("inf")
-        order = torch.argsort(s)[:k]
-        out.append([i] + order.tolist())
-    return out
+        _, nearest = torch.topk(-s, k=k)
+        for j in [torch.tensor(i)] + list(nearest):
+            edges.append([j, i])
+            weights.append(s[j] if j != i else 0.0)
+    return torch.tensor(edges, dtype=torch.long).t(), torch.tensor(weights, dtype=torch.float)
 
+def best_of(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return min(times)
+
+hyperedges(f[:64], c[:64], 3)  # warm the thread pool, like the loop's first iterations do
 if mode == "vec":
-    t = time.perf_counter(); idx = hyperedges(f, c, 3); dt = time.perf_counter() - t
-    res = {"seconds": dt}
+    res = {"seconds": best_of(lambda: hyperedges(f, c, 3), 3 if n <= 5000 else 1)}
 else:
     probe = min(n, 100)
     t = time.perf_counter(); loop(f, c, max_nodes=probe); dt_probe = time.perf_counter() - t
@@ -49,7 +58,7 @@ else:
     if est > limit:
         res = {"seconds": None, "estimated_seconds": est}
     else:
-        t = time.perf_counter(); loop(f, c); res = {"seconds": time.perf_counter() - t}
+        res = {"seconds": best_of(lambda: loop(f, c), 3 if est < 5 else 1)}
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 res["peak_extra_mb"] = max(peak - base, 0) / 2**20
 print(json.dumps(res))
@@ -67,8 +76,10 @@ x, c = torch.rand(n, 3, 112, 112), torch.rand(n, 2) * 10000
 with torch.inference_mode():
     m(x[:8], c[:8])
     t = time.perf_counter()
+    from napari_hggep.model.hggep import stain_stats
     tok = torch.cat([m.encode(x[i:i + 256]) for i in range(0, n, 256)])
-    m.forward_tokens(tok, c)
+    st = torch.cat([stain_stats(x[i:i + 256]) for i in range(0, n, 256)]) if m.config.stain_skip else None
+    m.forward_tokens(tok, c, st)
     dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "spots_per_s": n / dt}))
 """
@@ -85,10 +96,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[600, 2000, 5000, 20000])
     ap.add_argument("--dim", type=int, default=128, help="node feature width (compact d=128, paper d=1024)")
-    ap.add_argument("--loop-limit", type=float, default=60.0, help="run the loop only if it ends within this (s)")
+    ap.add_argument("--loop-limit", type=float, default=20.0, help="run the loop only if it ends within this (s)")
     ap.add_argument("--forward", type=int, nargs="*", default=[300, 2000])
     a = ap.parse_args(argv)
-    print(f"hyperedges, K=3, feature width {a.dim}")
+    print(f"hyperedges, K=3, feature width {a.dim}; best of 3 warm runs (1 for the largest)")
     print(f"{'N':>7} {'vectorised s':>13} {'loop s':>12} {'speedup':>8} {'vec peak MB':>12} {'loop peak MB':>13}")
     for n in a.sizes:
         v = child(CHILD, "vec", n, a.dim, a.loop_limit)

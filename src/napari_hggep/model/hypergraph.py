@@ -17,13 +17,14 @@ def hyperedges(
     coords: torch.Tensor,
     k: int = 3,
     rule: str = "nearest",
-    chunk: int = 1024,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Build one hyperedge per spot, vectorised and in row chunks.
 
     For node ``i`` and every ``j``: ``s_ij = f_ij / max_j f_ij + p_ij / max_j p_ij``
     with ``f`` the Euclidean distance between node features and ``p`` between spot
-    centres. The hyperedge of node ``i`` is ``i`` itself plus the ``K`` nodes
+    centres (``chunk`` rows at a time; default: as many as keep one ``chunk x N`` score
+    matrix near 64 MB). The hyperedge of node ``i`` is ``i`` itself plus the ``K`` nodes
     ``j != i`` with the smallest ``s_ij`` (``rule="nearest"``, the paper's rule) or the
     largest (``rule="largest"``, what the reference code does). ``K`` is capped at
     ``N - 1``.
@@ -45,8 +46,11 @@ def hyperedges(
     xy = coords.detach().to(feats.dtype)
     largest = rule == "largest"
     fill = float("-inf") if largest else float("inf")
+    if chunk is None:
+        chunk = max(256, (1 << 24) // max(n, 1))
+    chunk = max(int(chunk), 1)
     nbrs = []
-    for start in range(0, n, max(int(chunk), 1)):
+    for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         s = _row_normalised(torch.cdist(feats[start:stop], feats)) + _row_normalised(torch.cdist(xy[start:stop], xy))
         rows = torch.arange(stop - start, device=dev)
