@@ -9,7 +9,6 @@ import pytest
 from helpers import he_like_image, write_her2st, write_visium
 from napari_hggep import __version__, load_model, predict_slide
 from napari_hggep.cli import main
-from napari_hggep.data.readers import read_image_with_spots
 
 
 @pytest.fixture(scope="module")

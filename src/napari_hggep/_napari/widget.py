@@ -49,7 +49,6 @@ class PredictWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.worker = None
-        self._slides = {}  # prediction layer name -> spot diameter (um)
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.spots = ComboBox(label="Spots", choices=self._spot_sources)
         self.pitch_um = FloatSpinBox(label="Grid pitch (µm)", value=200.0, min=20.0, max=2000.0, step=10.0)
