@@ -80,6 +80,14 @@ def test_cli_predict_grid_and_visium(tmp_path):
     out2 = tmp_path / "vis.csv"
     assert main(["predict", str(v), "--visium", str(v), "-o", str(out2)]) == 0
     assert len(pd.read_csv(out2)) == 64
+    assert main(["predict", str(v), "-o", str(out2)]) == 0  # a slide folder needs no spot flag
+    assert len(pd.read_csv(out2)) == 64
+    h = write_her2st(tmp_path / "S1", he_like_image())
+    assert main(["predict", str(h), "-o", str(out2)]) == 0
+    df = pd.read_csv(out2)
+    assert len(df) == 63 and df.spot_id.iloc[0] == "3x3"
+    with pytest.raises(SystemExit, match="exactly one"):
+        main(["predict", str(tmp_path / "he.png"), "-o", str(out2)])
 
 
 def test_cli_errors_are_clear_and_keep_old_output(tmp_path, capsys):

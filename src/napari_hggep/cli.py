@@ -32,8 +32,10 @@ def _cmd_predict(a) -> int:
     from .data.readers import open_slide
     from .predict import predict_slide
 
-    if sum(x is not None and x is not False for x in (a.spots, a.visium, a.grid or None)) != 1:
-        raise SystemExit("error: give exactly one of --spots CSV, --visium DIR or --grid")
+    n_sources = sum(x is not None for x in (a.spots, a.visium, a.grid or None))
+    if n_sources != 1 and not (n_sources == 0 and Path(a.image).is_dir()):
+        raise SystemExit("error: give exactly one of --spots CSV, --visium DIR or --grid "
+                         "(or pass a Visium outs/ or HER2+ ST folder as IMAGE)")
     t0 = time.time()
     slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
                        pitch_um=a.pitch_um)
