@@ -89,7 +89,7 @@ def save_checkpoint(
     torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
-    # the model card beside the weights: readable without torch (the widget shows per-gene PCC from it)
+    # the model card beside the weights, readable without torch (config, genes, metrics, sha256)
     card = {**meta, "weights_file": Path(path).name, "file_sha256": hashlib.sha256(data).hexdigest(),
             "content_sha256": digest, "n_parameters": int(sum(v.numel() for v in state.values()))}
     atomic_write_bytes(Path(path).with_suffix(".json"), json.dumps(card, indent=1).encode())

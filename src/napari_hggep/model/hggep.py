@@ -107,7 +107,7 @@ class HGGEP(nn.Module):
         """Per-patch CNN part: ``N x 3 x P x P`` -> stage tokens ``N x 3 x d``.
 
         With ``config.colour_norm == "slide"``, ``colour_stats`` (per-channel mean and std
-        over the slide's patches, see :func:`colour_stats`) standardise the stain of the
+        over the slide's patches, see :func:`colour_stats_of`) standardise the stain of the
         slide; without them the batch's own statistics are used.
         """
         if patches.ndim != 4 or patches.shape[1] != 3:
@@ -155,9 +155,10 @@ class HGGEP(nn.Module):
             out["pi"] = torch.sigmoid(self.zinb_pi(h))
         return out
 
-    def forward(self, patches: torch.Tensor, coords_um: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, patches: torch.Tensor, coords_um: torch.Tensor, views: int = 1) -> dict[str, torch.Tensor]:
+        """The whole slide at once; ``views`` > 1 averages the patch tokens over flips/rotations."""
         stats = stain_stats(patches) if self.config.stain_skip else None
-        return self.forward_tokens(self.encode(patches), coords_um, stats)
+        return self.forward_tokens(self.encode_views(patches, views=views), coords_um, stats)
 
 
 def colour_stats_of(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -131,8 +131,7 @@ def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.nd
     model.eval()
     x = to_tensor(sec.patches).to(device)
     c = torch.from_numpy(sec.coords_um).to(device)
-    stats = stain_stats(x) if model.config.stain_skip else None
-    z = model.forward_tokens(model.encode_views(x, views=views), c, stats)["expr"].float().cpu().numpy()
+    z = model(x, c, views=views)["expr"].float().cpu().numpy()
     return z * std + mean
 
 
