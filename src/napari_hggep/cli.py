@@ -129,6 +129,33 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_pretrain(a) -> int:
+    from .data.readers import open_slide
+    from .training.pretrain import PretrainConfig, pretrain
+
+    paths = [Path(a.data) / s for s in a.sections] if a.sections else []
+    paths += [Path(p) for p in a.images or []]
+    if not paths:
+        raise SystemExit("error: give --sections (folders under --data) and/or --images to pretrain on")
+    slides = [open_slide(p, grid=not p.is_dir(), um_per_px=a.um_per_px) for p in paths]
+    cfg = PretrainConfig(minutes=a.minutes, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
+                         patches_per_slide=a.patches_per_slide, seed=a.seed, device=a.device)
+    bar = Bar("pretrain")
+    total = a.max_steps or None
+
+    def show(rec):
+        if total:
+            bar(rec["step"], total, f"loss {rec['loss']:.4f}")
+        else:
+            frac = min(rec["seconds"] / (60 * a.minutes), 1.0)
+            bar(int(1000 * frac), 1000, f"step {rec['step']}  loss {rec['loss']:.4f}")
+
+    print(f"pretraining on {len(slides)} slides: {[s.name for s in slides]}", file=sys.stderr)
+    meta = pretrain(slides, cfg, out=a.out, resume=a.resume, progress=show)
+    print(f"\nwrote {a.out}: {meta['steps']} steps in {meta['seconds']:.0f}s on {meta['device']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(a) -> int:
     from ._napari.demo import run_demo
 
@@ -186,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--loo", action="store_true", help="leave-one-section-out")
             t.add_argument("--labels", help="CSV section,spot_id,label of pathologist regions (for ARI)")
             t.add_argument("--out", default=".", help="folder for loo.json and loo.md")
+
+    pt = sub.add_parser("pretrain", help="self-supervised pretraining of the image path on unlabelled tissue")
+    pt.add_argument("--data", default=DEFAULT_DATA, help="folder of section folders (HER2+ ST or Visium)")
+    pt.add_argument("--sections", nargs="+", help="section folder names under --data")
+    pt.add_argument("--images", nargs="+", help="more H&E images (their um/px from the file or --um-per-px)")
+    pt.add_argument("--um-per-px", type=float, help="micrometres per pixel of --images")
+    pt.add_argument("--minutes", type=float, default=90.0, help="time budget (default 90; resumed runs add up)")
+    pt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
+    pt.add_argument("--batch-size", type=int, default=128)
+    pt.add_argument("--lr", type=float, default=1e-3)
+    pt.add_argument("--patches-per-slide", type=int, default=3000)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--device", default="auto")
+    pt.add_argument("--out", required=True, help="backbone file to write (use with train --backbone)")
+    pt.add_argument("--resume", action="store_true", help="resume from OUT.state")
+    pt.set_defaults(func=_cmd_pretrain)
 
     d = sub.add_parser("demo", help="open napari with the sample slide and predict on it")
     d.add_argument("--screenshot", help="save a PNG of the viewer and exit")

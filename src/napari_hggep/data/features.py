@@ -1,0 +1,209 @@
+"""Multi-scale tissue statistics around each spot, defined in micrometres.
+
+The image is resampled to a fixed working resolution (``WORK_UM_PER_PX``), so a feature
+means the same on a 0.25 um/px scan and on a 3 um/px one. Per pixel we compute colour
+(RGB), stain densities (haematoxylin, eosin, DAB), glass/fat and tissue masks, nuclei
+(segmented on the haematoxylin channel: mask, count, size, elongation, darkness) and
+texture (gradient magnitude, uniform local binary patterns). Each map is integrated once
+(summed-area table), so the statistics of any window around any spot cost four look-ups:
+window means at ``CONTEXT_UM`` (about 70, 150 and 300 um) around every spot.
+
+The slide is processed in tiles of working pixels, so memory stays flat for whole slides,
+and spots are handled in tile order.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .slide import Slide
+from .stain import rgb_to_hed
+
+WORK_UM_PER_PX = 2.0
+CONTEXT_UM = (70.0, 150.0, 300.0)
+TILE_PX = 1024  # tile side in working pixels (about 2 mm)
+
+_LBP_BINS = 10  # uniform LBP, P = 8: codes 0..9
+PER_SCALE = (
+    [f"mean_{c}" for c in ("R", "G", "B", "H", "E", "D")]
+    + [f"std_{c}" for c in ("R", "G", "B", "H", "E", "D")]
+    + ["glass_frac", "tissue_frac", "nuclei_area_frac", "nuclei_density", "nucleus_size",
+       "nucleus_eccentricity", "nucleus_darkness", "gradient"]
+    + [f"lbp_{i}" for i in range(_LBP_BINS)]
+)
+
+
+def feature_names(context_um=CONTEXT_UM) -> list[str]:
+    return [f"{n}@{int(round(c))}um" for c in context_um for n in PER_SCALE]
+
+
+def n_features(context_um=CONTEXT_UM) -> int:
+    return len(PER_SCALE) * len(context_um)
+
+
+def _read_region(image, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Pixels ``[y0:y1, x0:x1]`` of a (lazy) image; outside the image is white glass."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = np.asarray(image[sy0:sy1, sx0:sx1])[..., :3]
+    return out
+
+
+def read_resampled(image, um_per_px: float, box_work: tuple[int, int, int, int], work_um: float) -> np.ndarray:
+    """The working-resolution pixels ``box_work = (x0, y0, x1, y1)`` of a slide (uint8 RGB)."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = box_work
+    f = work_um / um_per_px  # source pixels per working pixel
+    sx0, sy0 = int(np.floor(x0 * f)), int(np.floor(y0 * f))
+    sx1, sy1 = int(np.ceil(x1 * f)), int(np.ceil(y1 * f))
+    region = _read_region(image, sx0, sy0, max(sx1, sx0 + 1), max(sy1, sy0 + 1))
+    size = (x1 - x0, y1 - y0)
+    if region.shape[1::-1] == size:
+        return region
+    resample = Image.BOX if f > 1 else Image.BILINEAR
+    # crop box in source pixels relative to the region, so sub-pixel offsets are kept
+    box = (x0 * f - sx0, y0 * f - sy0, x1 * f - sx0, y1 * f - sy0)
+    return np.asarray(Image.fromarray(region).resize(size, resample=resample, box=box))
+
+
+def nuclei_threshold(image, um_per_px: float, work_um: float = WORK_UM_PER_PX) -> float:
+    """The slide's haematoxylin threshold for nuclei: Otsu over tissue pixels of a thumbnail
+    at the working resolution (one threshold for the whole slide, so tiles agree)."""
+    from skimage.filters import threshold_otsu
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    # a strided read at about the working resolution (at most ~1500 px a side; cheap on lazy images)
+    stride = max(1, int(round(work_um / um_per_px)), int(np.ceil(max(h, w) / 1500)))
+    thumb = np.asarray(image[::stride, ::stride])[..., :3]
+    hed = rgb_to_hed(thumb)
+    tissue = (hed[..., 0] + hed[..., 1]) > 0.05
+    vals = hed[..., 0][tissue]
+    if vals.size < 100 or np.ptp(vals) < 1e-4:
+        return float("inf")  # no tissue: no nuclei
+    return float(threshold_otsu(vals))
+
+
+def _pixel_maps(rgb: np.ndarray, h_thr: float) -> list[np.ndarray]:
+    """The per-pixel maps whose window means make the features (float64 for exact sums).
+    Order: RGB, HED, their squares, glass, tissue, nuclei mask, nucleus count (at centroids),
+    size*count, eccentricity*count, darkness*count, gradient, LBP one-hots."""
+    from scipy import ndimage as ndi
+    from skimage.feature import local_binary_pattern
+
+    x = rgb.astype(np.float32) / 255.0
+    hed = rgb_to_hed(rgb)
+    grey = x.mean(axis=-1)
+    glass = (x.min(axis=-1) > 0.82).astype(np.float32)
+    tissue = ((hed[..., 0] + hed[..., 1]) > 0.05).astype(np.float32)
+    hs = ndi.gaussian_filter(hed[..., 0], 0.7)
+    nuc = hs > h_thr
+    lab, n = ndi.label(nuc)
+    count = np.zeros(grey.shape, np.float32)
+    size = np.zeros_like(count)
+    ecc = np.zeros_like(count)
+    dark = np.zeros_like(count)
+    if n:
+        yy, xx = np.nonzero(lab)
+        li = lab[yy, xx]
+        area = np.bincount(li, minlength=n + 1).astype(np.float64)
+        a = np.maximum(area, 1)
+        mx, my = np.bincount(li, xx, n + 1) / a, np.bincount(li, yy, n + 1) / a
+        dx, dy = xx - mx[li], yy - my[li]
+        cxx = np.bincount(li, dx * dx, n + 1) / a + 1 / 12
+        cyy = np.bincount(li, dy * dy, n + 1) / a + 1 / 12
+        cxy = np.bincount(li, dx * dy, n + 1) / a
+        tr, det = cxx + cyy, cxx * cyy - cxy ** 2
+        disc = np.sqrt(np.maximum(tr ** 2 / 4 - det, 0))
+        l1, l2 = tr / 2 + disc, np.maximum(tr / 2 - disc, 0)
+        e = np.sqrt(np.clip(1 - l2 / np.maximum(l1, 1e-9), 0, 1))
+        hmean = np.bincount(li, hed[..., 0][yy, xx], n + 1) / a
+        cy = np.clip(np.round(my[1:]).astype(int), 0, grey.shape[0] - 1)
+        cx = np.clip(np.round(mx[1:]).astype(int), 0, grey.shape[1] - 1)
+        np.add.at(count, (cy, cx), 1.0)
+        np.add.at(size, (cy, cx), area[1:])
+        np.add.at(ecc, (cy, cx), e[1:])
+        np.add.at(dark, (cy, cx), hmean[1:])
+    gy, gx = ndi.sobel(grey, 0), ndi.sobel(grey, 1)
+    grad = np.hypot(gx, gy)
+    lbp = local_binary_pattern((grey * 255).astype(np.uint8), 8, 1, "uniform").astype(np.int64)
+    maps = [x[..., i] for i in range(3)] + [hed[..., i] for i in range(3)]
+    maps += [m * m for m in maps[:6]]
+    maps += [glass, tissue, nuc.astype(np.float32), count, size, ecc, dark, grad]
+    maps += [(lbp == b).astype(np.float32) for b in range(_LBP_BINS)]
+    return maps
+
+
+def _window_sums(table: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int) -> np.ndarray:
+    """Sums over ``(2 half + 1)^2`` windows centred on integer ``cx, cy`` of a summed-area table
+    with a leading zero row/column."""
+    y0, y1 = cy - half, cy + half + 1
+    x0, x1 = cx - half, cx + half + 1
+    return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+
+def _features_from_maps(maps: list[np.ndarray], cx: np.ndarray, cy: np.ndarray, halves: list[int]) -> np.ndarray:
+    n = len(cx)
+    sums = np.empty((len(maps), len(halves), n), np.float64)
+    for i, m in enumerate(maps):
+        t = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.float64)
+        np.cumsum(np.cumsum(m, axis=0, dtype=np.float64), axis=1, out=t[1:, 1:])
+        for j, h in enumerate(halves):
+            sums[i, j] = _window_sums(t, cx, cy, h)
+    out = []
+    for j, h in enumerate(halves):
+        area = float((2 * h + 1) ** 2)
+        s = sums[:, j] / area  # window means, maps x n
+        mean = s[0:6]
+        std = np.sqrt(np.maximum(s[6:12] - mean ** 2, 0))
+        cnt = sums[15, j]
+        per = lambda k: np.where(cnt > 0, sums[k, j] / np.maximum(cnt, 1), np.nan)  # noqa: E731
+        out += [mean, std, s[12:15], s[15:16], per(16)[None], per(17)[None], per(18)[None], s[19:20],
+                s[20:20 + _LBP_BINS]]
+    return np.concatenate(out).T.astype(np.float32)
+
+
+def tissue_features(slide: Slide, context_um=CONTEXT_UM, work_um: float = WORK_UM_PER_PX,
+                    tile_px: int = TILE_PX, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``N x n_features`` statistics of the tissue around every spot (NaN where a window has
+    no nuclei to describe; see :func:`standardise_features`)."""
+    n = slide.n_spots
+    out = np.full((n, n_features(context_um)), np.nan, np.float32)
+    if n == 0:
+        return out
+    halves = [max(1, int(round(c / work_um / 2))) for c in context_um]
+    margin = max(halves) + 2
+    h_thr = nuclei_threshold(slide.image, slide.um_per_px, work_um)
+    wxy = slide.xy * (slide.um_per_px / work_um)  # spot centres in working pixels
+    tiles = np.floor(wxy / tile_px).astype(np.int64)
+    keys, inverse = np.unique(tiles, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    done = 0
+    for k, (tx, ty) in enumerate(keys):
+        idx = np.nonzero(inverse == k)[0]
+        x0, y0 = int(tx) * tile_px - margin, int(ty) * tile_px - margin
+        rgb = read_resampled(slide.image, slide.um_per_px, (x0, y0, x0 + tile_px + 2 * margin,
+                                                            y0 + tile_px + 2 * margin), work_um)
+        maps = _pixel_maps(rgb, h_thr)
+        cx = np.clip(np.round(wxy[idx, 0]).astype(np.int64) - x0, margin, tile_px + margin)
+        cy = np.clip(np.round(wxy[idx, 1]).astype(np.int64) - y0, margin, tile_px + margin)
+        out[idx] = _features_from_maps(maps, cx, cy, halves)
+        done += len(idx)
+        if progress:
+            progress(done, n)
+    return out
+
+
+def standardise_features(f: np.ndarray) -> np.ndarray:
+    """Z-score each feature within one slide (stain and scanner differences between slides
+    cancel); missing values (a window without nuclei) become the slide's mean, i.e. 0."""
+    f = np.asarray(f, np.float64)
+    mu = np.nanmean(f, axis=0) if len(f) else np.zeros(f.shape[1])
+    mu = np.where(np.isfinite(mu), mu, 0.0)
+    sd = np.nanstd(f, axis=0) if len(f) > 1 else np.ones(f.shape[1])
+    sd = np.where(np.isfinite(sd) & (sd > 1e-8), sd, 1.0)
+    z = (f - mu) / sd
+    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
