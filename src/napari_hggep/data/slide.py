@@ -77,6 +77,21 @@ class Slide:
                 f"y={self.xy[outside][0, 1]:.0f}). Spot coordinates must be full-resolution pixels of this image."
             )
 
+    def resampled(self, um_per_px: float) -> "Slide":
+        """This slide as if scanned at ``um_per_px`` (the image is resampled in memory; area
+        averaging when coarser). Spots, counts and names are kept."""
+        from PIL import Image
+
+        f = self.um_per_px / float(um_per_px)
+        h, w = self.shape
+        size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
+        resample = Image.BOX if f < 1 else Image.BILINEAR
+        img = np.asarray(Image.fromarray(np.asarray(self.image)[..., :3]).resize(size, resample=resample))
+        return Slide(image=img, um_per_px=float(um_per_px), spot_ids=self.spot_ids, xy=(self.xy + 0.5) * f - 0.5,
+                     array_rc=self.array_rc, counts=self.counts, genes=self.genes,
+                     name=f"{self.name}@{float(um_per_px):g}um", spot_diameter_um=self.spot_diameter_um,
+                     source=self.source, meta=dict(self.meta))
+
     def subset(self, keep: np.ndarray) -> "Slide":
         keep = np.asarray(keep)
         return Slide(

@@ -39,15 +39,24 @@ class HGGEPConfig:
     ham_rule: str = "nearest"  # "nearest" (paper) or "largest" (reference code)
     # fusion
     lstm_layers: int = 4
-    # a linear skip from per-patch stain statistics (RGB and haematoxylin/eosin/DAB optical
-    # density: mean, std, quartiles; z-scored within the slide) to the genes. Off in the paper.
-    stain_skip: bool = False
-    head_rank: int | None = None  # low-rank gene head: Linear(d, r) -> Linear(r, G)
+    # the image path (GEM -> ShuffleNet -> CBAM -> transformers -> HAM -> LSTM); False: statistics only
+    image_path: bool = True
+    # statistics branch: a linear map from multi-scale tissue statistics around each spot
+    # (napari_hggep.data.features, z-scored within the slide) to the output. 0: off.
+    stats_features: int = 0
+    context_um: tuple[float, ...] = (70.0, 150.0, 300.0)
+    stats_um_per_px: float = 2.0  # working resolution of the statistics
+    # low-rank output: both branches predict the top ``pca_k`` principal components of the
+    # (standardised) training expression; the basis is a buffer saved with the weights. None: genes.
+    pca_k: int | None = None
+    # blend each spot's prediction with the mean of its nearest ring of neighbours (0: off)
+    smooth_weight: float = 0.0
     zinb: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pos_wavelength_um"] = list(self.pos_wavelength_um)
+        d["context_um"] = list(self.context_um)
         return d
 
     @classmethod
@@ -59,6 +68,8 @@ class HGGEPConfig:
         d = dict(d)
         if "pos_wavelength_um" in d:
             d["pos_wavelength_um"] = tuple(d["pos_wavelength_um"])
+        if "context_um" in d:
+            d["context_um"] = tuple(d["context_um"])
         return cls(**d)
 
     def replace(self, **changes) -> "HGGEPConfig":
@@ -68,7 +79,8 @@ class HGGEPConfig:
 PRESETS: dict[str, HGGEPConfig] = {
     # the paper's sizes (SPEC 2): d = 1024, 4 blocks, 8 heads, 4 LSTM layers, K = 3
     "paper": HGGEPConfig(),
-    # small enough to train on 2 CPU cores and to ship in the wheel (~3 MB fp16)
+    # small enough to train on 2 CPU cores and to ship in the wheel (~4 MB fp16), with the
+    # statistics branch and a 16-component output
     "compact": HGGEPConfig(
         dim=128,
         proj_pool=2,
@@ -76,8 +88,9 @@ PRESETS: dict[str, HGGEPConfig] = {
         heads=4,
         lstm_layers=1,
         dropout=0.2,
-        head_rank=32,
-        stain_skip=True,
+        stats_features=90,
+        pca_k=16,
+        smooth_weight=0.5,
     ),
 }
 

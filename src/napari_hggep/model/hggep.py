@@ -10,36 +10,12 @@ from .cbam import CBAM
 from .config import HGGEPConfig
 from .gem import GEM
 from .hypergraph import HAM
+from .smoothing import neighbour_blend
 from .transformer import SpotTransformer, position_encoding
 
 # patches arrive as floats in [0, 1]; standardise with the usual RGB statistics
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
-# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color.rgb2hed
-_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
-N_STAIN_STATS = 30
-
-
-def stain_stats(patches: torch.Tensor) -> torch.Tensor:
-    """Per patch, for R, G, B and the H, E, D stain densities: mean, std and quartiles (N x 30)."""
-    x = patches.float().clamp_min(1e-6)
-    hed_from_rgb = torch.linalg.inv(torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device))
-    od = torch.log(x) / torch.log(torch.tensor(1e-6, device=x.device))  # as skimage's rgb2hed
-    hed = torch.einsum("nchw,cd->ndhw", od, hed_from_rgb).clamp_min(0)
-    feats = []
-    for chans in (x, hed):
-        flat = chans.flatten(2)  # N x 3 x P
-        q = torch.quantile(flat, torch.tensor([0.25, 0.5, 0.75], device=x.device), dim=2)  # 3 x N x 3
-        feats += [flat.mean(2), flat.std(2), *q.unbind(0)]
-    return torch.cat(feats, dim=1)
-
-
-def zscore_within_slide(s: torch.Tensor) -> torch.Tensor:
-    if s.shape[0] < 2:
-        return torch.zeros_like(s)
-    return (s - s.mean(0, keepdim=True)) / s.std(0, keepdim=True).clamp_min(1e-6)
-
-
 class StageProjection(nn.Module):
     """CBAM on one backbone stage, then (optional pooling,) flatten and project to width d."""
 
@@ -69,6 +45,18 @@ class HGGEP(nn.Module):
         super().__init__()
         self.config = config
         d = config.dim
+        out = config.pca_k or config.n_genes  # width of what both branches predict
+        if not (config.image_path or config.stats_features):
+            raise ValueError("a model needs the image path, the statistics branch, or both")
+        if config.pca_k is not None:
+            # the low-rank output basis (k x G), set from the training expression and saved with it
+            self.register_buffer("pca_basis", torch.zeros(config.pca_k, config.n_genes))
+        if config.stats_features:
+            self.stats_head = nn.Linear(config.stats_features, out)
+            nn.init.zeros_(self.stats_head.weight)
+            nn.init.zeros_(self.stats_head.bias)
+        if not config.image_path:
+            return
         self.register_buffer("rgb_mean", torch.tensor(_RGB_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor(_RGB_STD).view(1, 3, 1, 1), persistent=False)
         self.gem = GEM(3, config.gem_theta)
@@ -90,18 +78,15 @@ class HGGEP(nn.Module):
         self.lstm = nn.LSTM(d, d, num_layers=config.lstm_layers, batch_first=True)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(config.dropout)
-        g, r = config.n_genes, config.head_rank
-
-        def head() -> nn.Module:
-            return nn.Sequential(nn.Linear(d, r), nn.Linear(r, g)) if r else nn.Linear(d, g)
-
-        self.head = head()
-        if config.stain_skip:
-            self.stain_head = nn.Linear(N_STAIN_STATS, g)
-            nn.init.zeros_(self.stain_head.weight)
-            nn.init.zeros_(self.stain_head.bias)
+        self.head = nn.Linear(d, out)
+        if config.stats_features:
+            # with a statistics branch the image path starts silent: training begins at the
+            # statistics solution and the image path learns what the statistics cannot explain
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         if config.zinb:
-            self.zinb_mean, self.zinb_disp, self.zinb_pi = head(), head(), head()
+            g = config.n_genes
+            self.zinb_mean, self.zinb_disp, self.zinb_pi = nn.Linear(d, g), nn.Linear(d, g), nn.Linear(d, g)
 
     def encode(self, patches: torch.Tensor, colour_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Per-patch CNN part: ``N x 3 x P x P`` -> stage tokens ``N x 3 x d``.
@@ -110,6 +95,12 @@ class HGGEP(nn.Module):
         over the slide's patches, see :func:`colour_stats_of`) standardise the stain of the
         slide; without them the batch's own statistics are used.
         """
+        return self.project(self.trunk(patches, colour_stats))
+
+    def trunk(self, patches: torch.Tensor, colour_stats=None) -> tuple[torch.Tensor, ...]:
+        """Standardised patches -> GEM -> ShuffleNet stage maps (S3, S4, S5)."""
+        if not self.config.image_path:
+            raise ValueError("this model has no image path (statistics branch only)")
         if patches.ndim != 4 or patches.shape[1] != 3:
             raise ValueError(f"patches must be N x 3 x H x W, got {tuple(patches.shape)}")
         # channels-last input crashes oneDNN's 1x1 conv backward on some CPUs: keep NCHW
@@ -119,8 +110,11 @@ class HGGEP(nn.Module):
             x = (patches - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         else:
             x = (patches - self.rgb_mean) / self.rgb_std
-        feats = self.backbone(self.gem(x))
-        return torch.stack([p(f) for p, f in zip(self.stages, feats)], dim=1)
+        return self.backbone(self.gem(x))
+
+    def project(self, maps) -> torch.Tensor:
+        """Stage maps -> CBAM -> per-stage tokens ``N x 3 x d``."""
+        return torch.stack([p(f) for p, f in zip(self.stages, maps)], dim=1)
 
     def encode_views(self, patches: torch.Tensor, colour_stats=None, views: int | None = None) -> torch.Tensor:
         """``encode`` averaged over ``views`` (1-8) flips/90 degree rotations of each patch."""
@@ -133,32 +127,46 @@ class HGGEP(nn.Module):
             acc = acc + self.encode(v.flip(3) if k >= 4 else v, colour_stats)
         return acc / min(views, 8)
 
-    def forward_tokens(self, tokens: torch.Tensor, coords_um: torch.Tensor,
+    def forward_tokens(self, tokens: torch.Tensor | None, coords_um: torch.Tensor,
                        stats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Slide-level part: attention and hypergraph across all spots of one slide.
-        ``stats``: :func:`stain_stats` of the patches (needed when ``config.stain_skip``)."""
-        pos = position_encoding(coords_um, self.config.dim, self.config.pos_wavelength_um)
-        z = [vit(tokens[:, i], pos) for i, vit in enumerate(self.vits)]
-        h_out = self.ham(z[0] + z[1] + z[2], coords_um)
-        seq = torch.stack([*z, h_out], dim=1)  # N x 4 x d
-        fused, _ = self.lstm(seq)
-        h = self.drop(self.norm(fused.mean(dim=1)))
-        expr = self.head(h)
-        if self.config.stain_skip:
+        """Slide-level part: attention and hypergraph across all spots of one slide, plus the
+        statistics branch. ``stats``: the spots' tissue statistics z-scored within the slide
+        (:func:`napari_hggep.data.features.standardise_features`), needed when
+        ``config.stats_features``. ``tokens`` may be None for a statistics-only model."""
+        cfg = self.config
+        out: dict[str, torch.Tensor] = {}
+        pcs = 0
+        if cfg.image_path:
+            if tokens is None:
+                raise ValueError("this model needs the patch tokens (it has an image path)")
+            pos = position_encoding(coords_um, cfg.dim, cfg.pos_wavelength_um)
+            z = [vit(tokens[:, i], pos) for i, vit in enumerate(self.vits)]
+            h_out = self.ham(z[0] + z[1] + z[2], coords_um)
+            seq = torch.stack([*z, h_out], dim=1)  # N x 4 x d
+            fused, _ = self.lstm(seq)
+            h = self.drop(self.norm(fused.mean(dim=1)))
+            pcs = self.head(h)
+            out["embedding"] = h
+            if cfg.zinb:
+                out["mean"] = torch.exp(self.zinb_mean(h).clamp(max=12.0)).clamp(1e-5, 1e6)
+                out["disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
+                out["pi"] = torch.sigmoid(self.zinb_pi(h))
+        if cfg.stats_features:
             if stats is None:
-                raise ValueError("this model needs the patches' stain statistics (stain_skip=True)")
-            expr = expr + self.stain_head(zscore_within_slide(stats))
-        out = {"expr": expr, "embedding": h}
-        if self.config.zinb:
-            out["mean"] = torch.exp(self.zinb_mean(h).clamp(max=12.0)).clamp(1e-5, 1e6)
-            out["disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
-            out["pi"] = torch.sigmoid(self.zinb_pi(h))
+                raise ValueError("this model needs the spots' tissue statistics (it has a statistics branch)")
+            if stats.shape[-1] != cfg.stats_features:
+                raise ValueError(f"{stats.shape[-1]} tissue statistics given, the model expects {cfg.stats_features}")
+            pcs = pcs + self.stats_head(stats.to(self.stats_head.weight.dtype))
+        out["components"] = pcs
+        expr = pcs @ self.pca_basis if cfg.pca_k is not None else pcs
+        out["expr"] = neighbour_blend(expr, coords_um, cfg.smooth_weight)
         return out
 
-    def forward(self, patches: torch.Tensor, coords_um: torch.Tensor, views: int = 1) -> dict[str, torch.Tensor]:
+    def forward(self, patches: torch.Tensor | None, coords_um: torch.Tensor, stats: torch.Tensor | None = None,
+                views: int = 1) -> dict[str, torch.Tensor]:
         """The whole slide at once; ``views`` > 1 averages the patch tokens over flips/rotations."""
-        stats = stain_stats(patches) if self.config.stain_skip else None
-        return self.forward_tokens(self.encode_views(patches, views=views), coords_um, stats)
+        tokens = self.encode_views(patches, views=views) if self.config.image_path else None
+        return self.forward_tokens(tokens, coords_um, stats)
 
 
 def colour_stats_of(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

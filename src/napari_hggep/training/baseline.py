@@ -4,10 +4,27 @@ from __future__ import annotations
 import numpy as np
 
 
+def stain_stats(patches):
+    """Per patch (torch ``N x 3 x P x P`` in [0, 1]), for R, G, B and the H, E, D stain
+    densities: mean, std and quartiles (``N x 30``)."""
+    import torch
+
+    from ..data.stain import rgb_to_hed_torch
+
+    x = patches.float()
+    hed = rgb_to_hed_torch(x).clamp_min(0)
+    feats = []
+    q = torch.tensor([0.25, 0.5, 0.75])
+    for chans in (x, hed):
+        flat = chans.flatten(2)  # N x 3 x P
+        qs = torch.quantile(flat, q.to(flat.device), dim=2)  # 3 x N x 3
+        feats += [flat.mean(2), flat.std(2), *qs.unbind(0)]
+    return torch.cat(feats, dim=1)
+
+
 def colour_features(patches: np.ndarray) -> np.ndarray:
     """Per patch: RGB and HED (haematoxylin, eosin, DAB) means, stds and quartiles."""
     from ..data.patches import to_tensor
-    from ..model.hggep import stain_stats
 
     return np.concatenate([stain_stats(to_tensor(patches[i:i + 512])).numpy() for i in range(0, len(patches), 512)])
 
@@ -15,6 +32,27 @@ def colour_features(patches: np.ndarray) -> np.ndarray:
 def ridge_solve(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
     """Weights of ridge regression of centred ``y`` on standardised ``x``."""
     return np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
+
+
+ALPHAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+
+
+def choose_alpha(xs: list[np.ndarray], ys: list[np.ndarray], score, alphas=ALPHAS, default: float = 300.0) -> float:
+    """Ridge strength by leave-one-group-out over the training groups (sections): the alpha
+    whose held-out ``score(pred, group_index)`` is best on average. One group: ``default``."""
+    if len(xs) < 2:
+        return default
+    best, best_alpha = -np.inf, default
+    for a in alphas:
+        s = []
+        for i in range(len(xs)):
+            x = np.concatenate([v for j, v in enumerate(xs) if j != i])
+            y = np.concatenate([v for j, v in enumerate(ys) if j != i])
+            w = ridge_solve(x, y - y.mean(0), a)
+            s.append(score(xs[i] @ w + y.mean(0), i))
+        if np.mean(s) > best:
+            best, best_alpha = float(np.mean(s)), a
+    return best_alpha
 
 
 class RidgeBaseline:

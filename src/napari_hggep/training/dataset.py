@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
+from ..data.features import FEATURES_VERSION, tissue_features
 from ..data.patches import extract_patches
 from ..data.readers import is_visium_folder, read_her2st, read_visium
 from ..data.slide import SlideError
@@ -21,6 +23,9 @@ class SectionData:
     target: np.ndarray  # N x G, log-normalised expression
     counts: np.ndarray  # N x G raw counts
     spot_ids: np.ndarray
+    stats: np.ndarray | None = None  # N x F tissue statistics (raw; z-score within the slide to use)
+    # the same statistics with the slide resampled to other scan resolutions (training augmentation)
+    stats_aug: tuple[np.ndarray, ...] = ()
 
     @property
     def n_spots(self) -> int:
@@ -34,39 +39,63 @@ def read_genes(path) -> list[str]:
     return genes
 
 
-def load_section(folder, genes: list[str], patch_um: float, patch_px: int, cache_dir=None) -> SectionData:
-    """A HER2+ ST or Visium training section; patches are cached in ``cache_dir`` when given."""
+def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: float | None = None,
+                 stats_res_copies: int = 0) -> SectionData:
+    """A HER2+ ST or Visium training section: patches at ``config.patch_um``, tissue statistics
+    when the config has a statistics branch (plus ``stats_res_copies`` copies computed on the
+    slide resampled to random resolutions between 1 and 4 um/px), targets and counts.
+    ``resample_um``: the whole section as if scanned at that resolution (for evaluation).
+    Cached in ``cache_dir`` when given."""
     folder = Path(folder)
-    key = hashlib.sha1(f"{folder.resolve()}|{patch_um}|{patch_px}|{len(genes)}|{genes[:5]}".encode()).hexdigest()[:12]
+    with_stats = bool(config.stats_features)
+    ctx = tuple(config.context_um)
+    spec = (f"{folder.resolve()}|{config.patch_um}|{config.patch_px}|{len(genes)}|{genes[:5]}|{resample_um}|"
+            f"{with_stats and (ctx, config.stats_um_per_px, stats_res_copies, FEATURES_VERSION)}")
+    key = hashlib.sha1(spec.encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"{folder.name}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         z = np.load(cache, allow_pickle=False)
-        return SectionData(folder.name, z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"])
+        aug = tuple(z[f"stats_aug{i}"] for i in range(stats_res_copies)) if with_stats else ()
+        return SectionData(z["name"].item(), z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
+                           z["stats"] if with_stats else None, aug)
     slide = read_visium(folder, genes=genes) if is_visium_folder(folder) else read_her2st(folder, genes=genes)
     if slide.counts is None:
         raise SlideError(f"{folder}: training needs counts (counts.tsv.gz or filtered_feature_bc_matrix.h5)")
     slide.validate()
+    name = folder.name
+    if resample_um:
+        slide = slide.resampled(resample_um)
+        name = slide.name
+    stats, aug = None, ()
+    if with_stats:
+        stats = tissue_features(slide, ctx, config.stats_um_per_px)
+        rng = np.random.default_rng(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
+        aug = tuple(tissue_features(slide.resampled(float(np.exp(rng.uniform(0, np.log(4))))), ctx,
+                                    config.stats_um_per_px) for _ in range(stats_res_copies))
     sec = SectionData(
-        name=folder.name,
-        patches=extract_patches(slide, patch_um, patch_px),
+        name=name,
+        patches=extract_patches(slide, config.patch_um, config.patch_px),
         coords_um=slide.coords_um.astype(np.float32),
         target=normalise_counts(slide.counts),
         counts=slide.counts.astype(np.float32),
         spot_ids=slide.spot_ids,
+        stats=stats,
+        stats_aug=aug,
     )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, patches=sec.patches, coords_um=sec.coords_um, target=sec.target, counts=sec.counts,
-                 spot_ids=sec.spot_ids)
-        tmp.replace(cache)
+        extra = {"stats": stats, **{f"stats_aug{i}": a for i, a in enumerate(aug)}} if with_stats else {}
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, name=np.array(name), patches=sec.patches, coords_um=sec.coords_um, target=sec.target,
+                         counts=sec.counts, spot_ids=sec.spot_ids, **extra)
     return sec
 
 
-def load_sections(data_dir, sections: list[str], genes: list[str], patch_um: float, patch_px: int,
-                  cache_dir=None) -> list[SectionData]:
+def load_sections(data_dir, sections: list[str], genes: list[str], config, cache_dir=None,
+                  resample_um: float | None = None, stats_res_copies: int = 0) -> list[SectionData]:
     data_dir = Path(data_dir)
     missing = [s for s in sections if not (data_dir / s).is_dir()]
     if missing:
         raise SlideError(f"{data_dir}: no section folder(s) {missing}")
-    return [load_section(data_dir / s, genes, patch_um, patch_px, cache_dir) for s in sections]
+    return [load_section(data_dir / s, genes, config, cache_dir, resample_um, stats_res_copies) for s in sections]

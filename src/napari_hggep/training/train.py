@@ -18,8 +18,11 @@ from ..devices import resolve_device
 from .._atomic import atomic_write_bytes
 from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
-from ..model.hggep import HGGEP, stain_stats
+from ..data.features import standardise_features
+from ..model.hggep import HGGEP
+from ..model.pretrained import load_backbone_into
 from ..model.losses import hggep_loss
+from .augment import resolution_jitter, train_augment
 from .dataset import SectionData
 from .metrics import gene_pcc
 
@@ -39,6 +42,10 @@ class TrainConfig:
     jitter: float = 0.08  # colour jitter strength
     smooth_targets: float = 0.0  # weight of the neighbours' mean in denoised training targets (0: raw)
     device: str = "auto"
+    backbone: str | None = None  # pretrained image path from `napari-hggep pretrain`
+    freeze_backbone: bool = False  # keep GEM + ShuffleNet fixed (their outputs are computed once)
+    res_range: tuple[float, float] = (0.5, 4.0)  # scan resolutions (um/px) the image path sees in training
+    ridge_alpha: float | None = None  # statistics branch; None: chosen by leave-one-section-out on the training sections
 
 
 def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> np.ndarray:
@@ -53,85 +60,69 @@ def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> 
     return ((1 - weight) * target + weight * nb).astype(np.float32)
 
 
-def _dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A random flip / 90 degree rotation for every patch."""
-    t = torch.randint(0, 8, (x.shape[0],), generator=g)
-    out = x.clone()
-    for k in range(8):
-        m = t == k
-        if m.any():
-            y = torch.rot90(x[m], k % 4, dims=(2, 3))
-            out[m] = y.flip(3) if k >= 4 else y
-    return out
-
-
-def augment(x: torch.Tensor, g: torch.Generator, jitter: float) -> torch.Tensor:
-    """Flips, 90 degree rotations and mild colour jitter (brightness, contrast, saturation)."""
-    x = _dihedral(x, g)
-    if jitter > 0:
-        n = x.shape[0]
-        u = lambda *s: (torch.rand(*s, generator=g) * 2 - 1) * jitter  # noqa: E731
-        slide = 1 + u(1, 3, 1, 1)  # stain differences between slides
-        spot = 1 + 0.5 * u(n, 1, 1, 1)
-        x = x * slide * spot
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (1 + u(n, 1, 1, 1)) + mean
-        grey = x.mean(dim=1, keepdim=True)
-        x = (x - grey) * (1 + u(n, 1, 1, 1)) + grey
-    return x.clamp(0, 1)
-
-
 def gene_stats(sections: list[SectionData], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     y = np.concatenate([s.target[m] for s, m in zip(sections, masks)])
     return y.mean(0), np.maximum(y.std(0), 1e-3)
 
 
-def init_low_rank_head(model: HGGEP, z: np.ndarray) -> None:
-    """Start the low-rank gene head on the principal axes of the (standardised) training targets."""
-    lin = model.head[1]
-    r = lin.weight.shape[1]
-    if model.config.stain_skip:
-        # the deep path starts silent, so training begins at the stain-statistics ridge
-        # solution and early stopping on a held-out section can keep it there
-        torch.nn.init.zeros_(model.head[0].weight)
-        torch.nn.init.zeros_(model.head[0].bias)
+def pca_basis(z: np.ndarray, k: int) -> np.ndarray:
+    """The top ``k`` principal axes (``k x G``, orthonormal rows) of standardised targets."""
     _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-    k = min(r, vt.shape[0])  # fewer axes than the rank when there are few genes or spots
-    with torch.no_grad():
-        lin.weight.zero_()
-        lin.weight[:, :k] = torch.from_numpy(vt[:k].T.copy())
-        lin.bias.zero_()
+    basis = np.zeros((k, z.shape[1]), np.float32)
+    basis[: min(k, len(vt))] = vt[:k]  # fewer axes than k when there are few genes or spots
+    return basis
+
+
+def _stats_rows(sec: SectionData, mask: np.ndarray) -> np.ndarray:
+    """A section's z-scored statistics at its own resolution, then at the resampled ones."""
+    return np.concatenate([standardise_features(f)[mask] for f in (sec.stats, *sec.stats_aug)])
 
 
 @torch.no_grad()
-def init_stain_skip(model: HGGEP, sections, targets, masks, mean, std, alpha: float = 1000.0) -> None:
-    """Fix the stain-statistics skip at the ridge solution on the training spots (and freeze
-    it), so the deep part learns only what colour statistics cannot explain. Measured by
-    leave-one-out: letting the skip train with the rest drifts it away from a solution that
-    generalises better across sections."""
-    from ..model.hggep import zscore_within_slide
+def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None) -> float:
+    """Fix the statistics branch at the ridge solution from the tissue statistics to the
+    output (principal components, or genes) on the training spots, and freeze it; the image
+    path then learns what the statistics cannot explain. Rows computed on the slide resampled
+    to other resolutions are added, so the branch holds at any scan resolution. ``alpha``
+    None: chosen by leave-one-section-out over the training sections. Returns alpha."""
+    from .baseline import choose_alpha, ridge_solve
 
-    xs, ys = [], []
-    for sec, t, m in zip(sections, targets, masks):
-        st = zscore_within_slide(stain_stats(to_tensor(sec.patches))).numpy()
-        xs.append(st[m])
-        ys.append((t[m] - mean) / std)
+    if any(s.stats is None for s in sections):
+        raise ValueError("the statistics branch needs the sections' tissue statistics")
+    basis = model.pca_basis.cpu().numpy() if model.config.pca_k is not None else None
+    xs, ys, zs = [], [], []
+    for sec, z, m in zip(sections, z_targets, masks):
+        copies = 1 + len(sec.stats_aug)
+        xs.append(_stats_rows(sec, m))
+        out = z[m] @ basis.T if basis is not None else z[m]
+        ys.append(np.concatenate([out] * copies))
+        zs.append(z[m])
+
+    def score(pred, i):
+        p = pred[: len(zs[i])]
+        return float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, zs[i])))
+
+    alpha = choose_alpha(xs, ys, score) if alpha is None else float(alpha)
     x, y = np.concatenate(xs), np.concatenate(ys)
-    from .baseline import ridge_solve
-
     w = ridge_solve(x, y - y.mean(0), alpha)
-    model.stain_head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
-    model.stain_head.bias.zero_()
-    model.stain_head.requires_grad_(False)
+    model.stats_head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+    model.stats_head.bias.copy_(torch.from_numpy(y.mean(0).astype(np.float32)))
+    model.stats_head.requires_grad_(False)
+    return alpha
+
+
+def _stats_tensor(sec: SectionData, device):
+    return None if sec.stats is None else torch.from_numpy(standardise_features(sec.stats)).to(device)
 
 
 @torch.no_grad()
 def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.ndarray, device,
                     views: int = 1) -> np.ndarray:
     model.eval()
-    x = to_tensor(sec.patches).to(device)
+    x = to_tensor(sec.patches).to(device) if model.config.image_path else None
     c = torch.from_numpy(sec.coords_um).to(device)
-    z = model(x, c, views=views)["expr"].float().cpu().numpy()
+    st = _stats_tensor(sec, device) if model.config.stats_features else None
+    z = model(x, c, st, views=views)["expr"].float().cpu().numpy()
     return z * std + mean
 
 
@@ -179,15 +170,23 @@ def train_model(
     # the loss may see denoised targets; validation always scores against the raw ones
     fit_targets = [smooth_targets(s.target, s.coords_um, tcfg.smooth_targets) for s in sections]
     mean, std = gene_stats(sections, train_masks)
-    model = HGGEP(config).to(device)
-    if config.head_rank:
-        z = np.concatenate([(t[m] - mean) / std for t, m in zip(fit_targets, train_masks)])
-        init_low_rank_head(model, z)
-    if config.stain_skip:
-        init_stain_skip(model, sections, fit_targets, train_masks, mean, std)
+    model = HGGEP(config)
+    provenance: dict = {}
+    if tcfg.backbone and config.image_path:
+        provenance["pretrained_backbone"] = load_backbone_into(model, tcfg.backbone)
+    z_targets = [((t - mean) / std).astype(np.float32) for t in fit_targets]
+    if config.pca_k is not None:
+        basis = pca_basis(np.concatenate([z[m] for z, m in zip(z_targets, train_masks)]), config.pca_k)
+        model.pca_basis.copy_(torch.from_numpy(basis))
+    if config.stats_features:
+        provenance["ridge_alpha"] = init_stats_branch(model, sections, z_targets, train_masks, tcfg.ridge_alpha)
+    model.to(device)
+    if tcfg.freeze_backbone and config.image_path:
+        model.gem.requires_grad_(False)
+        model.backbone.requires_grad_(False)
     ema = copy.deepcopy(model).eval()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
-                            weight_decay=tcfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)]
+    opt = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     total_steps = tcfg.epochs * sum(bool(m.any()) for m in train_masks)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(len(sections) * 2, 1)) * 0.5 * (1 + math.cos(math.pi * s / max(total_steps, 1)))
@@ -204,23 +203,36 @@ def train_model(
         start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
         best_state = st["best_state"]
     tensors = [
-        (torch.from_numpy((t - mean) / std).float().to(device), torch.from_numpy(s.counts).to(device),
-         torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device))
-        for s, t, m in zip(sections, fit_targets, train_masks)
+        (torch.from_numpy(z).to(device), torch.from_numpy(s.counts).to(device),
+         torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device), _stats_tensor(s, device))
+        for s, z, m in zip(sections, z_targets, train_masks)
     ]
     has_val = any((~m).any() for m in train_masks)
-    for epoch in range(start_epoch, tcfg.epochs):
+    epochs = tcfg.epochs if config.image_path else 0  # a statistics-only model is fitted in closed form
+    frozen = _frozen_trunk_views(model, sections, g, tcfg, device) if tcfg.freeze_backbone and epochs else None
+    for epoch in range(start_epoch, epochs):
         t0 = time.time()
         model.train()
+        if frozen is not None:
+            model.gem.eval()
+            model.backbone.eval()
         losses = []
         order = torch.randperm(len(sections), generator=g).tolist()
         for i in (j for j in order if train_masks[j].any()):
             sec = sections[i]
-            z, counts, mask, coords = tensors[i]
-            x = augment(to_tensor(sec.patches), g, tcfg.jitter).to(device)
+            z, counts, mask, coords, st = tensors[i]
+            if frozen is not None:  # one of the precomputed views for every spot
+                views = frozen[i]
+                pick = torch.randint(0, views[0].shape[0], (sec.n_spots,), generator=g).to(device)
+                spots = torch.arange(sec.n_spots, device=device)
+                tokens = model.project([v[pick, spots] for v in views])
+            else:
+                x = train_augment(to_tensor(sec.patches), g, tcfg.jitter, config.patch_um / config.patch_px,
+                                  config.patch_um, tcfg.res_range).to(device)
+                tokens = model.encode(x)
             if torch.rand(1, generator=g).item() < 0.5:  # mirror the slide layout too
                 coords = coords * torch.tensor([-1.0, 1.0], device=device)
-            out_ = model(x, coords)
+            out_ = model.forward_tokens(tokens, coords, st)
             loss = hggep_loss(out_, z, counts, tcfg.zinb_weight, mask)
             opt.zero_grad()
             loss.backward()
@@ -234,15 +246,8 @@ def train_model(
                     else:
                         pe.copy_(pm)
             losses.append(loss.item())
-        val = float("nan")
-        if has_val:
-            rs = []
-            for sec, m in zip(sections, train_masks):
-                if (~m).sum() > 2:
-                    pred = predict_section(ema, sec, mean, std, device)
-                    rs.append(np.nanmean(gene_pcc(pred[~m], sec.target[~m])))
-            val = float(np.mean(rs))
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_pcc": val, "seconds": time.time() - t0}
+        val = _val_pcc(ema, sections, train_masks, mean, std, device) if has_val else float("nan")
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "val_pcc": val, "seconds": time.time() - t0}
         history.append(rec)
         score = val if has_val else -rec["loss"]
         if score > best or best_state is None:
@@ -256,14 +261,55 @@ def train_model(
                         "sched": sched.state_dict(), "rng": g.get_state(), "epoch": epoch + 1, "best": best,
                         "history": history, "best_state": best_state}, buf)
             atomic_write_bytes(state_path, buf.getvalue())
+    if best_state is None:  # nothing to train (statistics only): the closed-form model
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if has_val:
+            best = _val_pcc(model, sections, train_masks, mean, std, device)
     final = HGGEP(config)
     final.load_state_dict(best_state)
     final.to(device).eval()
     target_norm = {"kind": "log1p_median_total", "mean": mean.tolist(), "std": std.tolist()}
-    meta = {"metrics": metrics or {}, "history": history, "train": asdict(tcfg)}
+    extra = {"train": asdict(tcfg), "history": history, **provenance}
+    meta = {"metrics": metrics or {}, "history": history, "train": asdict(tcfg), "extra": extra}
     bundle = ModelBundle(final, config, list(genes), target_norm, meta)
     if out:
         save_checkpoint(out, final, config, genes, target_norm, [s.name for s in sections],
-                        {**(metrics or {}), "best_val_pcc": best if has_val else None},
-                        extra={"train": asdict(tcfg), "history": history}, half=True)
+                        {**(metrics or {}), "best_val_pcc": best if has_val else None}, extra=extra, half=True)
     return bundle, history
+
+
+def _val_pcc(model, sections, masks, mean, std, device) -> float:
+    """Mean gene PCC on the validation spots of the training sections (never a test section)."""
+    rs = []
+    for sec, m in zip(sections, masks):
+        if (~m).sum() > 2:
+            pred = predict_section(model, sec, mean, std, device)
+            rs.append(np.nanmean(gene_pcc(pred[~m], sec.target[~m])))
+    return float(np.mean(rs)) if rs else float("nan")
+
+
+@torch.no_grad()
+def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainConfig, device,
+                        n_views: int = 8, batch: int = 256) -> list[list[torch.Tensor]]:
+    """With a frozen GEM + ShuffleNet, their stage maps are computed once per spot for
+    ``n_views`` views: the 8 flips/rotations, every second one also at a random scan resolution
+    in ``tcfg.res_range``. Per section: [S3, S4, S5] tensors ``V x N x C x h x w``."""
+    was = model.training
+    model.eval()
+    cfg = model.config
+    out = []
+    for sec in sections:
+        per_view = []
+        for k in range(n_views):
+            maps = []
+            for i in range(0, sec.n_spots, batch):
+                x = to_tensor(sec.patches[i:i + batch])
+                x = torch.rot90(x, k % 4, dims=(2, 3))
+                x = x.flip(3) if (k // 4) % 2 else x
+                if k % 2:
+                    x = resolution_jitter(x, g, cfg.patch_um / cfg.patch_px, cfg.patch_um, *tcfg.res_range)
+                maps.append(model.trunk(x.contiguous().to(device)))
+            per_view.append([torch.cat(m) for m in zip(*maps)])
+        out.append([torch.stack(v) for v in zip(*per_view)])
+    model.train(was)
+    return out
