@@ -58,7 +58,8 @@ def _train_config(a):
     from .training.train import TrainConfig
 
     return TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed, device=a.device, zinb_weight=a.zinb_weight,
-                       val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets)
+                       val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,
+                       backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha)
 
 
 def _model_config(a, genes):
@@ -69,7 +70,14 @@ def _model_config(a, genes):
         over["ham_rule"] = a.ham_rule
     if a.colour_norm:
         over["colour_norm"] = a.colour_norm
-    return preset(a.preset, **over)
+    cfg = preset(a.preset, **over)
+    if a.branches == "stats":
+        cfg = cfg.replace(image_path=False)
+    elif a.branches == "image":
+        cfg = cfg.replace(stats_features=0)
+    if not cfg.stats_features and a.branches == "stats":
+        raise ValueError(f"preset {a.preset!r} has no statistics branch")
+    return cfg
 
 
 def _sections(a):
@@ -79,7 +87,8 @@ def _sections(a):
     cfg = _model_config(a, genes)
     names = a.sections or sorted(p.name for p in Path(a.data).iterdir() if p.is_dir())
     print(f"reading {len(names)} sections from {a.data} ...", file=sys.stderr)
-    return load_sections(a.data, names, genes, cfg.patch_um, cfg.patch_px, a.cache), genes, cfg
+    secs = load_sections(a.data, names, genes, cfg, a.cache, stats_res_copies=a.stats_res_copies)
+    return secs, genes, cfg
 
 
 def _epoch_printer(total):
@@ -101,6 +110,8 @@ def _cmd_train(a) -> int:
     metrics = json.loads(Path(a.card_metrics).read_text()) if a.card_metrics else None
     if metrics is not None:
         metrics = {"loo": metrics.get("summary"), "per_section": metrics.get("per_section"),
+                   "leave_one_patient_out": metrics.get("leave_one_patient_out"),
+                   "resampled": metrics.get("resampled"), "ablation": metrics.get("ablation"),
                    "protocol": metrics.get("protocol"), "gene_pcc": metrics.get("gene_pcc")}
     train_model(secs, cfg, genes, _train_config(a), out=a.out, resume=a.resume,
                 progress=_epoch_printer(a.epochs), metrics=metrics)
@@ -109,10 +120,12 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_evaluate(a) -> int:
-    from .training.evaluate import evaluate_loo, markdown_table, write_results
+    from .training.dataset import load_sections
+    from .training.evaluate import ablation, evaluate, markdown_table, write_results
 
     if not a.loo:
-        raise SystemExit("error: only --loo (leave-one-section-out) evaluation is implemented; pass --loo")
+        raise SystemExit("error: pass --loo (leave-one-section-out, plus leave-one-patient-out and the "
+                         "resampled held-out sections)")
     secs, genes, cfg = _sections(a)
     labels = None
     if a.labels:
@@ -121,8 +134,18 @@ def _cmd_evaluate(a) -> int:
         df = pd.read_csv(a.labels)
         labels = {s: df[df.section == s].set_index("spot_id").reindex([*sec.spot_ids])["label"].to_numpy()
                   for s, sec in ((x.name, x) for x in secs)}
-    res = evaluate_loo(secs, cfg, genes, _train_config(a), labels,
-                       log=lambda m: print(m, file=sys.stderr, flush=True), progress=_epoch_printer(a.epochs))
+    patients = dict(kv.split("=", 1) for kv in a.patients) if a.patients else None
+    names = [s.name for s in secs]
+    resampled = {}
+    for um in a.resample_um or []:
+        print(f"resampling the sections to {um} um/px ...", file=sys.stderr)
+        resampled[um] = {n: s for n, s in zip(names, load_sections(a.data, names, genes, cfg, a.cache, resample_um=um))}
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    res = evaluate(secs, cfg, genes, _train_config(a), labels, resampled, patients, log=log,
+                   progress=_epoch_printer(a.epochs))
+    if a.ablation:
+        res["ablation"] = ablation(secs, cfg, genes, _train_config(a), resampled, patients, log=log,
+                                   progress=_epoch_printer(a.epochs))
     js, md = write_results(res, a.out)
     print(markdown_table(res))
     print(f"wrote {js} and {md}", file=sys.stderr)
@@ -184,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_predict)
 
     for name, helptext, func in (("train", "train a model on ST sections", _cmd_train),
-                                 ("evaluate", "leave-one-section-out evaluation with a ridge baseline", _cmd_evaluate)):
+                                 ("evaluate", "leave-one-section-out and leave-one-patient-out evaluation", _cmd_evaluate)):
         t = sub.add_parser(name, help=helptext)
         t.add_argument("--data", default=DEFAULT_DATA, help="folder of section folders (HER2+ ST or Visium)")
         t.add_argument("--sections", nargs="+", help="section folder names (default: all)")
@@ -203,7 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on targets blended with their neighbours' mean (0..1; 0 = raw)")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--device", default="auto")
-        t.add_argument("--cache", help="folder to cache extracted patches in")
+        t.add_argument("--cache", help="folder to cache extracted patches and statistics in")
+        t.add_argument("--branches", choices=["both", "stats", "image"], default="both",
+                       help="which branches the model has: tissue statistics, image path, or both")
+        t.add_argument("--backbone", help="pretrained image path from `napari-hggep pretrain`")
+        t.add_argument("--freeze-backbone", action="store_true",
+                       help="keep the (pretrained) GEM + ShuffleNet fixed; much faster on a CPU")
+        t.add_argument("--ridge-alpha", type=float,
+                       help="statistics branch ridge strength (default: chosen within the training sections)")
+        t.add_argument("--stats-res-copies", type=int, default=2,
+                       help="also compute each training section's statistics at this many random scan "
+                            "resolutions (1-4 um/px) so the statistics branch holds at any resolution")
         t.set_defaults(func=func)
         if name == "train":
             t.add_argument("--out", required=True, help="checkpoint to write")
@@ -213,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--loo", action="store_true", help="leave-one-section-out")
             t.add_argument("--labels", help="CSV section,spot_id,label of pathologist regions (for ARI)")
             t.add_argument("--out", default=".", help="folder for loo.json and loo.md")
+            t.add_argument("--resample-um", type=float, nargs="*", default=[1.4, 3.2],
+                           help="also test each held-out section resampled to these um/px (default 1.4 3.2)")
+            t.add_argument("--ablation", action="store_true",
+                           help="also evaluate statistics alone, image path alone and both")
+            t.add_argument("--patients", nargs="+", metavar="SECTION=PATIENT",
+                           help="patient of each section (default: the leading letters of its name)")
 
     pt = sub.add_parser("pretrain", help="self-supervised pretraining of the image path on unlabelled tissue")
     pt.add_argument("--data", default=DEFAULT_DATA, help="folder of section folders (HER2+ ST or Visium)")

@@ -60,28 +60,32 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
     device = bundle.device
     model = bundle.model.eval()
     n = slide.n_spots
-    from .model.hggep import N_STAIN_STATS, stain_stats
-
-    tokens = torch.empty(n, 3, cfg.dim, device=device)
-    stats_all = torch.empty(n, N_STAIN_STATS, device=device) if cfg.stain_skip else None
     yield 0, n
-    with torch.inference_mode():
-        stats = None
-        if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
-            from .model.hggep import colour_stats_of
+    stats_z = None
+    if cfg.stats_features:  # tissue statistics around every spot, z-scored within the slide
+        from .data.features import standardise_features, tissue_features
 
-            sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
-            stats = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
-            stats = tuple(t.to(device) for t in stats)
-        for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-            x = to_tensor(patches).to(device)
-            rows = torch.from_numpy(idx).to(device)
-            tokens[rows] = model.encode_views(x, stats)
-            if stats_all is not None:
-                stats_all[rows] = stain_stats(x)
-            yield int(idx[-1]) + 1, n
+        feats = tissue_features(slide, cfg.context_um, cfg.stats_um_per_px)
+        stats_z = torch.from_numpy(standardise_features(feats)).to(device)
+        if not cfg.image_path:
+            yield n, n
+    tokens = None
+    with torch.inference_mode():
+        if cfg.image_path:
+            tokens = torch.empty(n, 3, cfg.dim, device=device)
+            colour = None
+            if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
+                from .model.hggep import colour_stats_of
+
+                sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
+                colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
+                colour = tuple(t.to(device) for t in colour)
+            for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
+                x = to_tensor(patches).to(device)
+                tokens[torch.from_numpy(idx).to(device)] = model.encode_views(x, colour)
+                yield int(idx[-1]) + 1, n
         coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
-        z = model.forward_tokens(tokens, coords, stats_all)["expr"].float().cpu().numpy()
+        z = model.forward_tokens(tokens, coords, stats_z)["expr"].float().cpu().numpy()
     tn = bundle.target_norm or {}
     if "mean" in tn and "std" in tn:
         z = z * np.asarray(tn["std"], np.float32) + np.asarray(tn["mean"], np.float32)

@@ -13,6 +13,7 @@ and spots are handled in tile order.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ from .stain import rgb_to_hed
 WORK_UM_PER_PX = 2.0
 FEATURES_VERSION = 1  # bump when the definition changes (invalidates caches)
 CONTEXT_UM = (70.0, 150.0, 300.0)
+GLASS = 0.82  # a pixel whose every channel is brighter than this is glass (or fat)
 TILE_PX = 1024  # tile side in working pixels (about 2 mm)
 
 _LBP_BINS = 10  # uniform LBP, P = 8: codes 0..9
@@ -81,8 +83,7 @@ def nuclei_threshold(image, um_per_px: float, work_um: float = WORK_UM_PER_PX) -
     stride = max(1, int(round(work_um / um_per_px)), int(np.ceil(max(h, w) / 1500)))
     thumb = np.asarray(image[::stride, ::stride])[..., :3]
     hed = rgb_to_hed(thumb)
-    tissue = (hed[..., 0] + hed[..., 1]) > 0.05
-    vals = hed[..., 0][tissue]
+    vals = hed[..., 0][thumb.min(axis=-1) < GLASS * 255]  # tissue: anything but glass
     if vals.size < 100 or np.ptp(vals) < 1e-4:
         return float("inf")  # no tissue: no nuclei
     return float(threshold_otsu(vals))
@@ -98,7 +99,7 @@ def _pixel_maps(rgb: np.ndarray, h_thr: float) -> list[np.ndarray]:
     x = rgb.astype(np.float32) / 255.0
     hed = rgb_to_hed(rgb)
     grey = x.mean(axis=-1)
-    glass = (x.min(axis=-1) > 0.82).astype(np.float32)
+    glass = (x.min(axis=-1) > GLASS).astype(np.float32)
     tissue = ((hed[..., 0] + hed[..., 1]) > 0.05).astype(np.float32)
     hs = ndi.gaussian_filter(hed[..., 0], 0.7)
     nuc = hs > h_thr
@@ -176,7 +177,7 @@ def tissue_features(slide: Slide, context_um=CONTEXT_UM, work_um: float = WORK_U
     if n == 0:
         return out
     halves = [max(1, int(round(c / work_um / 2))) for c in context_um]
-    margin = max(halves) + 2
+    margin = max(halves) + int(np.ceil(20 / work_um))  # nuclei and filters at a tile edge see whole
     h_thr = nuclei_threshold(slide.image, slide.um_per_px, work_um)
     wxy = slide.xy * (slide.um_per_px / work_um)  # spot centres in working pixels
     tiles = np.floor(wxy / tile_px).astype(np.int64)
@@ -202,9 +203,12 @@ def standardise_features(f: np.ndarray) -> np.ndarray:
     """Z-score each feature within one slide (stain and scanner differences between slides
     cancel); missing values (a window without nuclei) become the slide's mean, i.e. 0."""
     f = np.asarray(f, np.float64)
-    mu = np.nanmean(f, axis=0) if len(f) else np.zeros(f.shape[1])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no nuclei anywhere
+        mu = np.nanmean(f, axis=0) if len(f) else np.zeros(f.shape[1])
+        sd = np.nanstd(f, axis=0) if len(f) > 1 else np.ones(f.shape[1])
     mu = np.where(np.isfinite(mu), mu, 0.0)
-    sd = np.nanstd(f, axis=0) if len(f) > 1 else np.ones(f.shape[1])
-    sd = np.where(np.isfinite(sd) & (sd > 1e-8), sd, 1.0)
+    # constant features (up to float noise) carry nothing: they become 0, not amplified noise
+    sd = np.where(np.isfinite(sd) & (sd > 1e-5 * np.maximum(1.0, np.abs(mu))), sd, np.inf)
     z = (f - mu) / sd
     return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)

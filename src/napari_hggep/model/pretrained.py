@@ -3,6 +3,7 @@ pretrain``: one file with the weights, the recipe and provenance; read with ``we
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ def save_backbone(path, state: dict[str, torch.Tensor], meta: dict) -> None:
     keep = {k: v.detach().cpu().clone() for k, v in state.items() if k.startswith(PREFIXES)}
     if not keep:
         raise ValueError("no GEM/backbone weights to save")
+    meta = json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "state": keep, "meta": meta}, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -1,14 +1,17 @@
-"""Leave-one-section-out evaluation of HGGEP and of the colour-statistics ridge baseline."""
+"""Honest evaluation: leave-one-section-out, leave-one-patient-out, and the held-out sections
+resampled to coarser scan resolutions; an ablation of the model's two branches; the
+colour-statistics ridge baseline on the same splits. Nothing is selected on a test section."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..devices import resolve_device
 from .._atomic import atomic_write_bytes
+from ..devices import resolve_device
 from ..model.config import HGGEPConfig
 from .baseline import RidgeBaseline, colour_features
 from .dataset import SectionData
@@ -18,88 +21,191 @@ from .train import TrainConfig, predict_section, train_model
 # HGGEP's published per-section mean PCC (reference repo Output/HGGEP_her2.npy; SPEC 4)
 PUBLISHED_PCC = {"B4": 0.315, "C2": 0.177, "C3": 0.233, "C4": 0.219, "C5": 0.229, "C6": 0.207}
 
+# the ablation: which branches a variant keeps (SPEC/issue: statistics alone, image alone, both)
+ABLATION = {
+    "ridge on statistics": {"image_path": False, "smooth_weight": 0.0},
+    "statistics branch": {"image_path": False},
+    "image path": {"stats_features": 0},
+    "both (full model)": {},
+}
+
+
+def patient_of(section: str) -> str:
+    """HER2+ ST names a section by patient letter and replicate (``B4``: patient B)."""
+    m = re.match(r"([A-Za-z]+)", section)
+    return m.group(1) if m else section
+
+
+def patient_splits(names: list[str], patients: dict[str, str] | None = None) -> list[tuple[list[str], list[str]]]:
+    """Leave-one-patient-out: ``(train, test)`` section names per patient (needs 2+ patients)."""
+    pat = {n: (patients or {}).get(n) or patient_of(n) for n in names}
+    groups = sorted(set(pat.values()))
+    if len(groups) < 2:
+        return []
+    return [([n for n in names if pat[n] != p], [n for n in names if pat[n] == p]) for p in groups]
+
 
 def _summary(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "gene_pcc"}
 
 
-def evaluate_loo(
+def _fit_predict(train, tests, config, genes, tcfg, log, progress):
+    bundle, history = train_model(train, config, genes, tcfg, progress=progress)
+    tn = bundle.target_norm
+    mean_, std_ = np.asarray(tn["mean"]), np.asarray(tn["std"])
+    dev = resolve_device(tcfg.device)
+    preds = {t.name: predict_section(bundle.model, t, mean_, std_, dev, views=config.tta_views) for t in tests}
+    best = int(np.nanargmax([h["val_pcc"] for h in history]) + 1) if history else None
+    return preds, best, bundle
+
+
+def evaluate(
     sections: list[SectionData],
     config: HGGEPConfig,
     genes: list[str],
     tcfg: TrainConfig = TrainConfig(),
     labels: dict[str, np.ndarray] | None = None,
+    resampled: dict[float, dict[str, SectionData]] | None = None,
+    patients: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
     progress: Callable[[dict], None] | None = None,
+    baseline: bool = True,
 ) -> dict:
-    """Train on all sections but one, test on that one, for each section in turn."""
+    """Leave-one-section-out (each section tested by a model that never saw it), the same
+    models on ``resampled[um][name]`` (the held-out section at a coarser scan resolution),
+    and leave-one-patient-out. Returns the results dict written by :func:`write_results`."""
     if len(sections) < 2:
         raise ValueError("leave-one-out needs at least two sections")
-    feats = {s.name: colour_features(s.patches) for s in sections}
-    per_section, gene_pccs = {}, []
+    by_name = {s.name: s for s in sections}
+    names = list(by_name)
+    feats = {s.name: colour_features(s.patches) for s in sections} if baseline else {}
+    per_section, gene_pccs, res_out = {}, [], {}
     for held in sections:
         train = [s for s in sections if s is not held]
-        log(f"[{held.name}] training on {[s.name for s in train]}")
-        bundle, history = train_model(train, config, genes, tcfg, progress=progress)
-        tn = bundle.target_norm
-        dev = resolve_device(tcfg.device)
-        mean_, std_ = np.asarray(tn["mean"]), np.asarray(tn["std"])
-        pred = predict_section(bundle.model, held, mean_, std_, dev, views=config.tta_views)
+        log(f"[leave-one-section-out {held.name}] training on {[s.name for s in train]}")
+        extra_tests = [r[held.name] for r in (resampled or {}).values() if held.name in r]
+        preds, best, _ = _fit_predict(train, [held, *extra_tests], config, genes, tcfg, log, progress)
         lab = None if labels is None else labels.get(held.name)
-        m = slide_metrics(pred, held.target, lab)
-        # the same model with 1 and with 8 test-time views, to show what TTA is worth
-        for views in sorted({1, 8} - {config.tta_views}):
-            alt = slide_metrics(predict_section(bundle.model, held, mean_, std_, dev, views=views), held.target)
-            m[f"pcc_mean_{views}_views"] = alt["pcc_mean"]
-        ridge = RidgeBaseline().fit(np.concatenate([feats[s.name] for s in train]),
-                                    np.concatenate([s.target for s in train]))
-        b = slide_metrics(ridge.predict(feats[held.name]), held.target, lab)
+        m = slide_metrics(preds[held.name], held.target, lab)
         gene_pccs.append(m["gene_pcc"])
-        per_section[held.name] = {
-            "hggep": _summary(m),
-            "ridge_baseline": _summary(b),
-            "published_hggep_pcc": PUBLISHED_PCC.get(held.name),
-            "best_epoch": int(np.nanargmax([h["val_pcc"] for h in history]) + 1) if history else None,
-        }
-        log(f"[{held.name}] PCC mean {m['pcc_mean']:.3f} (ridge {b['pcc_mean']:.3f}); "
-            f"SSIM {m['ssim_mean']:.3f}; RMSE {m['rmse']:.3f}")
+        row = {"hggep": _summary(m), "published_hggep_pcc": PUBLISHED_PCC.get(held.name), "best_epoch": best}
+        if baseline:
+            ridge = RidgeBaseline().fit(np.concatenate([feats[s.name] for s in train]),
+                                        np.concatenate([s.target for s in train]))
+            row["ridge_baseline"] = _summary(slide_metrics(ridge.predict(feats[held.name]), held.target, lab))
+        per_section[held.name] = row
+        for um, secs in (resampled or {}).items():
+            if held.name in secs:
+                r = secs[held.name]
+                res_out.setdefault(f"{um:g}", {})[held.name] = _summary(slide_metrics(preds[r.name], r.target))
+        log(f"[{held.name}] PCC mean {m['pcc_mean']:.3f}"
+            + (f" (colour ridge {row['ridge_baseline']['pcc_mean']:.3f})" if baseline else "")
+            + "".join(f"; at {um} um/px {v[held.name]['pcc_mean']:.3f}" for um, v in res_out.items() if held.name in v))
+    lopo = {}
+    for train_names, test_names in patient_splits(names, patients):
+        key = "+".join(test_names) + " <- " + "+".join(train_names)
+        if len(train_names) == len(names) - 1:  # one test section: the same split as leave-one-section-out
+            lopo[key] = {t: per_section[t]["hggep"] for t in test_names}
+            continue
+        log(f"[leave-one-patient-out] training on {train_names}, testing {test_names}")
+        preds, _, _ = _fit_predict([by_name[n] for n in train_names], [by_name[n] for n in test_names],
+                                   config, genes, tcfg, log, progress)
+        lopo[key] = {t: _summary(slide_metrics(preds[t], by_name[t].target)) for t in test_names}
+        log(f"  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
     gp = np.nanmean(np.stack(gene_pccs), axis=0)
-    names = list(per_section)
     mean = lambda key, who: float(np.mean([per_section[n][who][key] for n in names]))  # noqa: E731
+    lopo_all = [v["pcc_mean"] for split in lopo.values() for v in split.values()]
+    summary = {
+        "hggep_pcc_mean": mean("pcc_mean", "hggep"),
+        "hggep_ssim_mean": mean("ssim_mean", "hggep"),
+        "hggep_rmse": mean("rmse", "hggep"),
+        "lopo_pcc_mean": float(np.mean(lopo_all)) if lopo_all else None,
+        "resampled_pcc_mean": {um: float(np.mean([v["pcc_mean"] for v in d.values()])) for um, d in res_out.items()},
+        "published_pcc_mean_same_sections": float(np.mean([PUBLISHED_PCC[n] for n in names if n in PUBLISHED_PCC]))
+        if any(n in PUBLISHED_PCC for n in names) else None,
+    }
+    if baseline:
+        summary["ridge_pcc_mean"] = mean("pcc_mean", "ridge_baseline")
+        summary["sections_above_ridge"] = int(sum(per_section[n]["hggep"]["pcc_mean"] >
+                                                  per_section[n]["ridge_baseline"]["pcc_mean"] for n in names))
     return {
         "protocol": {
-            "kind": "leave-one-section-out",
+            "kind": "leave-one-section-out, leave-one-patient-out, resampled held-out sections",
             "sections": names,
+            "patients": {n: (patients or {}).get(n) or patient_of(n) for n in names},
             "model_selection": ("best epoch on one whole training section" if tcfg.val_split == "section" else
                                 f"best epoch on {tcfg.val_frac:.0%} of the training sections' spots")
+                               + "; ridge alpha by leave-one-section-out within the training sections"
                                + " (never the test section)",
             "config": config.to_dict(),
-            "train": tcfg.__dict__,
+            "train": {k: v for k, v in tcfg.__dict__.items()},
         },
         "per_section": per_section,
-        "summary": {
-            "hggep_pcc_mean": mean("pcc_mean", "hggep"),
-            "ridge_pcc_mean": mean("pcc_mean", "ridge_baseline"),
-            "hggep_ssim_mean": mean("ssim_mean", "hggep"),
-            "hggep_rmse": mean("rmse", "hggep"),
-            "sections_above_ridge": int(sum(per_section[n]["hggep"]["pcc_mean"] > per_section[n]["ridge_baseline"]["pcc_mean"] for n in names)),
-            "published_pcc_mean_same_sections": float(np.mean([PUBLISHED_PCC[n] for n in names if n in PUBLISHED_PCC])) if any(n in PUBLISHED_PCC for n in names) else None,
-        },
+        "leave_one_patient_out": lopo,
+        "resampled": res_out,
+        "summary": summary,
         "gene_pcc": {g: (None if not np.isfinite(v) else round(float(v), 4)) for g, v in zip(genes, gp)},
     }
 
 
+def evaluate_loo(sections, config, genes, tcfg=TrainConfig(), labels=None, log=print, progress=None) -> dict:
+    """Leave-one-section-out (and leave-one-patient-out where there are 2+ patients)."""
+    return evaluate(sections, config, genes, tcfg, labels, log=log, progress=progress)
+
+
+def ablation(sections, config: HGGEPConfig, genes, tcfg=TrainConfig(), resampled=None, patients=None,
+             log=print, progress=None) -> dict:
+    """The same protocol for each :data:`ABLATION` variant of ``config``."""
+    out = {}
+    for name, over in ABLATION.items():
+        cfg = config.replace(**over)
+        if not (cfg.image_path or cfg.stats_features):
+            continue
+        log(f"== ablation: {name}")
+        r = evaluate(sections, cfg, genes, tcfg, resampled=resampled, patients=patients, log=log,
+                     progress=progress, baseline=False)
+        out[name] = {"summary": r["summary"], "per_section": {k: v["hggep"]["pcc_mean"] for k, v in r["per_section"].items()},
+                     "leave_one_patient_out": {k: {t: v["pcc_mean"] for t, v in d.items()}
+                                               for k, d in r["leave_one_patient_out"].items()}}
+    return out
+
+
 def markdown_table(result: dict) -> str:
-    rows = ["| section | spots | HGGEP (ours) PCC mean | PCC median | SSIM | RMSE | ridge baseline PCC | HGGEP published PCC |",
-            "|---|---|---|---|---|---|---|---|"]
+    res_ums = sorted(result.get("resampled", {}), key=float)
+    head = ["section", "spots", "PCC mean", "PCC median", "SSIM", "RMSE", "colour ridge PCC", "HGGEP published PCC"]
+    head += [f"PCC at {u} um/px" for u in res_ums]
+    rows = ["## Leave-one-section-out", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in result["per_section"].items():
-        h, b, p = r["hggep"], r["ridge_baseline"], r["published_hggep_pcc"]
-        rows.append(f"| {name} | {h['n_spots']} | {h['pcc_mean']:.3f} | {h['pcc_median']:.3f} | {h['ssim_mean']:.3f} | "
-                    f"{h['rmse']:.3f} | {b['pcc_mean']:.3f} | {'' if p is None else f'{p:.3f}'} |")
+        h, b, p = r["hggep"], r.get("ridge_baseline"), r["published_hggep_pcc"]
+        cells = [name, str(h["n_spots"]), f"{h['pcc_mean']:.3f}", f"{h['pcc_median']:.3f}", f"{h['ssim_mean']:.3f}",
+                 f"{h['rmse']:.3f}", "" if b is None else f"{b['pcc_mean']:.3f}", "" if p is None else f"{p:.3f}"]
+        cells += [f"{result['resampled'][u][name]['pcc_mean']:.3f}" if name in result["resampled"][u] else ""
+                  for u in res_ums]
+        rows.append("| " + " | ".join(cells) + " |")
     s = result["summary"]
     pub = s["published_pcc_mean_same_sections"]
-    rows.append(f"| **mean** | | **{s['hggep_pcc_mean']:.3f}** | | {s['hggep_ssim_mean']:.3f} | {s['hggep_rmse']:.3f} | "
-                f"{s['ridge_pcc_mean']:.3f} | {'' if pub is None else f'{pub:.3f}'} |")
+    cells = ["**mean**", "", f"**{s['hggep_pcc_mean']:.3f}**", "", f"{s['hggep_ssim_mean']:.3f}", f"{s['hggep_rmse']:.3f}",
+             "" if s.get("ridge_pcc_mean") is None else f"{s['ridge_pcc_mean']:.3f}", "" if pub is None else f"{pub:.3f}"]
+    cells += [f"**{s['resampled_pcc_mean'][u]:.3f}**" for u in res_ums]
+    rows.append("| " + " | ".join(cells) + " |")
+    if result.get("leave_one_patient_out"):
+        rows += ["", "## Leave-one-patient-out", "", "| test <- train | section | PCC mean |", "|---|---|---|"]
+        for key, d in result["leave_one_patient_out"].items():
+            for t, v in d.items():
+                rows.append(f"| {key} | {t} | {v['pcc_mean']:.3f} |")
+        rows.append(f"| **mean** | | **{s['lopo_pcc_mean']:.3f}** |")
+    if result.get("ablation"):
+        rows += ["", "## Ablation (mean PCC)", ""]
+        secs = list(result["per_section"])
+        res_cols = [f"{u} um/px" for u in res_ums]
+        head = ["variant", "leave-one-section-out", *secs, "leave-one-patient-out", *res_cols]
+        rows += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, a in result["ablation"].items():
+            sm = a["summary"]
+            cells = [name, f"{sm['hggep_pcc_mean']:.3f}", *[f"{a['per_section'][n]:.3f}" for n in secs],
+                     "" if sm["lopo_pcc_mean"] is None else f"{sm['lopo_pcc_mean']:.3f}",
+                     *[f"{sm['resampled_pcc_mean'][u]:.3f}" for u in res_ums]]
+            rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 

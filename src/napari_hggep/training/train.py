@@ -21,6 +21,7 @@ from ..model.config import HGGEPConfig
 from ..data.features import standardise_features
 from ..model.hggep import HGGEP
 from ..model.pretrained import load_backbone_into
+from ..model.smoothing import neighbour_blend
 from ..model.losses import hggep_loss
 from .augment import resolution_jitter, train_augment
 from .dataset import SectionData
@@ -52,12 +53,9 @@ def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> 
     """Denoise ST targets: blend each spot with the mean of its nearest-ring neighbours."""
     if weight <= 0 or len(target) < 3:
         return target
-    d = np.sqrt(((coords_um[:, None] - coords_um[None]) ** 2).sum(-1))
-    np.fill_diagonal(d, np.inf)
-    ring = d <= 1.25 * np.median(d.min(axis=1))
-    cnt = ring.sum(1, keepdims=True)
-    nb = np.where(cnt > 0, (ring.astype(np.float32) @ target) / np.maximum(cnt, 1), target)
-    return ((1 - weight) * target + weight * nb).astype(np.float32)
+    t = neighbour_blend(torch.from_numpy(np.asarray(target, np.float32)),
+                        torch.from_numpy(np.asarray(coords_um, np.float32)), weight)
+    return t.numpy().astype(np.float32)
 
 
 def gene_stats(sections: list[SectionData], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
