@@ -12,6 +12,10 @@ def saved(tmp_path):
     torch.manual_seed(0)
     cfg = preset("compact", n_genes=6)
     m = HGGEP(cfg).eval()
+    with torch.no_grad():  # not the silent start: outputs that differ between spots
+        torch.nn.init.normal_(m.pca_basis)
+        torch.nn.init.normal_(m.stats_head.weight)
+        torch.nn.init.normal_(m.head.weight)
     path = tmp_path / "m.pt"
     genes = [f"G{i}" for i in range(6)]
     save_checkpoint(path, m, cfg, genes, {"mean": [0.0] * 6, "std": [1.0] * 6}, ["B4"], {"pcc": 0.1})
@@ -23,9 +27,11 @@ def test_round_trip(saved):
     b = load_checkpoint(path, device="cpu")
     assert b.genes == genes and b.config == m.config and b.meta["sections"] == ["B4"]
     assert b.meta["metrics"] == {"pcc": 0.1} and b.patch_um == m.config.patch_um
-    x, c = torch.rand(5, 3, 112, 112), torch.rand(5, 2) * 1000
+    x, c, s = torch.rand(5, 3, 112, 112), torch.rand(5, 2) * 1000, torch.randn(5, 90)
     with torch.no_grad():
-        assert torch.allclose(b.model(x, c)["expr"], m(x, c)["expr"], atol=1e-5)
+        want = m(x, c, s)["expr"]
+        assert want.std() > 0.01
+        assert torch.allclose(b.model(x, c, s)["expr"], want, atol=1e-5 * max(1.0, float(want.abs().max())))
 
 
 def test_truncated_file(saved):

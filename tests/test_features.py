@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_hggep.data.features import (_pixel_maps, _window_sums, feature_names, n_features,
+from napari_hggep.data.features import (_pixel_maps, block_sums, feature_names, n_features, summed_area, window_sums,
                                         standardise_features, tissue_features)
 from napari_hggep.data.slide import Slide
 
@@ -29,13 +29,16 @@ def grid_spots(h, w, step):
 
 
 def test_window_sums_match_brute_force(rng):
-    m = rng.random((40, 50))
-    t = np.zeros((41, 51))
-    t[1:, 1:] = m.cumsum(0).cumsum(1)
-    cx, cy = np.array([10, 25, 40]), np.array([10, 20, 30])
-    got = _window_sums(t, cx, cy, 4)
-    want = [m[y - 4:y + 5, x - 4:x + 5].sum() for x, y in zip(cx, cy)]
-    assert np.allclose(got, want)
+    # a map that is constant within 4 x 4 blocks: the block integral is exact for any window
+    m = np.kron(rng.random((10, 12)), np.ones((4, 4)))
+    t = summed_area(block_sums(m[..., None], 4))  # maps are stacked on the last axis
+    cx, cy = np.array([10.0, 25.5, 30.0, 22.0]), np.array([10.0, 20.0, 19.25, 20.0])
+    for half in (4.0, 5.5, 8.0):
+        got = window_sums(t, cx, cy, half, 4)[:, 0]
+        fine = np.kron(m, np.ones((4, 4)))  # quarter-pixel grid for fractional windows
+        want = [fine[int(round((y - half) * 4)):int(round((y + half) * 4)),
+                     int(round((x - half) * 4)):int(round((x + half) * 4))].sum() / 16 for x, y in zip(cx, cy)]
+        assert np.allclose(got, want), half
 
 
 def test_features_shape_names_and_nuclei_density_follow_the_tissue():
@@ -99,6 +102,6 @@ def test_pixel_maps_count_nuclei_once():
     img = np.full((60, 60, 3), 235, np.uint8)
     img[10:16, 10:16] = (60, 30, 110)
     img[40:44, 30:36] = (60, 30, 110)
-    maps = _pixel_maps(img, 0.1)
+    maps, _ = _pixel_maps(img, 0.1)
     count = maps[15]  # the nucleus-count map: 1 at each nucleus centroid
     assert count.sum() == pytest.approx(2)

@@ -141,11 +141,12 @@ def _cmd_evaluate(a) -> int:
         print(f"resampling the sections to {um} um/px ...", file=sys.stderr)
         resampled[um] = {n: s for n, s in zip(names, load_sections(a.data, names, genes, cfg, a.cache, resample_um=um))}
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    backbones = dict(kv.split("=", 1) for kv in a.backbone_without) if a.backbone_without else None
     res = evaluate(secs, cfg, genes, _train_config(a), labels, resampled, patients, log=log,
-                   progress=_epoch_printer(a.epochs))
+                   progress=_epoch_printer(a.epochs), backbones=backbones)
     if a.ablation:
         res["ablation"] = ablation(secs, cfg, genes, _train_config(a), resampled, patients, log=log,
-                                   progress=_epoch_printer(a.epochs))
+                                   progress=_epoch_printer(a.epochs), backbones=backbones, done=res)
     js, md = write_results(res, a.out)
     print(markdown_table(res))
     print(f"wrote {js} and {md}", file=sys.stderr)
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also test each held-out section resampled to these um/px (default 1.4 3.2)")
             t.add_argument("--ablation", action="store_true",
                            help="also evaluate statistics alone, image path alone and both")
+            t.add_argument("--backbone-without", nargs="+", metavar="PATIENT=FILE",
+                           help="pretrained backbones, each made without one patient's tissue; every fold "
+                                "uses the one made without its test patient (instead of --backbone)")
             t.add_argument("--patients", nargs="+", metavar="SECTION=PATIENT",
                            help="patient of each section (default: the leading letters of its name)")
 

@@ -22,10 +22,11 @@ from .slide import Slide
 from .stain import rgb_to_hed
 
 WORK_UM_PER_PX = 2.0
-FEATURES_VERSION = 1  # bump when the definition changes (invalidates caches)
+FEATURES_VERSION = 2  # bump when the definition changes (invalidates caches)
 CONTEXT_UM = (70.0, 150.0, 300.0)
 GLASS = 0.82  # a pixel whose every channel is brighter than this is glass (or fat)
 TILE_PX = 1024  # tile side in working pixels (about 2 mm)
+BLOCK_PX = 4  # maps are summed over 4 x 4 working-pixel blocks (8 um) before integration
 
 _LBP_BINS = 10  # uniform LBP, P = 8: codes 0..9
 PER_SCALE = (
@@ -89,12 +90,27 @@ def nuclei_threshold(image, um_per_px: float, work_um: float = WORK_UM_PER_PX) -
     return float(threshold_otsu(vals))
 
 
-def _pixel_maps(rgb: np.ndarray, h_thr: float) -> list[np.ndarray]:
-    """The per-pixel maps whose window means make the features (float64 for exact sums).
-    Order: RGB, HED, their squares, glass, tissue, nuclei mask, nucleus count (at centroids),
-    size*count, eccentricity*count, darkness*count, gradient, LBP one-hots."""
+def uniform_lbp(grey: np.ndarray) -> np.ndarray:
+    """Rotation-invariant uniform local binary patterns over the 8 nearest neighbours (codes
+    0..8: the number of neighbours at least as bright, for uniform patterns; 9: non-uniform)."""
+    g = np.pad(grey, 1, mode="edge")
+    h, w = grey.shape
+    ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]  # clockwise
+    bits = [g[dy:dy + h, dx:dx + w] >= grey for dy, dx in ring]
+    ones = np.zeros((h, w), np.int64)
+    changes = np.zeros((h, w), np.int64)
+    for i in range(8):
+        ones += bits[i]
+        changes += bits[i] != bits[(i + 1) % 8]
+    return np.where(changes <= 2, ones, 9)
+
+
+def _pixel_maps(rgb: np.ndarray, h_thr: float) -> tuple[list[np.ndarray], np.ndarray]:
+    """The per-pixel maps whose window means make the features, and the LBP codes (whose
+    window histograms are features too). Map order: RGB, HED, their squares, glass, tissue,
+    nuclei mask, nucleus count (at centroids), size*count, eccentricity*count, darkness*count,
+    gradient."""
     from scipy import ndimage as ndi
-    from skimage.feature import local_binary_pattern
 
     x = rgb.astype(np.float32) / 255.0
     hed = rgb_to_hed(rgb)
@@ -131,40 +147,76 @@ def _pixel_maps(rgb: np.ndarray, h_thr: float) -> list[np.ndarray]:
         np.add.at(dark, (cy, cx), hmean[1:])
     gy, gx = ndi.sobel(grey, 0), ndi.sobel(grey, 1)
     grad = np.hypot(gx, gy)
-    lbp = local_binary_pattern((grey * 255).astype(np.uint8), 8, 1, "uniform").astype(np.int64)
-    maps = [x[..., i] for i in range(3)] + [hed[..., i] for i in range(3)]
+    lbp = uniform_lbp(grey)
+    maps = [x[..., i] for i in range(3)] + [hed[..., i] for i in range(3)]  # float32
     maps += [m * m for m in maps[:6]]
     maps += [glass, tissue, nuc.astype(np.float32), count, size, ecc, dark, grad]
-    maps += [(lbp == b).astype(np.float32) for b in range(_LBP_BINS)]
-    return maps
+    return maps, lbp
 
 
-def _window_sums(table: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int) -> np.ndarray:
-    """Sums over ``(2 half + 1)^2`` windows centred on integer ``cx, cy`` of a summed-area table
-    with a leading zero row/column."""
-    y0, y1 = cy - half, cy + half + 1
-    x0, x1 = cx - half, cx + half + 1
-    return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+def block_sums(m: np.ndarray, block: int) -> np.ndarray:
+    """Sums over ``block x block`` pixel blocks (the map's sides are multiples of ``block``)."""
+    cols = m[:, 0::block].astype(np.float32)  # strided adds: much faster than a reduce over a short axis
+    for i in range(1, block):
+        cols += m[:, i::block]
+    out = cols[0::block].astype(np.float64)
+    for i in range(1, block):
+        out += cols[i::block]
+    return out
 
 
-def _features_from_maps(maps: list[np.ndarray], cx: np.ndarray, cy: np.ndarray, halves: list[int]) -> np.ndarray:
-    n = len(cx)
-    sums = np.empty((len(maps), len(halves), n), np.float64)
-    for i, m in enumerate(maps):
-        t = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.float64)
-        np.cumsum(np.cumsum(m, axis=0, dtype=np.float64), axis=1, out=t[1:, 1:])
-        for j, h in enumerate(halves):
-            sums[i, j] = _window_sums(t, cx, cy, h)
+def block_histogram(codes: np.ndarray, n_codes: int, block: int) -> np.ndarray:
+    """Per ``block x block`` block, how many pixels have each code (``hb x wb x n_codes``)."""
+    h, w = codes.shape
+    by, bx = np.arange(h) // block, np.arange(w) // block
+    bid = (by[:, None] * (w // block) + bx[None, :]) * n_codes + codes
+    hist = np.bincount(bid.ravel(), minlength=(h // block) * (w // block) * n_codes)
+    return hist.reshape(h // block, w // block, n_codes).astype(np.float64)
+
+
+def summed_area(blocks: np.ndarray) -> np.ndarray:
+    """Summed-area table with a leading zero row/column: ``T[j, i]`` sums blocks above-left."""
+    t = np.zeros((blocks.shape[0] + 1, blocks.shape[1] + 1, *blocks.shape[2:]), np.float64)
+    np.cumsum(np.cumsum(blocks, axis=0), axis=1, out=t[1:, 1:])
+    return t
+
+
+def _table_at(t: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The summed-area table at fractional block coordinates (x ``u``, y ``v``), bilinear: the
+    integral of the maps when each block's content is spread evenly over the block."""
+    hb, wb = t.shape[0] - 1, t.shape[1] - 1
+    u, v = np.clip(u, 0, wb), np.clip(v, 0, hb)
+    x0 = np.minimum(np.floor(u).astype(np.int64), wb - 1)
+    y0 = np.minimum(np.floor(v).astype(np.int64), hb - 1)
+    fx, fy = (u - x0)[:, None], (v - y0)[:, None]
+    return (t[y0, x0] * (1 - fx) * (1 - fy) + t[y0, x0 + 1] * fx * (1 - fy)
+            + t[y0 + 1, x0] * (1 - fx) * fy + t[y0 + 1, x0 + 1] * fx * fy)
+
+
+def window_sums(t: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: float, block: int) -> np.ndarray:
+    """Sums of the maps over squares ``[c - half, c + half)`` (pixel units, continuous
+    coordinates) around ``(cx, cy)``; ``t``: :func:`summed_area` of :func:`block_sums`."""
+    x0, x1 = (cx - half) / block, (cx + half) / block
+    y0, y1 = (cy - half) / block, (cy + half) / block
+    return _table_at(t, x1, y1) - _table_at(t, x0, y1) - _table_at(t, x1, y0) + _table_at(t, x0, y0)
+
+
+def _features_from_maps(maps: tuple[list[np.ndarray], np.ndarray], cx: np.ndarray, cy: np.ndarray,
+                        halves: list[float], block: int) -> np.ndarray:
+    dense, codes = maps
+    t = summed_area(np.concatenate([np.stack([block_sums(m, block) for m in dense], axis=-1),
+                                    block_histogram(codes, _LBP_BINS, block)], axis=-1))
     out = []
-    for j, h in enumerate(halves):
-        area = float((2 * h + 1) ** 2)
-        s = sums[:, j] / area  # window means, maps x n
+    for half in halves:
+        sums = window_sums(t, cx, cy, half, block).T  # maps x n
+        s = sums / float((2 * half) ** 2)  # window means
         mean = s[0:6]
         std = np.sqrt(np.maximum(s[6:12] - mean ** 2, 0))
-        cnt = sums[15, j]
-        per = lambda k: np.where(cnt > 0, sums[k, j] / np.maximum(cnt, 1), np.nan)  # noqa: E731
-        out += [mean, std, s[12:15], s[15:16], per(16)[None], per(17)[None], per(18)[None], s[19:20],
-                s[20:20 + _LBP_BINS]]
+        cnt = sums[15]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # per-nucleus means; a window needs about one nucleus to describe nuclei
+            per = np.where(cnt > 0.5, sums[16:19] / np.maximum(cnt, 1e-9), np.nan)
+        out += [mean, std, s[12:15], s[15:16], per, s[19:20], s[20:20 + _LBP_BINS]]
     return np.concatenate(out).T.astype(np.float32)
 
 
@@ -176,10 +228,13 @@ def tissue_features(slide: Slide, context_um=CONTEXT_UM, work_um: float = WORK_U
     out = np.full((n, n_features(context_um)), np.nan, np.float32)
     if n == 0:
         return out
-    halves = [max(1, int(round(c / work_um / 2))) for c in context_um]
-    margin = max(halves) + int(np.ceil(20 / work_um))  # nuclei and filters at a tile edge see whole
+    halves = [c / work_um / 2 for c in context_um]  # in working pixels
+    block = BLOCK_PX
+    tile_px = max(block, tile_px // block * block)
+    # nuclei and filters at a tile edge see whole; multiples of the block keep blocks aligned
+    margin = int(np.ceil((max(halves) + 20 / work_um) / block)) * block
     h_thr = nuclei_threshold(slide.image, slide.um_per_px, work_um)
-    wxy = slide.xy * (slide.um_per_px / work_um)  # spot centres in working pixels
+    wxy = (slide.xy + 0.5) * (slide.um_per_px / work_um)  # spot centres, continuous working pixels
     tiles = np.floor(wxy / tile_px).astype(np.int64)
     keys, inverse = np.unique(tiles, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -187,12 +242,10 @@ def tissue_features(slide: Slide, context_um=CONTEXT_UM, work_um: float = WORK_U
     for k, (tx, ty) in enumerate(keys):
         idx = np.nonzero(inverse == k)[0]
         x0, y0 = int(tx) * tile_px - margin, int(ty) * tile_px - margin
-        rgb = read_resampled(slide.image, slide.um_per_px, (x0, y0, x0 + tile_px + 2 * margin,
-                                                            y0 + tile_px + 2 * margin), work_um)
+        side = tile_px + 2 * margin
+        rgb = read_resampled(slide.image, slide.um_per_px, (x0, y0, x0 + side, y0 + side), work_um)
         maps = _pixel_maps(rgb, h_thr)
-        cx = np.clip(np.round(wxy[idx, 0]).astype(np.int64) - x0, margin, tile_px + margin)
-        cy = np.clip(np.round(wxy[idx, 1]).astype(np.int64) - y0, margin, tile_px + margin)
-        out[idx] = _features_from_maps(maps, cx, cy, halves)
+        out[idx] = _features_from_maps(maps, wxy[idx, 0] - x0, wxy[idx, 1] - y0, halves, block)
         done += len(idx)
         if progress:
             progress(done, n)

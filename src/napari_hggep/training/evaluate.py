@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +50,17 @@ def _summary(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "gene_pcc"}
 
 
+def _fold_tcfg(tcfg: TrainConfig, tests, backbones: dict[str, str] | None, patients) -> TrainConfig:
+    """The fold's pretrained backbone: one pretrained without the test sections' patient."""
+    if not backbones:
+        return tcfg
+    pats = {(patients or {}).get(t.name.split("@")[0]) or patient_of(t.name) for t in tests}
+    if len(pats) != 1 or (p := pats.pop()) not in backbones:
+        raise ValueError(f"no backbone pretrained without patient(s) of {[t.name for t in tests]}; "
+                         f"have {sorted(backbones)}")
+    return replace(tcfg, backbone=backbones[p])
+
+
 def _fit_predict(train, tests, config, genes, tcfg, log, progress):
     bundle, history = train_model(train, config, genes, tcfg, progress=progress)
     tn = bundle.target_norm
@@ -70,10 +82,13 @@ def evaluate(
     log: Callable[[str], None] = print,
     progress: Callable[[dict], None] | None = None,
     baseline: bool = True,
+    backbones: dict[str, str] | None = None,
 ) -> dict:
     """Leave-one-section-out (each section tested by a model that never saw it), the same
     models on ``resampled[um][name]`` (the held-out section at a coarser scan resolution),
-    and leave-one-patient-out. Returns the results dict written by :func:`write_results`."""
+    and leave-one-patient-out. ``backbones``: patient -> image path pretrained without that
+    patient's tissue, used for every fold that tests it (so pretraining never saw a test
+    patient). Returns the results dict written by :func:`write_results`."""
     if len(sections) < 2:
         raise ValueError("leave-one-out needs at least two sections")
     by_name = {s.name: s for s in sections}
@@ -84,7 +99,9 @@ def evaluate(
         train = [s for s in sections if s is not held]
         log(f"[leave-one-section-out {held.name}] training on {[s.name for s in train]}")
         extra_tests = [r[held.name] for r in (resampled or {}).values() if held.name in r]
-        preds, best, _ = _fit_predict(train, [held, *extra_tests], config, genes, tcfg, log, progress)
+        preds, best, _ = _fit_predict(train, [held, *extra_tests], config, genes,
+                                      _fold_tcfg(tcfg, [held], backbones if config.image_path else None, patients),
+                                      log, progress)
         lab = None if labels is None else labels.get(held.name)
         m = slide_metrics(preds[held.name], held.target, lab)
         gene_pccs.append(m["gene_pcc"])
@@ -108,8 +125,10 @@ def evaluate(
             lopo[key] = {t: per_section[t]["hggep"] for t in test_names}
             continue
         log(f"[leave-one-patient-out] training on {train_names}, testing {test_names}")
-        preds, _, _ = _fit_predict([by_name[n] for n in train_names], [by_name[n] for n in test_names],
-                                   config, genes, tcfg, log, progress)
+        tests = [by_name[n] for n in test_names]
+        preds, _, _ = _fit_predict([by_name[n] for n in train_names], tests, config, genes,
+                                   _fold_tcfg(tcfg, tests, backbones if config.image_path else None, patients),
+                                   log, progress)
         lopo[key] = {t: _summary(slide_metrics(preds[t], by_name[t].target)) for t in test_names}
         log(f"  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
     gp = np.nanmean(np.stack(gene_pccs), axis=0)
@@ -139,6 +158,7 @@ def evaluate(
                                + " (never the test section)",
             "config": config.to_dict(),
             "train": {k: v for k, v in tcfg.__dict__.items()},
+            "backbones_pretrained_without_patient": backbones or {},
         },
         "per_section": per_section,
         "leave_one_patient_out": lopo,
@@ -154,16 +174,20 @@ def evaluate_loo(sections, config, genes, tcfg=TrainConfig(), labels=None, log=p
 
 
 def ablation(sections, config: HGGEPConfig, genes, tcfg=TrainConfig(), resampled=None, patients=None,
-             log=print, progress=None) -> dict:
-    """The same protocol for each :data:`ABLATION` variant of ``config``."""
+             log=print, progress=None, backbones=None, done: dict | None = None) -> dict:
+    """The same protocol for each :data:`ABLATION` variant of ``config``; ``done``: a result of
+    :func:`evaluate` for ``config`` itself, reused for the variant equal to it."""
     out = {}
     for name, over in ABLATION.items():
         cfg = config.replace(**over)
         if not (cfg.image_path or cfg.stats_features):
             continue
-        log(f"== ablation: {name}")
-        r = evaluate(sections, cfg, genes, tcfg, resampled=resampled, patients=patients, log=log,
-                     progress=progress, baseline=False)
+        if done is not None and cfg == config:
+            r = done
+        else:
+            log(f"== ablation: {name}")
+            r = evaluate(sections, cfg, genes, tcfg, resampled=resampled, patients=patients, log=log,
+                         progress=progress, baseline=False, backbones=backbones)
         out[name] = {"summary": r["summary"], "per_section": {k: v["hggep"]["pcc_mean"] for k, v in r["per_section"].items()},
                      "leave_one_patient_out": {k: {t: v["pcc_mean"] for t, v in d.items()}
                                                for k, d in r["leave_one_patient_out"].items()}}

@@ -244,7 +244,7 @@ def train_model(
                     else:
                         pe.copy_(pm)
             losses.append(loss.item())
-        val = _val_pcc(ema, sections, train_masks, mean, std, device) if has_val else float("nan")
+        val = _val_pcc(ema, sections, train_masks, mean, std, device, frozen) if has_val else float("nan")
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "val_pcc": val, "seconds": time.time() - t0}
         history.append(rec)
         score = val if has_val else -rec["loss"]
@@ -276,12 +276,21 @@ def train_model(
     return bundle, history
 
 
-def _val_pcc(model, sections, masks, mean, std, device) -> float:
-    """Mean gene PCC on the validation spots of the training sections (never a test section)."""
+def _val_pcc(model, sections, masks, mean, std, device, frozen=None) -> float:
+    """Mean gene PCC on the validation spots of the training sections (never a test section).
+    ``frozen``: the precomputed trunk maps (their first view is the patch as it is)."""
     rs = []
-    for sec, m in zip(sections, masks):
+    for i, (sec, m) in enumerate(zip(sections, masks)):
         if (~m).sum() > 2:
-            pred = predict_section(model, sec, mean, std, device)
+            if frozen is None:
+                pred = predict_section(model, sec, mean, std, device)
+            else:
+                with torch.no_grad():
+                    model.eval()
+                    tokens = model.project([v[0] for v in frozen[i]])
+                    z = model.forward_tokens(tokens, torch.from_numpy(sec.coords_um).to(device),
+                                             _stats_tensor(sec, device))["expr"].float().cpu().numpy()
+                pred = z * std + mean
             rs.append(np.nanmean(gene_pcc(pred[~m], sec.target[~m])))
     return float(np.mean(rs)) if rs else float("nan")
 
