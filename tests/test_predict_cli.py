@@ -137,3 +137,39 @@ def test_train_resume_predict_evaluate(tiny_data, tmp_path):
         assert {"pcc_mean", "pcc_median", "ssim_mean", "rmse"} <= set(r["hggep"])
         assert "pcc_mean" in r["ridge_baseline"]
     assert "| S1 |" in (out / "loo.md").read_text()
+
+
+def test_pretrain_then_train_and_evaluate_with_honest_backbones(tiny_data, tmp_path, capsys):
+    import json
+
+    bb = tmp_path / "bb.pt"
+    args = ["pretrain", "--data", str(tiny_data), "--sections", "S1", "S2", "--max-steps", "2", "--batch-size", "8",
+            "--patches-per-slide", "16", "--out", str(bb), "--device", "cpu"]
+    assert main(args) == 0 and bb.is_file()
+    # resume adds steps to the same run
+    assert main(args[:-4] + ["--max-steps", "3", "--out", str(bb), "--resume", "--device", "cpu"]) == 0
+    from napari_hggep.model.pretrained import read_backbone
+
+    assert read_backbone(bb)[1]["steps"] == 3
+    ck = tmp_path / "m.pt"
+    assert main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", str(ck), "--backbone", str(bb),
+                 "--freeze-backbone", "--device", "cpu"]) == 0
+    assert load_model(ck, device="cpu").meta["extra"]["pretrained_backbone"]["steps"] == 3
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--loo", "--data", str(tiny_data), "--epochs", "1", "--out", str(out), "--ablation",
+                 "--patients", "S1=P1", "S2=P2", "--backbone-without", f"P1={bb}", f"P2={bb}",
+                 "--freeze-backbone", "--resample-um", "10", "--device", "cpu"]) == 0
+    res = json.loads((out / "loo.json").read_text())
+    assert set(res["resampled"]["10"]) == {"S1", "S2"}
+    assert {k.split(" <- ")[0] for k in res["leave_one_patient_out"]} == {"S1", "S2"}
+    assert list(res["ablation"]) == ["ridge on statistics", "statistics branch", "image path", "both (full model)"]
+    md = (out / "loo.md").read_text()
+    assert "Leave-one-patient-out" in md and "Ablation" in md and "PCC at 10 um/px" in md
+    # a backbone for the wrong patients is refused with a clear message
+    rc = main(["evaluate", "--loo", "--data", str(tiny_data), "--epochs", "1", "--out", str(out),
+               "--backbone-without", f"Q={bb}", "--resample-um", "--device", "cpu"])
+    assert rc == 2 and "no backbone pretrained without" in capsys.readouterr().err
+    bad = tmp_path / "bad_bb.pt"
+    bad.write_bytes(b"not a torch file")
+    rc = main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", str(ck), "--backbone", str(bad)])
+    assert rc == 2 and "bad_bb.pt" in capsys.readouterr().err
