@@ -73,6 +73,9 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.gene.value = other
     assert not np.allclose(layer.face_color, c1), "switching genes must recolour"
     assert layer.metadata[KEY]["gene"] == other
+    # the bundled model's per-gene PCC was measured on patients it had not seen, and says so
+    assert layer.metadata[KEY]["gene_pcc_protocol"] == "leave-one-patient-out"
+    assert "held-out PCC" in w.gene_info.value and "patients not trained on" in w.gene_info.value
     w.colormap.value = "magma"
     assert layer.metadata[KEY]["colormap"] == "magma"
     # export writes a file that reads back equal

@@ -150,3 +150,75 @@ def test_patches_physical_size_and_border(tmp_path):
     # the 20 px dark square is half of the 40 px window: the middle half of the patch
     assert p[0, 56, 56].max() < 30 and p[0, 5, 5].min() > 60
     assert (p[1, :40, :40] == 255).all()  # padded outside the image, no crash
+
+
+def _smooth_he(h, w, seed=0):
+    from scipy import ndimage as ndi
+
+    img = he_like_image(h, w, seed=seed).astype(np.float32)
+    return np.stack([ndi.gaussian_filter(img[..., c], 3) for c in range(3)], -1).round().astype(np.uint8)
+
+
+def _write_pyramid(p, img, um=0.25, levels=3):
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(img, subifds=levels - 1, tile=(256, 256), compression="zlib",
+                 metadata={"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeY": um})
+        for k in range(1, levels):
+            tw.write(img[::2 ** k, ::2 ** k], tile=(256, 256), compression="zlib", subfiletype=1)
+
+
+class _NoReads:
+    """Stands in for level 0: any decode fails the test."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __getitem__(self, key):
+        raise AssertionError("level 0 was decoded")
+
+
+def test_patches_come_from_the_coarsest_sufficient_pyramid_level(tmp_path):
+    from napari_hggep.data.image import choose_level, pyramid
+    from napari_hggep.data.patches import iter_patch_batches, spatial_order
+    from napari_hggep.data.slide import Slide
+
+    img = _smooth_he(1536, 2048)
+    p = tmp_path / "slide.ome.tif"
+    _write_pyramid(p, img)
+    im = read_image(p, lazy=True)
+    assert [round(d) for _, d in pyramid(im)] == [1, 2, 4]
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([0, 0], [2048, 1536], (300, 2))  # some windows cross the border
+    eager = Slide(img, 0.25, np.arange(300).astype(str), xy)
+    lazy = Slide(im, 0.25, np.arange(300).astype(str), xy)
+    want = extract_patches(eager, 70.5, 112)  # level 0 of the in-memory image: 282 px windows
+    # 70.5 um at 112 px is 0.63 um/px: level 1 (0.5 um/px) is enough, level 0 is never decoded
+    assert choose_level(im, patch_window_px(0.25, 70.5) / 112)[1] == pytest.approx(2.0)
+    im._z = _NoReads(im._z.shape)
+    got = extract_patches(lazy, 70.5, 112)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 12, (diff.mean(), np.percentile(diff, 99))
+    # batches in spatial order, read ahead in a thread, cover every spot once with the same patches
+    seen = np.zeros(300, int)
+    for idx, patches in iter_patch_batches(lazy, 70.5, 112, batch_size=64):
+        seen[idx] += 1
+        np.testing.assert_array_equal(patches, got[idx])
+    assert (seen == 1).all()
+    order = spatial_order(lazy, 70.5, 112)
+    assert sorted(order) == list(range(300))
+
+
+def test_features_read_from_the_pyramid_match_level_0(tmp_path):
+    from napari_hggep.data.features import feature_names, tissue_features
+    from napari_hggep.data.slide import Slide
+
+    img = _smooth_he(1536, 2048, seed=3)
+    p = tmp_path / "slide.ome.tif"
+    _write_pyramid(p, img)
+    im = read_image(p, lazy=True)
+    xy = np.array([[x, y] for x in range(300, 1800, 300) for y in range(300, 1300, 300)], float)
+    a = tissue_features(Slide(img, 0.25, np.arange(len(xy)).astype(str), xy))
+    im._z = _NoReads(im._z.shape)  # 2 um/px statistics need only level 2 (1 um/px)
+    b = tissue_features(Slide(im, 0.25, np.arange(len(xy)).astype(str), xy))
+    means = [i for i, n in enumerate(feature_names()) if n.startswith("mean_")]
+    np.testing.assert_allclose(a[:, means], b[:, means], atol=0.01)

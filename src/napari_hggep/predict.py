@@ -80,10 +80,12 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
                 sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
                 colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
                 colour = tuple(t.to(device) for t in colour)
+            done = 0
             for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
                 x = to_tensor(patches).to(device)
                 tokens[torch.from_numpy(idx).to(device)] = model.encode_views(x, colour)
-                yield int(idx[-1]) + 1, n
+                done += len(idx)
+                yield done, n
         coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
         z = model.forward_tokens(tokens, coords, stats_z)["expr"].float().cpu().numpy()
     tn = bundle.target_norm or {}

@@ -41,7 +41,8 @@ def spots_layer_data(slide: Slide, name: str | None = None) -> tuple:
     return (slide.xy[:, ::-1].copy(), kwargs, "points")
 
 
-def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None = None, name=None) -> tuple:
+def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None = None, name=None,
+                          gene_pcc_protocol: str | None = None) -> tuple:
     """A Points layer holding all genes as features; coloured later by :func:`color_by_gene`."""
     import pandas as pd
 
@@ -49,7 +50,8 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
     feats = pd.concat([spot_features(pred.spot_ids, pred.array_rc),
                        pd.DataFrame(pred.values, columns=pred.genes)], axis=1)
     meta = {KEY: {"kind": "prediction", "genes": list(pred.genes), "um_per_px": upp,
-                  "gene_pcc": dict(gene_pcc or {}), "gene": None, "colormap": "viridis", "slide": pred.name}}
+                  "gene_pcc": dict(gene_pcc or {}), "gene_pcc_protocol": gene_pcc_protocol, "gene": None,
+                  "colormap": "viridis", "slide": pred.name}}
     kwargs = {
         "name": name or f"{pred.name} genes",
         "scale": (upp, upp),

@@ -218,9 +218,9 @@ class PredictWidget(Container):
         self.status.value = text
 
     def _on_done(self, result, image_layer, spots_layer=None):
-        pred, diameter, device, gene_pcc = result
+        pred, diameter, device, gene_pcc, protocol = result
         name = f"{image_layer.name} genes"
-        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name)
+        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name, gene_pcc_protocol=protocol)
         kwargs["scale"] = tuple(image_layer.scale[-2:])
         kwargs["translate"] = tuple(image_layer.translate[-2:])
         if name in self.viewer.layers:
@@ -277,7 +277,9 @@ class PredictWidget(Container):
             return
         lo, hi = color_by_gene(layer, gene, self.colormap.value)
         pcc = layer.metadata[KEY].get("gene_pcc", {}).get(gene)
-        note = "no held-out PCC for this model" if pcc is None else f"held-out PCC {pcc:.2f}"
+        where = layer.metadata[KEY].get("gene_pcc_protocol") == "leave-one-patient-out"
+        note = ("no held-out PCC for this model" if pcc is None else
+                f"held-out PCC {pcc:.2f}" + (" on patients not trained on" if where else ""))
         if pcc is not None and pcc < UNRELIABLE_PCC:
             note += " — the model does not predict this gene; do not trust its map"
         self.gene_info.value = f"{gene}: colour {lo:.2f}–{hi:.2f} (1st–99th pct); {note}"
@@ -340,5 +342,6 @@ def _predict_job(req: dict, model_path, device: str):
         try:
             done, total = next(gen)
         except StopIteration as stop:
-            return stop.value, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc()
+            return (stop.value, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
+                    bundle.gene_pcc_protocol())
         yield ("progress", done, total, f"Predicting… {done}/{total} spots")

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from .image import read_region, strided
 from .slide import Slide
 from .stain import rgb_to_hed
 
@@ -46,31 +47,20 @@ def n_features(context_um=CONTEXT_UM) -> int:
     return len(PER_SCALE) * len(context_um)
 
 
-def _read_region(image, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """Pixels ``[y0:y1, x0:x1]`` of a (lazy) image; outside the image is white glass."""
-    h, w = int(image.shape[0]), int(image.shape[1])
-    out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = np.asarray(image[sy0:sy1, sx0:sx1])[..., :3]
-    return out
-
-
 def read_resampled(image, um_per_px: float, box_work: tuple[int, int, int, int], work_um: float) -> np.ndarray:
-    """The working-resolution pixels ``box_work = (x0, y0, x1, y1)`` of a slide (uint8 RGB)."""
+    """The working-resolution pixels ``box_work = (x0, y0, x1, y1)`` of a slide (uint8 RGB),
+    decoded from the coarsest pyramid level that is still at least as fine as ``work_um``."""
     from PIL import Image
 
     x0, y0, x1, y1 = box_work
-    f = work_um / um_per_px  # source pixels per working pixel
-    sx0, sy0 = int(np.floor(x0 * f)), int(np.floor(y0 * f))
-    sx1, sy1 = int(np.ceil(x1 * f)), int(np.ceil(y1 * f))
-    region = _read_region(image, sx0, sy0, max(sx1, sx0 + 1), max(sy1, sy0 + 1))
+    f = work_um / um_per_px  # level-0 pixels per working pixel
+    region, ds, (lx0, ly0) = read_region(image, x0 * f, y0 * f, x1 * f, y1 * f, max_downsample=max(f, 1.0))
     size = (x1 - x0, y1 - y0)
-    if region.shape[1::-1] == size:
+    fl = f / ds  # pixels of the level read per working pixel
+    box = (x0 * fl - lx0, y0 * fl - ly0, x1 * fl - lx0, y1 * fl - ly0)  # keeps sub-pixel offsets
+    if region.shape[1::-1] == size and all(abs(b - r) < 1e-9 for b, r in zip(box, (0, 0, *size))):
         return region
-    resample = Image.BOX if f > 1 else Image.BILINEAR
-    # crop box in source pixels relative to the region, so sub-pixel offsets are kept
-    box = (x0 * f - sx0, y0 * f - sy0, x1 * f - sx0, y1 * f - sy0)
+    resample = Image.BOX if fl > 1 else Image.BILINEAR
     return np.asarray(Image.fromarray(region).resize(size, resample=resample, box=box))
 
 
@@ -82,7 +72,7 @@ def nuclei_threshold(image, um_per_px: float, work_um: float = WORK_UM_PER_PX) -
     h, w = int(image.shape[0]), int(image.shape[1])
     # a strided read at about the working resolution (at most ~1500 px a side; cheap on lazy images)
     stride = max(1, int(round(work_um / um_per_px)), int(np.ceil(max(h, w) / 1500)))
-    thumb = np.asarray(image[::stride, ::stride])[..., :3]
+    thumb = strided(image, stride)
     hed = rgb_to_hed(thumb)
     vals = hed[..., 0][thumb.min(axis=-1) < GLASS * 255]  # tissue: anything but glass
     if vals.size < 100 or np.ptp(vals) < 1e-4:

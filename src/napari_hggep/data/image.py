@@ -33,10 +33,14 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 class LazyRGB:
-    """An ``H x W x 3`` uint8 view over a zarr array of a TIFF level (YXS, SYX or YX)."""
+    """An ``H x W x 3`` uint8 view over a zarr array of a TIFF level (YXS, SYX or YX).
 
-    def __init__(self, z):
+    ``levels``: the coarser levels of the pyramid (LazyRGB each), when the file has them, so
+    a reader that needs fewer pixels can decode less (see :func:`read_region`)."""
+
+    def __init__(self, z, levels: list | None = None):
         self._z = z
+        self.levels = list(levels or [])
         shape = tuple(z.shape)
         if len(shape) == 3 and shape[-1] in (3, 4):
             self._layout = "yxs"
@@ -69,8 +73,9 @@ class LazyRGB:
         return a.astype(dtype) if dtype else a
 
 
-def read_image(path) -> np.ndarray | LazyRGB:
-    """Read an H&E image as ``H x W x 3`` uint8 (lazy for TIFF, full resolution level)."""
+def read_image(path, lazy: bool | None = None) -> np.ndarray | LazyRGB:
+    """Read an H&E image as ``H x W x 3`` uint8. TIFFs over 256 MB (or any TIFF with
+    ``lazy=True``) stay on disk: a :class:`LazyRGB` over level 0 with the pyramid's levels."""
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"image {path} does not exist")
@@ -82,12 +87,15 @@ def read_image(path) -> np.ndarray | LazyRGB:
             with tifffile.TiffFile(path) as tf:
                 series = tf.series[0]
                 small = np.prod(series.shape) * series.dtype.itemsize < 256 * 2**20
-                if small:
+                if (small and lazy is None) or lazy is False:
                     return _to_rgb(series.asarray())
             import zarr
 
-            store = tifffile.imread(path, aszarr=True, level=0)
-            return LazyRGB(zarr.open(store, mode="r"))
+            with tifffile.TiffFile(path) as tf:
+                n_levels = len(tf.series[0].levels)
+            opened = [LazyRGB(zarr.open(tifffile.imread(path, aszarr=True, level=i), mode="r"))
+                      for i in range(n_levels)]
+            return LazyRGB(opened[0]._z, levels=opened[1:])
         if name.endswith(PLAIN_SUFFIXES):
             from PIL import Image
 
@@ -132,3 +140,51 @@ def image_um_per_px(path) -> float | None:
     except Exception:
         return None
     return None
+
+
+def pyramid(image) -> list[tuple[object, float]]:
+    """``(level, downsample)`` pairs, finest first: level 0 is ``image`` itself; the
+    downsample of a level is level 0's width over the level's width."""
+    w0 = float(image.shape[1])
+    out = [(image, 1.0)]
+    for lev in getattr(image, "levels", []) or []:
+        out.append((lev, w0 / float(lev.shape[1])))
+    return out
+
+
+def choose_level(image, max_downsample: float) -> tuple[object, float]:
+    """The coarsest pyramid level whose downsample is at most ``max_downsample``."""
+    level, ds = image, 1.0
+    for lev, d in pyramid(image):
+        if d <= max_downsample * (1 + 1e-6):
+            level, ds = lev, d
+    return level, ds
+
+
+def strided(image, step: int) -> np.ndarray:
+    """About ``image[::step, ::step]`` (RGB), decoded from the coarsest pyramid level that has
+    that resolution, so a whole-slide thumbnail never decodes level 0 of a pyramid."""
+    level, ds = choose_level(image, step)
+    s = max(1, int(round(step / ds)))
+    return np.asarray(level[::s, ::s])[..., :3]
+
+
+def read_box(level, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Pixels ``[y0:y1, x0:x1]`` of one (lazy) level; outside the image is white glass."""
+    h, w = int(level.shape[0]), int(level.shape[1])
+    out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = np.asarray(level[sy0:sy1, sx0:sx1])[..., :3]
+    return out
+
+
+def read_region(image, x0: float, y0: float, x1: float, y1: float, max_downsample: float = 1.0):
+    """Pixels of the level-0 box ``[x0, x1) x [y0, y1)`` from the coarsest pyramid level whose
+    downsample is at most ``max_downsample`` (level 0 for plain images). Returns
+    ``(pixels, downsample, (lx0, ly0))``: the level's pixels covering the box (white glass
+    outside the image) and the box origin in that level's pixels."""
+    level, ds = choose_level(image, max_downsample)
+    lx0, ly0 = int(np.floor(x0 / ds)), int(np.floor(y0 / ds))
+    lx1, ly1 = max(int(np.ceil(x1 / ds)), lx0 + 1), max(int(np.ceil(y1 / ds)), ly0 + 1)
+    return read_box(level, lx0, ly0, lx1, ly1), ds, (lx0, ly0)

@@ -9,9 +9,11 @@ DEFAULT_PITCH_UM = 200.0
 
 def thumbnail(image, max_side: int = 1024) -> tuple[np.ndarray, int]:
     """A strided thumbnail of a (possibly lazy) image and its step in pixels."""
+    from .image import strided
+
     h, w = int(image.shape[0]), int(image.shape[1])
     step = max(1, int(np.ceil(max(h, w) / max_side)))
-    return np.asarray(image[::step, ::step])[..., :3], step
+    return strided(image, step), step
 
 
 def tissue_mask(image, max_side: int = 1024) -> tuple[np.ndarray, int]:

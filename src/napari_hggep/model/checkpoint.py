@@ -44,6 +44,12 @@ class ModelBundle:
         """Held-out (leave-one-out) PCC per gene, when the card has it."""
         return dict(self.meta.get("metrics", {}).get("gene_pcc", {}))
 
+    def gene_pcc_protocol(self) -> str | None:
+        """How :meth:`gene_pcc` was measured: ``leave-one-patient-out`` (new patients) or
+        ``leave-one-section-out``."""
+        m = self.meta.get("metrics", {})
+        return m.get("gene_pcc_protocol") or ("leave-one-section-out" if m.get("gene_pcc") else None)
+
 
 def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()

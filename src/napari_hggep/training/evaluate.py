@@ -94,7 +94,7 @@ def evaluate(
     by_name = {s.name: s for s in sections}
     names = list(by_name)
     feats = {s.name: colour_features(s.patches) for s in sections} if baseline else {}
-    per_section, gene_pccs, res_out = {}, [], {}
+    per_section, gene_pccs, res_out, lopo_genes = {}, {}, {}, {}
     for held in sections:
         train = [s for s in sections if s is not held]
         log(f"[leave-one-section-out {held.name}] training on {[s.name for s in train]}")
@@ -104,7 +104,7 @@ def evaluate(
                                       log, progress)
         lab = None if labels is None else labels.get(held.name)
         m = slide_metrics(preds[held.name], held.target, lab)
-        gene_pccs.append(m["gene_pcc"])
+        gene_pccs[held.name] = m["gene_pcc"]
         row = {"hggep": _summary(m), "published_hggep_pcc": PUBLISHED_PCC.get(held.name), "best_epoch": best}
         if baseline:
             ridge = RidgeBaseline().fit(np.concatenate([feats[s.name] for s in train]),
@@ -123,15 +123,22 @@ def evaluate(
         key = "+".join(test_names) + " <- " + "+".join(train_names)
         if len(train_names) == len(names) - 1:  # one test section: the same split as leave-one-section-out
             lopo[key] = {t: per_section[t]["hggep"] for t in test_names}
+            lopo_genes.update({t: gene_pccs[t] for t in test_names})
             continue
         log(f"[leave-one-patient-out] training on {train_names}, testing {test_names}")
         tests = [by_name[n] for n in test_names]
         preds, _, _ = _fit_predict([by_name[n] for n in train_names], tests, config, genes,
                                    _fold_tcfg(tcfg, tests, backbones if config.image_path else None, patients),
                                    log, progress)
-        lopo[key] = {t: _summary(slide_metrics(preds[t], by_name[t].target)) for t in test_names}
+        ms = {t: slide_metrics(preds[t], by_name[t].target) for t in test_names}
+        lopo[key] = {t: _summary(m) for t, m in ms.items()}
+        lopo_genes.update({t: m["gene_pcc"] for t, m in ms.items()})
         log(f"  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
-    gp = np.nanmean(np.stack(gene_pccs), axis=0)
+    def per_gene(arrays) -> dict:
+        with np.errstate(all="ignore"):
+            gp = np.nanmean(np.stack(list(arrays)), axis=0)
+        return {g: (None if not np.isfinite(v) else round(float(v), 4)) for g, v in zip(genes, gp)}
+
     mean = lambda key, who: float(np.mean([per_section[n][who][key] for n in names]))  # noqa: E731
     lopo_all = [v["pcc_mean"] for split in lopo.values() for v in split.values()]
     summary = {
@@ -164,7 +171,9 @@ def evaluate(
         "leave_one_patient_out": lopo,
         "resampled": res_out,
         "summary": summary,
-        "gene_pcc": {g: (None if not np.isfinite(v) else round(float(v), 4)) for g, v in zip(genes, gp)},
+        # per gene, mean over the held-out sections: leave-one-section-out, and leave-one-patient-out
+        "gene_pcc": per_gene(gene_pccs.values()),
+        "gene_pcc_lopo": per_gene(lopo_genes.values()) if lopo_genes else None,
     }
 
 
