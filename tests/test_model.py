@@ -194,3 +194,41 @@ def test_neighbour_blend_ring():
     y = neighbour_blend(x, xy, 0.5)
     assert torch.allclose(y[:, 0], torch.tensor([1.5, 3.0, 4.5, 9.0]))
     assert torch.equal(neighbour_blend(x, xy, 0.0), x)
+
+
+def test_spatial_windows_cover_every_spot_and_stay_small():
+    import numpy as np
+
+    from napari_hggep.model.windows import spatial_windows
+
+    rng = np.random.default_rng(0)
+    xy = np.array([(x, y) for x in range(0, 20000, 100) for y in range(0, 10000, 100)], float)  # 20,000 spots
+    xy += rng.normal(0, 5, xy.shape)
+    wins = spatial_windows(xy, 2000)
+    assert len(wins) > 1
+    best = np.zeros(len(xy))
+    for idx, w in wins:
+        assert len(idx) <= 1.3 * 2000 and (w > 0).all() and (w <= 1).all()
+        np.maximum.at(best, idx, w)
+    assert (best == 1).all()  # every spot is in the core of a window
+    one = spatial_windows(xy[:500], 2000)
+    assert len(one) == 1 and (one[0][1] == 1).all()
+
+
+def test_windowed_slide_matches_whole_slide_when_it_fits_and_blends_otherwise():
+    torch.manual_seed(0)
+    m = HGGEP(preset("compact", n_genes=6, stats_features=0, pca_k=None, dropout=0.0)).eval()
+    torch.nn.init.normal_(m.head.weight)
+    g = torch.stack(torch.meshgrid(torch.arange(30.0), torch.arange(20.0), indexing="ij"), -1).reshape(-1, 2) * 100
+    tokens = torch.randn(len(g), 3, m.config.dim)
+    with torch.no_grad():
+        whole = m.forward_tokens(tokens, g)["expr"]
+        m.config = m.config.replace(window_spots=len(g))  # exactly fits: one window, same result
+        assert torch.equal(m.forward_tokens(tokens, g)["expr"], whole)
+        m.config = m.config.replace(window_spots=150)  # 600 spots in overlapping windows
+        win = m.forward_tokens(tokens, g)["expr"]
+    assert win.shape == whole.shape and torch.isfinite(win).all()
+    # attention is global in one and windowed (a quarter of the slide) in the other: an untrained
+    # model mixes the whole slide, yet the windowed map still follows the whole-slide one
+    r = torch.corrcoef(torch.stack([win.flatten(), whole.flatten()]))[0, 1]
+    assert r > 0.5, float(r)

@@ -101,6 +101,14 @@ def test_cli_errors_are_clear_and_keep_old_output(tmp_path, capsys):
                "-o", str(out)])
     assert rc == 2 and "outside" in capsys.readouterr().err
     assert out.read_text() == "keep me\n"
+    # the same spot twice would be predicted twice and exported with clashing ids
+    pd.DataFrame({"spot_id": ["a", "b", "a"], "x": [100.0, 200.0, 300.0], "y": [100.0, 100.0, 100.0]}).to_csv(
+        tmp_path / "dup.csv", index=False)
+    rc = main(["predict", str(tmp_path / "he.png"), "--spots", str(tmp_path / "dup.csv"), "--um-per-px", "1",
+               "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'a'" in err and "more than once" in err
+    assert out.read_text() == "keep me\n"
     rc = main(["predict", str(tmp_path / "missing.png"), "--grid", "--um-per-px", "1", "-o", str(out)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"

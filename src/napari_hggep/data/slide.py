@@ -63,6 +63,13 @@ class Slide:
             raise SlideError(
                 f"{self.name}: the slide has no spots. Give a spot table, or generate a grid over the tissue."
             )
+        ids, counts = np.unique(self.spot_ids, return_counts=True)
+        if (counts > 1).any():
+            dup = ids[counts > 1]
+            raise SlideError(
+                f"{self.name}: {len(dup)} spot id(s) appear more than once (e.g. {dup[0]!r}, "
+                f"{int(counts.max())} times). Each spot needs its own id: remove or rename the duplicate rows."
+            )
         h, w = self.shape
         outside = (self.xy[:, 0] < 0) | (self.xy[:, 0] >= w) | (self.xy[:, 1] < 0) | (self.xy[:, 1] >= h)
         if outside.all():

@@ -51,6 +51,9 @@ class HGGEPConfig:
     pca_k: int | None = None
     # blend each spot's prediction with the mean of its nearest ring of neighbours (0: off)
     smooth_weight: float = 0.0
+    # attention and the hypergraph run within overlapping spatial windows of about this many
+    # spots (linear cost on whole slides); a slide with fewer spots is one window
+    window_spots: int = 4096
     zinb: bool = True
 
     def to_dict(self) -> dict:

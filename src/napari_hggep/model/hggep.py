@@ -1,4 +1,5 @@
-"""HGGEP: GEM -> ShuffleNet stages -> CBAM -> per-stage transformer -> HAM -> LSTM fusion -> genes."""
+"""HGGEP: GEM -> ShuffleNet stages -> CBAM -> per-stage transformer -> HAM -> LSTM fusion -> genes,
+plus an optional statistics branch (tissue statistics -> output) and a low-rank (PCA) output."""
 from __future__ import annotations
 
 import torch
@@ -12,10 +13,13 @@ from .gem import GEM
 from .hypergraph import HAM
 from .smoothing import neighbour_blend
 from .transformer import SpotTransformer, position_encoding
+from .windows import spatial_windows
 
 # patches arrive as floats in [0, 1]; standardise with the usual RGB statistics
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
+
+
 class StageProjection(nn.Module):
     """CBAM on one backbone stage, then (optional pooling,) flatten and project to width d."""
 
@@ -33,12 +37,15 @@ class StageProjection(nn.Module):
 class HGGEP(nn.Module):
     """The HGGEP model of Li et al. (2024) for one slide at a time.
 
-    ``forward(patches, coords_um)`` takes ``N x 3 x P x P`` patches in [0, 1] and the
-    spot centres in micrometres (``N x 2``); attention and the hypergraph run across
-    all ``N`` spots. It returns a dict with ``expr`` (``N x G``, the training target
-    space) and, when ``config.zinb``, the ZINB heads ``mean``, ``disp`` and ``pi``.
-    ``encode`` (per patch, batchable) and ``forward_tokens`` (per slide) split the
-    work so large slides can be encoded in batches.
+    ``forward(patches, coords_um, stats)`` takes ``N x 3 x P x P`` patches in [0, 1], the
+    spot centres in micrometres (``N x 2``) and, with a statistics branch, the spots' tissue
+    statistics z-scored within the slide (``N x stats_features``); attention and the
+    hypergraph run across the spots (within overlapping windows of ``config.window_spots``
+    on larger slides). It returns a dict with ``expr`` (``N x G``, the training target
+    space), ``components`` (the low-rank output) and, with the image path and
+    ``config.zinb``, the ZINB heads ``mean``, ``disp`` and ``pi``. ``encode`` (per patch,
+    batchable) and ``forward_tokens`` (per slide) split the work so large slides can be
+    encoded in batches.
     """
 
     def __init__(self, config: HGGEPConfig, backbone_weights=None):
@@ -139,12 +146,18 @@ class HGGEP(nn.Module):
         if cfg.image_path:
             if tokens is None:
                 raise ValueError("this model needs the patch tokens (it has an image path)")
-            pos = position_encoding(coords_um, cfg.dim, cfg.pos_wavelength_um)
-            z = [vit(tokens[:, i], pos) for i, vit in enumerate(self.vits)]
-            h_out = self.ham(z[0] + z[1] + z[2], coords_um)
-            seq = torch.stack([*z, h_out], dim=1)  # N x 4 x d
-            fused, _ = self.lstm(seq)
-            h = self.drop(self.norm(fused.mean(dim=1)))
+            windows = spatial_windows(coords_um.detach().cpu().numpy(), cfg.window_spots)
+            if len(windows) == 1:
+                h = self._fuse(tokens, coords_um)
+            else:  # overlapping windows, blended: linear cost in spots
+                h = torch.zeros(tokens.shape[0], cfg.dim, device=tokens.device, dtype=tokens.dtype)
+                wsum = torch.zeros(tokens.shape[0], 1, device=tokens.device, dtype=tokens.dtype)
+                for idx, w in windows:
+                    i = torch.from_numpy(idx).to(tokens.device)
+                    wt = torch.from_numpy(w).to(tokens.device, tokens.dtype)[:, None]
+                    h = h.index_add(0, i, wt * self._fuse(tokens[i], coords_um[i]))
+                    wsum = wsum.index_add(0, i, wt)
+                h = h / wsum.clamp_min(1e-12)
             pcs = self.head(h)
             out["embedding"] = h
             if cfg.zinb:
@@ -161,6 +174,15 @@ class HGGEP(nn.Module):
         expr = pcs @ self.pca_basis if cfg.pca_k is not None else pcs
         out["expr"] = neighbour_blend(expr, coords_um, cfg.smooth_weight)
         return out
+
+    def _fuse(self, tokens: torch.Tensor, coords_um: torch.Tensor) -> torch.Tensor:
+        """Transformers per stage, the hypergraph and the LSTM fusion over one set of spots."""
+        pos = position_encoding(coords_um, self.config.dim, self.config.pos_wavelength_um)
+        z = [vit(tokens[:, i], pos) for i, vit in enumerate(self.vits)]
+        h_out = self.ham(z[0] + z[1] + z[2], coords_um)
+        seq = torch.stack([*z, h_out], dim=1)  # N x 4 x d
+        fused, _ = self.lstm(seq)
+        return self.drop(self.norm(fused.mean(dim=1)))
 
     def forward(self, patches: torch.Tensor | None, coords_um: torch.Tensor, stats: torch.Tensor | None = None,
                 views: int = 1) -> dict[str, torch.Tensor]:
