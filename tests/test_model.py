@@ -232,3 +232,19 @@ def test_windowed_slide_matches_whole_slide_when_it_fits_and_blends_otherwise():
     # model mixes the whole slide, yet the windowed map still follows the whole-slide one
     r = torch.corrcoef(torch.stack([win.flatten(), whole.flatten()]))[0, 1]
     assert r > 0.5, float(r)
+
+
+def test_fast_inference_layout_gives_the_same_tokens():
+    import copy
+
+    from napari_hggep.model.hggep import use_fast_inference_layout
+
+    torch.manual_seed(0)
+    m = HGGEP(preset("compact")).eval()
+    fast = copy.deepcopy(m)
+    use_fast_inference_layout(fast)
+    x = torch.rand(16, 3, 112, 112)
+    with torch.inference_mode():
+        a = m.encode(x)
+        b = fast.encode(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(a, b, atol=1e-5 * max(1.0, float(a.abs().max())))

@@ -72,6 +72,11 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
     tokens = None
     with torch.inference_mode():
         if cfg.image_path:
+            fast = device.type == "cpu"
+            if fast:
+                from .model.hggep import use_fast_inference_layout
+
+                use_fast_inference_layout(model)
             tokens = torch.empty(n, 3, cfg.dim, device=device)
             colour = None
             if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
@@ -83,6 +88,8 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
             done = 0
             for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
                 x = to_tensor(patches).to(device)
+                if fast:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 tokens[torch.from_numpy(idx).to(device)] = model.encode_views(x, colour)
                 done += len(idx)
                 yield done, n
