@@ -61,40 +61,51 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
     model = bundle.model.eval()
     n = slide.n_spots
     yield 0, n
-    stats_z = None
-    if cfg.stats_features:  # tissue statistics around every spot, z-scored within the slide
-        from .data.features import standardise_features, tissue_features
+    stats_job = pool = None
+    if cfg.stats_features:  # tissue statistics around every spot, in a thread beside the image path
+        from concurrent.futures import ThreadPoolExecutor
 
-        feats = tissue_features(slide, cfg.context_um, cfg.stats_um_per_px)
-        stats_z = torch.from_numpy(standardise_features(feats)).to(device)
-        if not cfg.image_path:
-            yield n, n
-    tokens = None
-    with torch.inference_mode():
-        if cfg.image_path:
-            fast = device.type == "cpu"
-            if fast:
-                from .model.hggep import use_fast_inference_layout
+        from .data.features import tissue_features
 
-                use_fast_inference_layout(model)
-            tokens = torch.empty(n, 3, cfg.dim, device=device)
-            colour = None
-            if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
-                from .model.hggep import colour_stats_of
-
-                sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
-                colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
-                colour = tuple(t.to(device) for t in colour)
-            done = 0
-            for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-                x = to_tensor(patches).to(device)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-hggep-stats")
+        stats_job = pool.submit(tissue_features, slide, cfg.context_um, cfg.stats_um_per_px)
+    try:
+        tokens = None
+        with torch.inference_mode():
+            if cfg.image_path:
+                fast = device.type == "cpu"
                 if fast:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                tokens[torch.from_numpy(idx).to(device)] = model.encode_views(x, colour)
-                done += len(idx)
-                yield done, n
-        coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
-        z = model.forward_tokens(tokens, coords, stats_z)["expr"].float().cpu().numpy()
+                    from .model.hggep import use_fast_inference_layout
+
+                    use_fast_inference_layout(model)
+                tokens = torch.empty(n, 3, cfg.dim, device=device)
+                colour = None
+                if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
+                    from .model.hggep import colour_stats_of
+
+                    sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
+                    colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
+                    colour = tuple(t.to(device) for t in colour)
+                done = 0
+                for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
+                    x = to_tensor(patches).to(device)
+                    if fast:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    tokens[torch.from_numpy(idx).to(device)] = model.encode_views(x, colour)
+                    done += len(idx)
+                    yield done, n
+            stats_z = None
+            if stats_job is not None:
+                from .data.features import standardise_features
+
+                stats_z = torch.from_numpy(standardise_features(stats_job.result())).to(device)
+                if not cfg.image_path:
+                    yield n, n
+            coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
+            z = model.forward_tokens(tokens, coords, stats_z)["expr"].float().cpu().numpy()
+    finally:  # done, cancelled or failed: never wait for an unfinished statistics job
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     tn = bundle.target_norm or {}
     if "mean" in tn and "std" in tn:
         z = z * np.asarray(tn["std"], np.float32) + np.asarray(tn["mean"], np.float32)

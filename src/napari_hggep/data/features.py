@@ -229,11 +229,13 @@ def tissue_features(slide: Slide, context_um=CONTEXT_UM, work_um: float = WORK_U
     keys, inverse = np.unique(tiles, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     done = 0
-    for k, (tx, ty) in enumerate(keys):
+    for k in range(len(keys)):
         idx = np.nonzero(inverse == k)[0]
-        x0, y0 = int(tx) * tile_px - margin, int(ty) * tile_px - margin
-        side = tile_px + 2 * margin
-        rgb = read_resampled(slide.image, slide.um_per_px, (x0, y0, x0 + side, y0 + side), work_um)
+        # the tile's spots and their windows, widened by the margin, on the global block grid
+        lo = np.floor((wxy[idx].min(axis=0) - margin) / block).astype(np.int64) * block
+        hi = np.ceil((wxy[idx].max(axis=0) + margin) / block).astype(np.int64) * block
+        x0, y0 = int(lo[0]), int(lo[1])
+        rgb = read_resampled(slide.image, slide.um_per_px, (x0, y0, int(hi[0]), int(hi[1])), work_um)
         maps = _pixel_maps(rgb, h_thr)
         out[idx] = _features_from_maps(maps, wxy[idx, 0] - x0, wxy[idx, 1] - y0, halves, block)
         done += len(idx)
