@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import add_slide_args
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--image", default=str(Path(__file__).resolve().parents[2] / "shared/data/her2st/B4/he.jpg"))
-    ap.add_argument("--um-per-px", type=float, default=0.6876)
-    ap.add_argument("--pitch-um", type=float, default=100.0)
+    add_slide_args(ap)
     a = ap.parse_args(argv)
     import torch
 

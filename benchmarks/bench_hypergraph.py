@@ -9,9 +9,9 @@ resident size after the inputs exist) is the builder's own.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
+
+from _common import child
 
 CHILD = r"""
 import json, resource, sys, time, os
@@ -81,13 +81,6 @@ with torch.inference_mode():
     dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "spots_per_s": n / dt}))
 """
-
-
-def child(code: str, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import add_slide_args
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--image", default=str(Path(__file__).resolve().parents[2] / "shared/data/her2st/B4/he.jpg"))
-    ap.add_argument("--um-per-px", type=float, default=0.6876)
-    ap.add_argument("--pitch-um", type=float, default=100.0)
+    add_slide_args(ap)
     a = ap.parse_args(argv)
     from napari_hggep.cli import main as cli
     from napari_hggep.data.image import read_image

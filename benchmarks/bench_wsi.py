@@ -6,20 +6,20 @@ For each size, the benchmark writes a tiled, zlib-compressed pyramidal TIFF at 0
 (levels 1, 1/2, 1/4, 1/8) just large enough for that many spots on a 50 um hexagonal grid, then
 runs ``napari-hggep predict IMAGE --spots CSV`` in a fresh process and reads its wall time and
 peak RSS. The model-only rate (``encode`` + ``forward_tokens`` on random tensors, same process
-kind, same spot count up to 10,000) is measured beside it, so the ratio shows what reading,
+kind and memory layout as ``predict``, same spot count up to 10,000) is measured beside it, so the ratio shows what reading,
 statistics and writing cost. Needs a few GB of disk for 100,000 spots.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import child
 
 UM = 0.5
 TILE = 512
@@ -56,19 +56,22 @@ def write_slide(path: Path, side: int, levels: int = 4) -> None:
 
 
 CHILD_PREDICT = """
-import resource, sys, time
+import json, resource, sys, time
 from napari_hggep.cli import main
 t = time.perf_counter()
 rc = main(["predict", sys.argv[1], "--spots", sys.argv[2], "-o", sys.argv[3], "--device", sys.argv[4]])
-print({"rc": rc, "seconds": time.perf_counter() - t,
-       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
 CHILD_MODEL = """
-import sys, time, torch
+import json, sys, time, torch
 from napari_hggep import load_model
+from napari_hggep.model.hggep import use_fast_inference_layout
 b = load_model(device=sys.argv[2]); m = b.model; n = int(sys.argv[1]); dev = b.device
 x = torch.rand(256, 3, 112, 112, device=dev)
+if dev.type == "cpu":  # as predict runs it
+    use_fast_inference_layout(m); x = x.contiguous(memory_format=torch.channels_last)
 c = torch.rand(n, 2, device=dev) * (n ** 0.5) * 50
 st = torch.randn(n, m.config.stats_features, device=dev) if m.config.stats_features else None
 with torch.inference_mode():
@@ -78,17 +81,8 @@ with torch.inference_mode():
     m.forward_tokens(tok, c, st)
     if dev.type == "cuda": torch.cuda.synchronize()
     dt = time.perf_counter() - t
-print({"seconds": dt, "spots_per_s": n / dt})
+print(json.dumps({"seconds": dt, "spots_per_s": n / dt}))
 """
-
-
-def _child(code, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    import ast
-
-    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -115,8 +109,8 @@ def main(argv=None) -> int:
             spots = Path(tmp) / "spots.csv"
             pd.DataFrame({"spot_id": [f"s{i}" for i in range(len(xy))], "x": xy[:, 0], "y": xy[:, 1]}).to_csv(
                 spots, index=False)
-            r = _child(CHILD_PREDICT, img, spots, Path(tmp) / "pred.csv", a.device)
-            model = _child(CHILD_MODEL, min(len(xy), 10000), a.device)
+            r = child(CHILD_PREDICT, img, spots, Path(tmp) / "pred.csv", a.device)
+            model = child(CHILD_MODEL, min(len(xy), 10000), a.device)
             e2e = len(xy) / r["seconds"]
             rows.append({"spots": len(xy), "image_px": side, "tiff_gb": img.stat().st_size / 2**30,
                          "end_to_end_spots_per_s": round(e2e, 1), "seconds": round(r["seconds"], 1),

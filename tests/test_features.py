@@ -75,8 +75,6 @@ def test_tiles_agree_with_one_big_tile():
 
 def test_features_are_in_micrometres_not_pixels():
     """The same tissue scanned at 0.5 and at 1.0 um/px gives nearly the same statistics."""
-    from PIL import Image
-
     img = nuclei_image(1200, 1600, seed=2)
     xy = grid_spots(1200, 1600, 200)
     fine = Slide(img, 0.5, np.arange(len(xy)).astype(str), xy)

@@ -133,7 +133,7 @@ def evaluate(
         ms = {t: slide_metrics(preds[t], by_name[t].target) for t in test_names}
         lopo[key] = {t: _summary(m) for t, m in ms.items()}
         lopo_genes.update({t: m["gene_pcc"] for t, m in ms.items()})
-        log(f"  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
+        log("  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
     def per_gene(arrays) -> dict:
         with np.errstate(all="ignore"):
             gp = np.nanmean(np.stack(list(arrays)), axis=0)
