@@ -13,16 +13,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._atomic import atomic_write_bytes
+from ..data.features import standardise_features
 from ..data.patches import to_tensor
 from ..devices import resolve_device
-from .._atomic import atomic_write_bytes
 from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
-from ..data.features import standardise_features
 from ..model.hggep import HGGEP
+from ..model.losses import hggep_loss
 from ..model.pretrained import load_backbone_into
 from ..model.smoothing import neighbour_blend
-from ..model.losses import hggep_loss
 from .augment import resolution_jitter, train_augment
 from .dataset import SectionData
 from .metrics import gene_pcc
