@@ -172,9 +172,11 @@ class HGGEP(nn.Module):
             if stats.shape[-1] != cfg.stats_features:
                 raise ValueError(f"{stats.shape[-1]} tissue statistics given, the model expects {cfg.stats_features}")
             pcs = pcs + self.stats_head(stats.to(self.stats_head.weight.dtype))
+        # blending is linear, so blending the k components equals blending the G genes (and is
+        # G / k times cheaper)
+        pcs = neighbour_blend(pcs, coords_um, cfg.smooth_weight)
         out["components"] = pcs
-        expr = pcs @ self.pca_basis if cfg.pca_k is not None else pcs
-        out["expr"] = neighbour_blend(expr, coords_um, cfg.smooth_weight)
+        out["expr"] = pcs @ self.pca_basis if cfg.pca_k is not None else pcs
         return out
 
     def _fuse(self, tokens: torch.Tensor, coords_um: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,10 @@ def neighbour_blend(x: torch.Tensor, coords_um: torch.Tensor, weight: float) -> 
         return x
     idx, cnt = ring_neighbours(coords_um.detach().cpu().numpy())
     idx_t = torch.from_numpy(idx).to(x.device)
-    valid = (idx_t >= 0).to(x.dtype)
-    gathered = x[idx_t.clamp_min(0)] * valid[..., None]  # N x R x C
+    nb = torch.zeros_like(x)
+    for j in range(idx_t.shape[1]):  # one neighbour column at a time: memory O(N x C), not O(N x ring x C)
+        col = idx_t[:, j]
+        nb += x[col.clamp_min(0)] * (col >= 0).to(x.dtype)[:, None]
     cnt_t = torch.from_numpy(cnt).to(x.device, x.dtype)[:, None]
-    nb = gathered.sum(1) / cnt_t.clamp_min(1)
-    blended = (1 - weight) * x + weight * nb
+    blended = (1 - weight) * x + weight * nb / cnt_t.clamp_min(1)
     return torch.where(cnt_t > 0, blended, x)
