@@ -8,7 +8,7 @@ from helpers import he_like_image, write_her2st, write_visium
 from napari_hggep.data import SlideError, open_slide, read_her2st, read_visium
 from napari_hggep.data.image import image_um_per_px, read_image
 from napari_hggep.data.patches import extract_patches, patch_window_px
-from napari_hggep.data.readers import read_image_with_grid, read_image_with_spots
+from napari_hggep.data.readers import is_visium_folder, read_image_with_grid, read_image_with_spots
 from napari_hggep.data.tissue import tissue_mask
 
 
@@ -222,3 +222,49 @@ def test_features_read_from_the_pyramid_match_level_0(tmp_path):
     b = tissue_features(Slide(im, 0.25, np.arange(len(xy)).astype(str), xy))
     means = [i for i, n in enumerate(feature_names()) if n.startswith("mean_")]
     np.testing.assert_allclose(a[:, means], b[:, means], atol=0.01)
+
+
+def test_visium_as_it_comes_every_in_tissue_spot_any_image_parquet(tmp_path):
+    """A matrix listing only some barcodes, the hires or lowres PNG named as the image (by name
+    or, renamed, by its size) and Space Ranger's parquet positions."""
+    import h5py
+    from PIL import Image
+
+    img = he_like_image(500, 420)
+    f = write_visium(tmp_path / "outs", img)
+    sp = f / "spatial"
+    n_in = int((pd.read_csv(sp / "tissue_positions.csv").in_tissue == 1).sum())
+    # the matrix keeps only the first 5 barcodes (as in a real Space Ranger 1.0 folder)
+    with h5py.File(f / "filtered_feature_bc_matrix.h5", "a") as h:
+        bc = h["matrix/barcodes"][:5]
+        del h["matrix/barcodes"]
+        h["matrix/barcodes"] = bc
+        h["matrix/shape"][...] = [2, 5]
+        indptr = h["matrix/indptr"][:6]
+        del h["matrix/indptr"]
+        h["matrix/indptr"] = indptr
+    assert read_visium(f).n_spots == 5  # training: only spots with counts
+    s = open_slide(f)  # prediction: every spot under tissue
+    assert s.n_spots == n_in and s.counts is None
+    # the lowres PNG by name, then the same image under another name (recognised by its size)
+    Image.fromarray(img[::10, ::10]).save(sp / "tissue_lowres_image.png")
+    low = open_slide(sp / "tissue_lowres_image.png", visium=f)
+    assert low.image.shape[:2] == (50, 42) and low.um_per_px == pytest.approx(55 / 20 / 0.1)
+    np.testing.assert_allclose(low.xy, s.xy / 0.5 * 0.1)
+    Image.fromarray(img[::10, ::10]).save(tmp_path / "small.png")
+    renamed = open_slide(tmp_path / "small.png", visium=f)
+    np.testing.assert_allclose(renamed.xy, low.xy)
+    renamed.validate()
+    hires = open_slide(sp / "tissue_hires_image.png", visium=f)
+    np.testing.assert_allclose(hires.xy, s.xy)
+    # positions as parquet only
+    pos = pd.read_csv(sp / "tissue_positions.csv")
+    (sp / "tissue_positions.csv").unlink()
+    pos.to_parquet(sp / "tissue_positions.parquet")
+    assert is_visium_folder(f)
+    pq = open_slide(f)
+    assert pq.n_spots == n_in
+    np.testing.assert_allclose(pq.xy, s.xy)
+    pos.drop(columns=["array_row"]).to_parquet(sp / "tissue_positions.parquet")
+    with pytest.raises(SlideError, match="array_row"):
+        open_slide(f)

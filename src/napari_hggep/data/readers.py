@@ -100,20 +100,32 @@ def is_visium_folder(path) -> bool:
         sp = _visium_spatial(p)
     except SlideError:
         return False
-    return any((sp / n).is_file() for n in ("tissue_positions.csv", "tissue_positions_list.csv"))
+    return any((sp / n).is_file() for n in POSITION_FILES)
+
+
+POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet")
 
 
 def read_visium_positions(spatial: Path) -> pd.DataFrame:
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
-    new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
-    if new.is_file():
+    new, old, pq = (spatial / n for n in POSITION_FILES)
+    if pq.is_file() and not new.is_file():
+        try:
+            df = pd.read_parquet(pq)
+        except Exception as e:
+            raise SlideError(f"{pq}: cannot read it ({type(e).__name__}: {e})") from None
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise SlideError(f"{pq}: columns {missing} are missing (expected {cols})")
+        df = df[cols]
+    elif new.is_file():
         df = pd.read_csv(new)
         if list(df.columns[:6]) != cols:  # some tools write the new name without a header
             df = pd.read_csv(new, header=None, names=cols)
     elif old.is_file():
         df = pd.read_csv(old, header=None, names=cols)
     else:
-        raise SlideError(f"{spatial}: neither tissue_positions.csv nor tissue_positions_list.csv exists")
+        raise SlideError(f"{spatial}: none of {', '.join(POSITION_FILES)} exists")
     return df
 
 
@@ -131,10 +143,34 @@ def read_10x_h5(path) -> tuple[np.ndarray, list[str], np.ndarray]:
     return np.asarray(mat.T.todense(), dtype=np.float32), names, barcodes
 
 
+def visium_image_scale(name: str, shape, xy_fullres: np.ndarray, sf: dict, sf_path) -> float:
+    """How the image relates to Space Ranger's full-resolution pixels: 1 for the full-resolution
+    image, ``tissue_hires_scalef`` / ``tissue_lowres_scalef`` for the PNGs. Known by the file
+    name, otherwise the largest of those scales that puts every spot inside the image."""
+    scales = {"hires": float(sf.get("tissue_hires_scalef", 0) or 0),
+              "lowres": float(sf.get("tissue_lowres_scalef", 0) or 0)}
+    for kind in ("hires", "lowres"):
+        if f"tissue_{kind}_image" in name.lower():
+            if scales[kind] <= 0:
+                raise SlideError(f"{sf_path}: tissue_{kind}_scalef is missing, cannot place spots on {name}")
+            return scales[kind]
+    h, w = int(shape[0]), int(shape[1])
+    if max(h, w) > 2000:  # Space Ranger's PNGs are at most 2,000 px: this is the full-resolution image
+        return 1.0
+    for s in sorted({1.0, *(v for v in scales.values() if v > 0)}, reverse=True):
+        p = xy_fullres * s
+        if len(p) == 0 or ((p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)).all():
+            return s
+    raise SlideError(f"{name} ({w}x{h} px) is neither the full-resolution image nor the hires or lowres "
+                     "image of this Space Ranger output: its spots fall outside it at every scale factor")
+
+
 def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
-    """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image the spots refer
-    to; without it the hires PNG is used with spots scaled by ``tissue_hires_scalef``.
-    Pixel size from ``spot_diameter_fullres`` (Visium spots are 55 um)."""
+    """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image, or
+    ``tissue_hires_image.png`` / ``tissue_lowres_image.png`` (recognised by name or size;
+    default: the hires PNG); spot positions and um/px follow the image. Pixel size from
+    ``spot_diameter_fullres`` (Visium spots are 55 um). ``with_counts=False`` keeps every
+    in-tissue spot (prediction needs no counts); with counts, only the matrix's barcodes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SlideError(f"{folder} is not a folder")
@@ -151,20 +187,13 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     pos = pos[pos["in_tissue"] == 1]
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
     um_per_px = VISIUM_SPOT_UM / diameter
-    if image is not None:
-        img = read_image(image)
-        src = str(image)
-    else:
-        hires = spatial / "tissue_hires_image.png"
-        if not hires.is_file():
-            raise SlideError(f"{spatial}: no tissue_hires_image.png; name the full-resolution image instead")
-        scale = float(sf.get("tissue_hires_scalef", 0) or 0)
-        if scale <= 0:
-            raise SlideError(f"{sf_path}: tissue_hires_scalef is missing, cannot place spots on the hires image")
-        img = read_image(hires)
-        xy = xy * scale
-        um_per_px = um_per_px / scale
-        src = str(hires)
+    image = Path(image) if image is not None else spatial / "tissue_hires_image.png"
+    if not image.is_file():
+        raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
+                         "or tissue_lowres_image.png")
+    img = read_image(image)
+    scale = visium_image_scale(image.name, img.shape, xy, sf, sf_path)
+    xy, um_per_px, src = xy * scale, um_per_px / scale, str(image)
     counts = gene_names = None
     h5 = folder / "filtered_feature_bc_matrix.h5"
     barcodes = pos["barcode"].astype(str).to_numpy()
@@ -274,10 +303,10 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
     """One entry point: a HER2+ folder, a Visium folder, or an image with spots / a grid."""
     path = Path(path)
     if visium is not None:
-        return read_visium(visium, image=path if path.is_file() else None)
+        return read_visium(visium, image=path if path.is_file() else None, with_counts=False)
     if path.is_dir():
         if is_visium_folder(path):
-            return read_visium(path)
+            return read_visium(path, with_counts=False)
         if is_her2st_folder(path):
             return read_her2st(path, with_counts=False)
         raise SlideError(f"{path} is neither a Space Ranger outs/ folder nor a HER2+ ST folder")
