@@ -1,6 +1,7 @@
 """Switching the gene that colours a 5,000-spot prediction layer (target < 100 ms), with a
-real napari Points layer; baseline: rebuilding the layer's colours through napari's own
-feature-driven colour mapping in the same process.
+real napari Points layer (``color_by_gene``: napari's feature colouring with percentile
+contrast limits and the colour bar); baseline: napari's bare feature colour mapping in the
+same process.
 
     python benchmarks/bench_recolor.py [--spots 5000]
 """

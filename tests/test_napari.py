@@ -73,11 +73,15 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.gene.value = other
     assert not np.allclose(layer.face_color, c1), "switching genes must recolour"
     assert layer.metadata[KEY]["gene"] == other
+    # coloured through napari's own feature colouring, so its controls and colour bar show the scale
+    assert layer.face_color_mode == "colormap" and layer.face_colormap.name == "viridis"
+    assert layer.face_contrast_limits == pytest.approx(layer.metadata[KEY]["contrast_limits"])
+    assert layer.face_colorbar.visible
     # the bundled model's per-gene PCC was measured on patients it had not seen, and says so
     assert layer.metadata[KEY]["gene_pcc_protocol"] == "leave-one-patient-out"
     assert "held-out PCC" in w.gene_info.value and "patients not trained on" in w.gene_info.value
     w.colormap.value = "magma"
-    assert layer.metadata[KEY]["colormap"] == "magma"
+    assert layer.metadata[KEY]["colormap"] == "magma" and layer.face_colormap.name == "magma"
     # export writes a file that reads back equal
     out = tmp_path / "pred.csv"
     w.export_file.value = str(out)

@@ -64,26 +64,30 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
     return (pred.xy[:, ::-1].copy(), kwargs, "points")
 
 
-def gene_colors(values: np.ndarray, colormap: str = "viridis") -> tuple[np.ndarray, tuple[float, float]]:
-    """RGBA per spot with contrast limits at the 1st-99th percentile."""
-    from napari.utils.colormaps import ensure_colormap
-
+def gene_limits(values: np.ndarray) -> tuple[float, float]:
+    """Contrast limits at the 1st-99th percentile (never empty)."""
     v = np.asarray(values, dtype=np.float32)
     lo, hi = (np.percentile(v, [1, 99]) if len(v) else (0.0, 1.0))
     if not hi > lo:
         hi = lo + 1e-6
-    norm = np.clip((v - lo) / (hi - lo), 0, 1)
-    return ensure_colormap(colormap).map(norm), (float(lo), float(hi))
+    return float(lo), float(hi)
 
 
 def color_by_gene(layer, gene: str, colormap: str | None = None) -> tuple[float, float]:
-    """Recolour a prediction layer by ``gene`` without re-running the model."""
+    """Recolour a prediction layer by ``gene`` without re-running the model, through napari's
+    own feature colouring (feature, colormap, contrast limits), so the layer controls and
+    napari's colour bar show the gene's scale; the colour bar is switched on."""
     meta = layer.metadata.get(KEY, {})
     if gene not in meta.get("genes", ()):
         raise KeyError(f"gene {gene!r} is not in layer {layer.name!r}")
     cmap = colormap or meta.get("colormap") or "viridis"
-    colors, limits = gene_colors(layer.features[gene].to_numpy(), cmap)
-    layer.face_color = colors
+    limits = gene_limits(layer.features[gene].to_numpy())
+    layer.face_colormap = cmap
+    layer.face_color = gene
+    layer.face_contrast_limits = limits
+    bar = getattr(layer, "face_colorbar", None)  # napari >= 0.6; older: the dock's line shows the scale
+    if bar is not None:
+        bar.visible = True
     meta.update(gene=gene, colormap=cmap, contrast_limits=limits)
     return limits
 
