@@ -23,7 +23,7 @@ from .slide import Slide
 from .stain import rgb_to_hed
 
 WORK_UM_PER_PX = 2.0
-FEATURES_VERSION = 2  # bump when the definition changes (invalidates caches)
+FEATURES_VERSION = 3  # bump when the definition changes (invalidates caches)
 CONTEXT_UM = (70.0, 150.0, 300.0)
 GLASS = 0.82  # a pixel whose every channel is brighter than this is glass (or fat)
 TILE_PX = 1024  # tile side in working pixels (about 2 mm)
