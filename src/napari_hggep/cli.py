@@ -107,17 +107,18 @@ def _cmd_train(a) -> int:
     from .training.train import train_model
 
     secs, genes, cfg = _sections(a)
-    metrics = metrics_in = json.loads(Path(a.card_metrics).read_text()) if a.card_metrics else None
-    if metrics is not None:
-        metrics = {"loo": metrics.get("summary"), "per_section": metrics.get("per_section"),
-                   "leave_one_patient_out": metrics.get("leave_one_patient_out"),
-                   "resampled": metrics.get("resampled"), "ablation": metrics.get("ablation"),
-                   "protocol": metrics.get("protocol"), "gene_pcc_loo": metrics.get("gene_pcc")}
+    metrics = None
+    if a.card_metrics:
+        ev = json.loads(Path(a.card_metrics).read_text())
         # the gene selector's held-out PCC: on a new patient when the evaluation had 2+ patients
         # (the usual case for a user's slide), otherwise on a new section
-        lopo = metrics["gene_pcc_lopo"] = metrics_in.get("gene_pcc_lopo")
-        metrics["gene_pcc"] = lopo or metrics["gene_pcc_loo"]
-        metrics["gene_pcc_protocol"] = "leave-one-patient-out" if lopo else "leave-one-section-out"
+        lopo = ev.get("gene_pcc_lopo")
+        metrics = {"loo": ev.get("summary"), "per_section": ev.get("per_section"),
+                   "leave_one_patient_out": ev.get("leave_one_patient_out"),
+                   "resampled": ev.get("resampled"), "ablation": ev.get("ablation"),
+                   "protocol": ev.get("protocol"), "gene_pcc_loo": ev.get("gene_pcc"), "gene_pcc_lopo": lopo,
+                   "gene_pcc": lopo or ev.get("gene_pcc"),
+                   "gene_pcc_protocol": "leave-one-patient-out" if lopo else "leave-one-section-out"}
     train_model(secs, cfg, genes, _train_config(a), out=a.out, resume=a.resume,
                 progress=_epoch_printer(a.epochs), metrics=metrics)
     print(f"wrote {a.out}", file=sys.stderr)

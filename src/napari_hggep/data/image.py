@@ -89,10 +89,9 @@ def read_image(path, lazy: bool | None = None) -> np.ndarray | LazyRGB:
                 small = np.prod(series.shape) * series.dtype.itemsize < 256 * 2**20
                 if (small and lazy is None) or lazy is False:
                     return _to_rgb(series.asarray())
+                n_levels = len(series.levels)
             import zarr
 
-            with tifffile.TiffFile(path) as tf:
-                n_levels = len(tf.series[0].levels)
             opened = [LazyRGB(zarr.open(tifffile.imread(path, aszarr=True, level=i), mode="r"))
                       for i in range(n_levels)]
             return LazyRGB(opened[0]._z, levels=opened[1:])

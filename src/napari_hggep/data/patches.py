@@ -22,12 +22,6 @@ def patch_window_px(um_per_px: float, patch_um: float) -> int:
     return max(int(round(patch_um / um_per_px)), 1)
 
 
-def read_windows(image, xy: np.ndarray, side: int) -> np.ndarray:
-    """``B x side x side x 3`` uint8 windows centred on ``xy`` (level-0 pixels) of level 0,
-    padded at the border."""
-    return _windows_on_level(image, _window_origins(xy, side), side)
-
-
 def _window_origins(xy: np.ndarray, side: float) -> np.ndarray:
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     return np.round(xy - side / 2.0).astype(np.int64)
@@ -59,7 +53,7 @@ def resize_batch(windows: np.ndarray, size: int) -> np.ndarray:
 
 
 def _plan(slide: Slide, patch_um: float, patch_px: int):
-    """The level to read, its downsample, the window side on it and every spot's window origin."""
+    """The level to read, the window side on it and every spot's window origin on it."""
     side0 = patch_window_px(slide.um_per_px, patch_um)
     level, ds = choose_level(slide.image, side0 / patch_px)
     side = max(int(round(side0 / ds)), 1)
@@ -67,17 +61,25 @@ def _plan(slide: Slide, patch_um: float, patch_px: int):
     return level, side, origins
 
 
-def spatial_order(slide: Slide, patch_um: float, patch_px: int) -> np.ndarray:
-    """Spot indices ordered region by region (row-major regions, then row-major spots)."""
-    _, _, origins = _plan(slide, patch_um, patch_px)
+def _spatial_order(origins: np.ndarray) -> np.ndarray:
     tiles = np.floor_divide(origins, REGION_PX)
     return np.lexsort((origins[:, 0], origins[:, 1], tiles[:, 0], tiles[:, 1]))
+
+
+def spatial_order(slide: Slide, patch_um: float, patch_px: int) -> np.ndarray:
+    """Spot indices ordered region by region (row-major regions, then row-major spots)."""
+    return _spatial_order(_plan(slide, patch_um, patch_px)[2])
 
 
 def extract_patches(slide: Slide, patch_um: float, patch_px: int, indices=None) -> np.ndarray:
     """``B x patch_px x patch_px x 3`` uint8 patches covering ``patch_um`` of tissue each."""
     idx = np.arange(slide.n_spots) if indices is None else np.asarray(indices, dtype=np.int64)
-    level, side, origins = _plan(slide, patch_um, patch_px)
+    return _extract(_plan(slide, patch_um, patch_px), idx, patch_px)
+
+
+def _extract(plan, idx: np.ndarray, patch_px: int) -> np.ndarray:
+    """The patches of spots ``idx`` under a :func:`_plan`, one decoded region per tile."""
+    level, side, origins = plan
     o = origins[idx]
     out = np.empty((len(idx), patch_px, patch_px, 3), np.uint8)
     tiles = np.floor_divide(o, REGION_PX)
@@ -93,18 +95,19 @@ def iter_patch_batches(slide: Slide, patch_um: float, patch_px: int, batch_size:
                        prefetch: bool = True):
     """Yield ``(indices, patches)`` batches over all spots of a slide, in spatial order; with
     ``prefetch`` the next batch is read in a background thread while the caller works."""
-    order = spatial_order(slide, patch_um, patch_px)
+    plan = _plan(slide, patch_um, patch_px)  # once for the slide, not per batch
+    order = _spatial_order(plan[2])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if not prefetch or len(batches) < 2:
         for b in batches:
-            yield b, extract_patches(slide, patch_um, patch_px, b)
+            yield b, _extract(plan, b, patch_px)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-hggep-read") as pool:
-        nxt = pool.submit(extract_patches, slide, patch_um, patch_px, batches[0])
+        nxt = pool.submit(_extract, plan, batches[0], patch_px)
         for i, b in enumerate(batches):
             patches = nxt.result()
             if i + 1 < len(batches):
-                nxt = pool.submit(extract_patches, slide, patch_um, patch_px, batches[i + 1])
+                nxt = pool.submit(_extract, plan, batches[i + 1], patch_px)
             yield b, patches
 
 

@@ -20,6 +20,12 @@ _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
 
 
+def dihedral_view(x: torch.Tensor, k: int) -> torch.Tensor:
+    """View ``k`` (0-7) of the 8 flips/90 degree rotations of ``N x C x H x W`` patches."""
+    v = torch.rot90(x, k % 4, dims=(2, 3))
+    return v.flip(3) if k >= 4 else v
+
+
 class StageProjection(nn.Module):
     """CBAM on one backbone stage, then (optional pooling,) flatten and project to width d."""
 
@@ -132,8 +138,7 @@ class HGGEP(nn.Module):
             return self.encode(patches, colour_stats)
         acc = 0
         for k in range(min(views, 8)):
-            v = torch.rot90(patches, k % 4, dims=(2, 3))
-            acc = acc + self.encode(v.flip(3) if k >= 4 else v, colour_stats)
+            acc = acc + self.encode(dihedral_view(patches, k), colour_stats)
         return acc / min(views, 8)
 
     def forward_tokens(self, tokens: torch.Tensor | None, coords_um: torch.Tensor,

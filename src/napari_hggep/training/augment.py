@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.stain import hed_to_rgb_torch, rgb_to_hed_torch
+from ..model.hggep import dihedral_view
 
 
 def _u(g: torch.Generator, *shape, lo=-1.0, hi=1.0) -> torch.Tensor:
@@ -22,8 +23,7 @@ def dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     for k in range(8):
         m = t == k
         if m.any():
-            y = torch.rot90(x[m], k % 4, dims=(2, 3))
-            out[m] = y.flip(3) if k >= 4 else y
+            out[m] = dihedral_view(x[m], k)
     return out
 
 

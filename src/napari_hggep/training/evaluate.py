@@ -37,9 +37,15 @@ def patient_of(section: str) -> str:
     return m.group(1) if m else section
 
 
+def _patient(section: str, patients: dict[str, str] | None) -> str:
+    """The patient of a section (or of its resampled copy ``B4@3.2um``): given, or by name."""
+    name = section.split("@")[0]
+    return (patients or {}).get(name) or patient_of(name)
+
+
 def patient_splits(names: list[str], patients: dict[str, str] | None = None) -> list[tuple[list[str], list[str]]]:
     """Leave-one-patient-out: ``(train, test)`` section names per patient (needs 2+ patients)."""
-    pat = {n: (patients or {}).get(n) or patient_of(n) for n in names}
+    pat = {n: _patient(n, patients) for n in names}
     groups = sorted(set(pat.values()))
     if len(groups) < 2:
         return []
@@ -50,11 +56,12 @@ def _summary(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "gene_pcc"}
 
 
-def _fold_tcfg(tcfg: TrainConfig, tests, backbones: dict[str, str] | None, patients) -> TrainConfig:
+def _fold_tcfg(tcfg: TrainConfig, config: HGGEPConfig, tests, backbones: dict[str, str] | None,
+               patients) -> TrainConfig:
     """The fold's pretrained backbone: one pretrained without the test sections' patient."""
-    if not backbones:
+    if not backbones or not config.image_path:
         return tcfg
-    pats = {(patients or {}).get(t.name.split("@")[0]) or patient_of(t.name) for t in tests}
+    pats = {_patient(t.name, patients) for t in tests}
     if len(pats) != 1 or (p := pats.pop()) not in backbones:
         raise ValueError(f"no backbone pretrained without patient(s) of {[t.name for t in tests]}; "
                          f"have {sorted(backbones)}")
@@ -100,7 +107,7 @@ def evaluate(
         log(f"[leave-one-section-out {held.name}] training on {[s.name for s in train]}")
         extra_tests = [r[held.name] for r in (resampled or {}).values() if held.name in r]
         preds, best, _ = _fit_predict(train, [held, *extra_tests], config, genes,
-                                      _fold_tcfg(tcfg, [held], backbones if config.image_path else None, patients),
+                                      _fold_tcfg(tcfg, config, [held], backbones, patients),
                                       log, progress)
         lab = None if labels is None else labels.get(held.name)
         m = slide_metrics(preds[held.name], held.target, lab)
@@ -128,7 +135,7 @@ def evaluate(
         log(f"[leave-one-patient-out] training on {train_names}, testing {test_names}")
         tests = [by_name[n] for n in test_names]
         preds, _, _ = _fit_predict([by_name[n] for n in train_names], tests, config, genes,
-                                   _fold_tcfg(tcfg, tests, backbones if config.image_path else None, patients),
+                                   _fold_tcfg(tcfg, config, tests, backbones, patients),
                                    log, progress)
         ms = {t: slide_metrics(preds[t], by_name[t].target) for t in test_names}
         lopo[key] = {t: _summary(m) for t, m in ms.items()}
@@ -158,7 +165,7 @@ def evaluate(
         "protocol": {
             "kind": "leave-one-section-out, leave-one-patient-out, resampled held-out sections",
             "sections": names,
-            "patients": {n: (patients or {}).get(n) or patient_of(n) for n in names},
+            "patients": {n: _patient(n, patients) for n in names},
             "model_selection": ("best epoch on one whole training section" if tcfg.val_split == "section" else
                                 f"best epoch on {tcfg.val_frac:.0%} of the training sections' spots")
                                + "; ridge alpha by leave-one-section-out within the training sections"
@@ -175,11 +182,6 @@ def evaluate(
         "gene_pcc": per_gene(gene_pccs.values()),
         "gene_pcc_lopo": per_gene(lopo_genes.values()) if lopo_genes else None,
     }
-
-
-def evaluate_loo(sections, config, genes, tcfg=TrainConfig(), labels=None, log=print, progress=None) -> dict:
-    """Leave-one-section-out (and leave-one-patient-out where there are 2+ patients)."""
-    return evaluate(sections, config, genes, tcfg, labels, log=log, progress=progress)
 
 
 def ablation(sections, config: HGGEPConfig, genes, tcfg=TrainConfig(), resampled=None, patients=None,

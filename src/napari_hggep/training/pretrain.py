@@ -25,6 +25,7 @@ from ..data.slide import Slide, SlideError
 from ..data.tissue import tissue_mask
 from ..devices import resolve_device
 from ..model.backbone import ShuffleNetStages
+from ..model import hggep
 from ..model.gem import GEM
 from ..model.pretrained import save_backbone
 from .augment import ssl_view
@@ -49,8 +50,8 @@ class PretrainConfig:
     save_every_s: float = 120.0
 
 
-_RGB_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-_RGB_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+_RGB_MEAN = torch.tensor(hggep._RGB_MEAN).view(1, 3, 1, 1)  # HGGEP's input standardisation
+_RGB_STD = torch.tensor(hggep._RGB_STD).view(1, 3, 1, 1)
 
 
 class SSLEncoder(nn.Module):

@@ -19,7 +19,7 @@ from ..data.patches import to_tensor
 from ..devices import resolve_device
 from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
-from ..model.hggep import HGGEP
+from ..model.hggep import HGGEP, dihedral_view
 from ..model.losses import hggep_loss
 from ..model.pretrained import load_backbone_into
 from ..model.smoothing import neighbour_blend
@@ -299,7 +299,7 @@ def _val_pcc(model, sections, masks, mean, std, device, frozen=None) -> float:
 def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainConfig, device,
                         n_views: int = 8, batch: int = 256) -> list[list[torch.Tensor]]:
     """With a frozen GEM + ShuffleNet, their stage maps are computed once per spot for
-    ``n_views`` views: the 8 flips/rotations, every second one also at a random scan resolution
+    ``n_views`` (up to 8) views: the flips/rotations, every second one also at a random scan resolution
     in ``tcfg.res_range``. Per section: [S3, S4, S5] tensors ``V x N x C x h x w``."""
     was = model.training
     model.eval()
@@ -311,8 +311,7 @@ def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainC
             maps = []
             for i in range(0, sec.n_spots, batch):
                 x = to_tensor(sec.patches[i:i + batch])
-                x = torch.rot90(x, k % 4, dims=(2, 3))
-                x = x.flip(3) if (k // 4) % 2 else x
+                x = dihedral_view(x, k)
                 if k % 2:
                     x = resolution_jitter(x, g, cfg.patch_um / cfg.patch_px, cfg.patch_um, *tcfg.res_range)
                 maps.append(model.trunk(x.contiguous().to(device)))
