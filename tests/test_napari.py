@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from helpers import he_like_image, write_her2st, write_visium
 from napari_hggep._napari.layers import KEY, color_by_gene
@@ -28,9 +29,18 @@ def wait_predict(qtbot, w, timeout=180_000):
 
 
 def test_sample_data(sample_viewer):
+    from scipy.spatial import cKDTree
+
+    from napari_hggep._napari.sample import SAMPLE_DIR
+
     img, pts = sample_viewer.layers
-    assert img.rgb and img.data.shape == (1500, 1500, 3)
-    assert pts.data.shape == (29, 2) and img.metadata[KEY]["um_per_px"] == pytest.approx(img.scale[0])
+    # a whole section at reduced resolution, within 1.5 MB, with a 100 um grid over its tissue
+    assert sum(f.stat().st_size for f in SAMPLE_DIR.iterdir()) <= 1_500_000
+    assert img.rgb and img.data.shape == (2292, 2668, 3) and img.scale[0] == pytest.approx(2.0, rel=1e-3)
+    assert pts.data.shape[0] > 800 and img.metadata[KEY]["um_per_px"] == pytest.approx(img.scale[0])
+    world = pts.data * pts.scale
+    d, _ = cKDTree(world).query(world, k=2)
+    assert np.median(d[:, 1]) == pytest.approx(100.0, rel=0.01)  # µm between neighbours
     assert "spot_id" in pts.features
 
 
@@ -58,9 +68,10 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     assert w.spots.value is sample_viewer.layers[1]
     assert w.um_per_px.value == pytest.approx(sample_viewer.layers[0].metadata[KEY]["um_per_px"], abs=1e-3)
     wait_predict(qtbot, w)
-    assert w.status.value.startswith("Predicted 785 genes for 29 spots"), w.status.value
-    layer = sample_viewer.layers["HER2+ B4 crop genes"]
-    assert layer.features.shape == (29, 3 + 785) and w.result.value is layer
+    n = len(sample_viewer.layers[1].data)
+    assert w.status.value.startswith(f"Predicted 785 genes for {n} spots"), w.status.value
+    layer = sample_viewer.layers["HER2+ B4 genes"]
+    assert layer.features.shape == (n, 3 + 785) and w.result.value is layer
     assert w.predict_btn.enabled and not w.cancel_btn.enabled
     # gene selector: filter by typing, labels show PCC and range
     w.gene_filter.value = "KRT"
@@ -77,6 +88,9 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     assert layer.face_color_mode == "colormap" and layer.face_colormap.name == "viridis"
     assert layer.face_contrast_limits == pytest.approx(layer.metadata[KEY]["contrast_limits"])
     assert layer.face_colorbar.visible
+    # the canvas names the gene and its held-out PCC beside the colour bar
+    assert sample_viewer.text_overlay.visible and sample_viewer.text_overlay.text.startswith(other)
+    assert "held-out PCC" in sample_viewer.text_overlay.text
     # the bundled model's per-gene PCC was measured on patients it had not seen, and says so
     assert layer.metadata[KEY]["gene_pcc_protocol"] == "leave-one-patient-out"
     assert "held-out PCC" in w.gene_info.value and "patients not trained on" in w.gene_info.value
@@ -87,9 +101,9 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.export_file.value = str(out)
     w.export()
     df = pd.read_csv(out)
-    assert df.shape == (29, 3 + 2 + 785)
+    assert df.shape == (n, 3 + 2 + 785)
     np.testing.assert_allclose(df[layer.metadata[KEY]["genes"]].to_numpy(), layer.features[layer.metadata[KEY]["genes"]].to_numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(df[["y", "x"]].to_numpy(), layer.data, atol=1e-6)
+    np.testing.assert_allclose(df[["y", "x"]].to_numpy(), layer.data, atol=1e-3)  # CSV keeps 4 decimals of a pixel
     h5 = tmp_path / "pred.h5ad"
     w.export_file.value = str(h5)
     w.export_selected.value = True
@@ -97,7 +111,7 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     import anndata as ad
 
     a = ad.read_h5ad(h5)
-    assert a.shape == (29, 1) and list(a.var_names) == [other]
+    assert a.shape == (n, 1) and list(a.var_names) == [other]
     # the npe2 writer gives the same CSV
     out2 = tmp_path / "writer.csv"
     sample_viewer.layers.selection = {layer}
@@ -182,3 +196,38 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path):
     shot = sample_viewer.screenshot(str(tmp_path / "s.png"), canvas_only=True)
     # the gene map is drawn: many distinct colours on the canvas
     assert shot.ndim == 3 and len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 100
+
+
+def test_whole_slide_pyramids_open_as_multiscale_and_predict(viewer, qtbot, tmp_path):
+    from test_readers import _smooth_he, _write_pyramid, _write_svs
+
+    img = _smooth_he(1536, 2048, seed=1)
+    ome = tmp_path / "slide.ome.tif"
+    _write_pyramid(ome, img, um=0.5)
+    assert get_reader(str(ome)) is not None
+    (layer,) = viewer.open(str(ome), plugin="napari-hggep")
+    assert layer.multiscale and len(layer.data) == 3 and layer.name == "slide"
+    assert layer.scale[-1] == pytest.approx(0.5) and layer.metadata[KEY]["um_per_px"] == pytest.approx(0.5)
+    assert [d.shape[:2] for d in layer.data] == [(1536, 2048), (768, 1024), (384, 512)]
+    svs = tmp_path / "scan.svs"
+    _write_svs(svs, img, mpp=0.2527)
+    (scan,) = viewer.open(str(svs), plugin="napari-hggep")
+    assert scan.multiscale and scan.scale[-1] == pytest.approx(0.2527)
+    # plain TIFF with resolution tags (pixels per centimetre), one level: not multiscale
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, img[:512, :512], photometric="rgb", resolution=(20000, 20000), resolutionunit=3)
+    (fl,) = viewer.open(str(flat), plugin="napari-hggep")
+    assert not fl.multiscale and fl.scale[-1] == pytest.approx(0.5)
+    # the widget predicts from the multiscale layer, its µm/px filled in from the file
+    w = PredictWidget(viewer)
+    w.image_layer.value = layer
+    assert w.um_per_px.value == pytest.approx(0.5)
+    w.spots.value = GENERATE
+    w.pitch_um.value = 100.0
+    wait_predict(qtbot, w)
+    genes = viewer.layers["slide genes"]
+    assert len(genes.data) > 20, w.status.value
+    assert tuple(genes.scale) == pytest.approx(tuple(layer.scale))
+    # spots in world µm lie inside the slide
+    world = genes.data * genes.scale
+    assert (world >= 0).all() and (world[:, 0] < 1536 * 0.5).all() and (world[:, 1] < 2048 * 0.5).all()

@@ -268,3 +268,58 @@ def test_visium_as_it_comes_every_in_tissue_spot_any_image_parquet(tmp_path):
     pos.drop(columns=["array_row"]).to_parquet(sp / "tissue_positions.parquet")
     with pytest.raises(SlideError, match="array_row"):
         open_slide(f)
+
+
+def _write_svs(p, img, mpp=0.5):
+    """An Aperio SVS in its documented layout: tiled JPEG baseline whose description starts
+    'Aperio Image Library' and carries '|MPP = …|', a stripped thumbnail, tiled reduced levels."""
+    desc = (f"Aperio Image Library v12.0.15 \r\n{img.shape[1]}x{img.shape[0]} [0,0 {img.shape[1]}x{img.shape[0]}] "
+            f"(256x256) JPEG/RGB Q=70|AppMag = 20|StripeWidth = 2040|ScanScope ID = SS1234|MPP = {mpp}")
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(img, tile=(256, 256), photometric="rgb", compression="jpeg", description=desc, metadata=None)
+        tw.write(img[::16, ::16], photometric="rgb", description="Aperio Image Library thumbnail", metadata=None)
+        for k in (4, 16):
+            tw.write(img[::k, ::k], tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None)
+
+
+def test_svs_mpp_levels_and_eager_read(tmp_path):
+    from napari_hggep.data.image import as_pyramid, pyramid
+
+    img = _smooth_he(1024, 1536, seed=5)
+    p = tmp_path / "slide.svs"
+    _write_svs(p, img, mpp=0.2527)
+    assert image_um_per_px(p) == pytest.approx(0.2527)
+    lazy = read_image(p, lazy=True)
+    assert lazy.shape == (1024, 1536, 3) and [round(d) for _, d in pyramid(lazy)] == [1, 4, 16]
+    eager = read_image(p, lazy=False)  # the baseline is Z=1 x Y x X x S in tifffile
+    assert eager.shape == (1024, 1536, 3)
+    np.testing.assert_array_equal(np.asarray(lazy[100:200, 300:420]), eager[100:200, 300:420])
+    assert np.abs(eager.astype(int) - img).mean() < 3  # JPEG tiles decode (imagecodecs)
+    # napari-style indexing of a level: ellipsis and channel keys
+    np.testing.assert_array_equal(lazy[..., 1][5:9, 7:11], eager[5:9, 7:11, 1])
+    assert lazy.size == 1024 * 1536 * 3
+    # napari multiscale data (any arrays, finest first) back to an image that knows its levels
+    again = as_pyramid([lev for lev, _ in pyramid(lazy)])
+    assert again is lazy
+    plain = as_pyramid([img, img[::2, ::2], img[::4, ::4]])
+    assert [round(d) for _, d in pyramid(plain)] == [1, 2, 4]
+    np.testing.assert_array_equal(np.asarray(plain[10:20, 10:30]), img[10:20, 10:30])
+
+
+def test_tissue_grid_on_a_pyramid_matches_level_0(tmp_path):
+    """The thumbnail of a pyramid comes from a level whose step is not the step asked for
+    (here 4 where 3 was asked): the grid must still land on the tissue."""
+    img = he_like_image(2000, 2600, seed=4)
+    p = tmp_path / "slide.ome.tif"
+    _write_pyramid(p, img, um=0.5)
+    lazy = read_image(p, lazy=True)
+    mask, step = tissue_mask(lazy)
+    assert step == pytest.approx(4.0)
+    from napari_hggep.data.tissue import tissue_grid
+
+    a, _ = tissue_grid(img, 0.5, 100.0)
+    b, _ = tissue_grid(lazy, 0.5, 100.0)
+    on_tissue = img[b[:, 1].astype(int), b[:, 0].astype(int)][:, 1] < 200
+    assert on_tissue.mean() > 0.95
+    common = len({tuple(r) for r in a.round().astype(int)} & {tuple(r) for r in b.round().astype(int)})
+    assert common / max(len(a), len(b)) > 0.9

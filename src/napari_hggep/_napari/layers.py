@@ -10,10 +10,21 @@ KEY = "hggep"  # metadata namespace on our layers
 
 
 def image_layer_data(slide: Slide) -> tuple:
-    upp = float(slide.um_per_px)
-    meta = {KEY: {"kind": "image", "um_per_px": upp, "source": slide.source, "name": slide.name}}
-    return (slide.image, {"name": slide.name, "rgb": True, "scale": (upp, upp), "metadata": meta},
-            "image")
+    return image_data_tuple(slide.image, slide.um_per_px, slide.name, slide.source)
+
+
+def image_data_tuple(image, um_per_px: float | None, name: str, source: str = "") -> tuple:
+    """An RGB image layer in micrometres; a pyramid (a lazy TIFF with levels) becomes a multiscale
+    layer that napari reads level by level, so a whole slide opens without decoding level 0."""
+    from ..data.image import pyramid
+
+    levels = [lev for lev, _ in pyramid(image)]
+    meta = {KEY: {"kind": "image", "um_per_px": None if um_per_px is None else float(um_per_px),
+                  "source": str(source), "name": name}}
+    kwargs = {"name": name, "rgb": True, "metadata": meta, "multiscale": len(levels) > 1}
+    if um_per_px is not None:
+        kwargs["scale"] = (float(um_per_px),) * 2
+    return (levels if len(levels) > 1 else image, kwargs, "image")
 
 
 def spot_features(slide_ids, array_rc=None):
@@ -82,8 +93,12 @@ def color_by_gene(layer, gene: str, colormap: str | None = None) -> tuple[float,
         raise KeyError(f"gene {gene!r} is not in layer {layer.name!r}")
     cmap = colormap or meta.get("colormap") or "viridis"
     limits = gene_limits(layer.features[gene].to_numpy())
-    layer.face_colormap = cmap
-    layer.face_color = gene
+    # each assignment below re-maps every spot's colour: skip the ones that change nothing
+    if getattr(layer.face_colormap, "name", None) != cmap:
+        layer.face_colormap = cmap
+    mapped = getattr(getattr(layer, "_face", None), "color_properties", None)  # napari has no public getter
+    if mapped is None or mapped.name != gene:
+        layer.face_color = gene
     layer.face_contrast_limits = limits
     bar = getattr(layer, "face_colorbar", None)  # napari >= 0.6; older: the dock's line shows the scale
     if bar is not None:

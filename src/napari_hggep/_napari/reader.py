@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.image import TIFF_SUFFIXES
 from ..data.readers import is_her2st_folder, is_visium_folder, read_her2st, read_spots_csv, read_visium
-from .layers import image_layer_data, spots_layer_data
+from .layers import image_data_tuple, image_layer_data, spots_layer_data
 
 
 def get_reader(path):
@@ -15,6 +16,8 @@ def get_reader(path):
     p = Path(path)
     if p.is_dir() and (is_visium_folder(p) or is_her2st_folder(p)):
         return read_slide_folder
+    if p.is_file() and p.name.lower().endswith(TIFF_SUFFIXES):
+        return read_tiff
     if p.suffix.lower() == ".csv" and p.is_file():
         try:
             read_spots_csv(p)
@@ -28,6 +31,24 @@ def read_slide_folder(path):
     path = Path(path[0] if isinstance(path, list) else path)
     slide = read_visium(path, with_counts=False) if is_visium_folder(path) else read_her2st(path, with_counts=False)
     return [image_layer_data(slide), spots_layer_data(slide)]
+
+
+def read_tiff(path):
+    """A TIFF, OME-TIFF or SVS: a pyramid opens lazily as a multiscale layer (napari decodes
+    only the tiles it shows, from the level that fits the zoom), scaled in micrometres when the
+    file says its pixel size (OME physical size, Aperio MPP, TIFF resolution tags)."""
+    from ..data.image import image_um_per_px, read_image
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    image = read_image(path, lazy=True)
+    if not image.levels:
+        image = read_image(path)  # one level: eager when small, lazy over level 0 when huge
+    name = path.name
+    for suffix in sorted(TIFF_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return [image_data_tuple(image, image_um_per_px(path), name, source=str(path))]
 
 
 def read_spots_table(path):

@@ -36,6 +36,14 @@ def image_px(points_layer, image_layer) -> np.ndarray:
     return px[:, ::-1]
 
 
+def gene_caption(gene: str, pcc: float | None, new_patients: bool) -> str:
+    """One short line for the canvas, above napari's colour bar (which has no title of its own)."""
+    if pcc is None:
+        return gene
+    text = f"{gene}   held-out PCC {pcc:.2f}"
+    return text + ("  ⚠ unreliable" if pcc < UNRELIABLE_PCC else "")
+
+
 def gene_label(gene: str, pcc: float | None, lo: float, hi: float) -> str:
     if pcc is None:
         acc = "PCC n/a"
@@ -145,6 +153,7 @@ class PredictWidget(Container):
 
     # -------------------------------------------------------------- predict
     def _build_request(self):
+        from ..data.image import as_pyramid
         from ..data.slide import Slide, SlideError
 
         img = self.image_layer.value
@@ -152,7 +161,7 @@ class PredictWidget(Container):
             raise SlideError("Open or pick an H&E image layer first.")
         if not img.rgb:
             raise SlideError(f"Layer {img.name!r} is not an RGB image; the model needs an RGB H&E image.")
-        image = img.data[0] if img.multiscale else img.data
+        image = as_pyramid(img.data) if img.multiscale else img.data
         upp = float(self.um_per_px.value)
         src = self.spots.value
         if src == GENERATE or src is None:
@@ -283,6 +292,17 @@ class PredictWidget(Container):
         if pcc is not None and pcc < UNRELIABLE_PCC:
             note += " — the model does not predict this gene; do not trust its map"
         self.gene_info.value = f"{gene}: colour {lo:.2f}–{hi:.2f} (1st–99th pct); {note}"
+        self._caption(gene_caption(gene, pcc, where))
+
+    def _caption(self, text: str):
+        """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""
+        ov = getattr(self.viewer, "text_overlay", None)
+        if ov is None:
+            return
+        ov.text = text
+        ov.position = "top_left"
+        ov.font_size = 12
+        ov.visible = True
 
     # -------------------------------------------------------------- export
     def export(self):

@@ -72,7 +72,7 @@ def nuclei_threshold(image, um_per_px: float, work_um: float = WORK_UM_PER_PX) -
     h, w = int(image.shape[0]), int(image.shape[1])
     # a strided read at about the working resolution (at most ~1500 px a side; cheap on lazy images)
     stride = max(1, int(round(work_um / um_per_px)), int(np.ceil(max(h, w) / 1500)))
-    thumb = strided(image, stride)
+    thumb, _ = strided(image, stride)
     hed = rgb_to_hed(thumb)
     vals = hed[..., 0][thumb.min(axis=-1) < GLASS * 255]  # tissue: anything but glass
     if vals.size < 100 or np.ptp(vals) < 1e-4:

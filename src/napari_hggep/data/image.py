@@ -18,6 +18,8 @@ def is_image_path(path) -> bool:
 
 
 def _to_rgb(arr: np.ndarray) -> np.ndarray:
+    while arr.ndim > 3 and arr.shape[0] == 1:  # e.g. an SVS baseline: Z=1 x Y x X x S
+        arr = arr[0]
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
     elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
@@ -42,6 +44,9 @@ class LazyRGB:
         self._z = z
         self.levels = list(levels or [])
         shape = tuple(z.shape)
+        self._lead = 0  # leading singleton axes (an SVS baseline is Z=1 x Y x X x S)
+        while len(shape) > 3 and shape[0] == 1:
+            shape, self._lead = shape[1:], self._lead + 1
         if len(shape) == 3 and shape[-1] in (3, 4):
             self._layout = "yxs"
             self.shape = (shape[0], shape[1], 3)
@@ -55,17 +60,24 @@ class LazyRGB:
             raise SlideError(f"unsupported TIFF layout with shape {shape}; expected an RGB image")
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
+        self.size = int(np.prod(self.shape))
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
             key = (key,)
-        ys, xs = (list(key) + [slice(None), slice(None)])[:2]
+        if any(k is Ellipsis for k in key):  # napari and numpy users may write img[..., c]
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1:]
+        ys, xs, cs = (list(key) + [slice(None)] * 3)[:3]
+        if not (isinstance(cs, slice) and cs == slice(None)):
+            return self[ys, xs][..., cs]
+        lead = (0,) * self._lead
         if self._layout == "yxs":
-            arr = np.asarray(self._z[ys, xs])
+            arr = np.asarray(self._z[lead + (ys, xs)])
         elif self._layout == "syx":
-            arr = np.moveaxis(np.asarray(self._z[:, ys, xs]), 0, -1)
+            arr = np.moveaxis(np.asarray(self._z[lead + (slice(None), ys, xs)]), 0, -1)
         else:
-            arr = np.asarray(self._z[ys, xs])
+            arr = np.asarray(self._z[lead + (ys, xs)])
         return _to_rgb(arr)
 
     def __array__(self, dtype=None, copy=None):
@@ -119,6 +131,13 @@ def image_um_per_px(path) -> float | None:
         import tifffile
 
         with tifffile.TiffFile(path) as tf:
+            desc = str(tf.pages[0].description or "")
+            if desc.startswith("Aperio"):  # SVS: "Aperio Image Library ... |MPP = 0.2520|..."
+                import re
+
+                m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)
+                if m and float(m.group(1)) > 0:
+                    return float(m.group(1))
             if tf.is_ome and tf.ome_metadata:
                 import re
 
@@ -141,6 +160,18 @@ def image_um_per_px(path) -> float | None:
     return None
 
 
+def as_pyramid(levels) -> np.ndarray | LazyRGB:
+    """An image for the readers and the model from napari multiscale data (finest level first):
+    level 0 keeps the coarser levels (``.levels``) so region reads can use them."""
+    levels = list(levels)
+    first = levels[0]
+    if len(levels) == 1:
+        return first
+    if isinstance(first, LazyRGB) and len(first.levels) == len(levels) - 1:
+        return first
+    return LazyRGB(first, levels=[lev if isinstance(lev, LazyRGB) else LazyRGB(lev) for lev in levels[1:]])
+
+
 def pyramid(image) -> list[tuple[object, float]]:
     """``(level, downsample)`` pairs, finest first: level 0 is ``image`` itself; the
     downsample of a level is level 0's width over the level's width."""
@@ -160,12 +191,14 @@ def choose_level(image, max_downsample: float) -> tuple[object, float]:
     return level, ds
 
 
-def strided(image, step: int) -> np.ndarray:
+def strided(image, step: int) -> tuple[np.ndarray, float]:
     """About ``image[::step, ::step]`` (RGB), decoded from the coarsest pyramid level that has
-    that resolution, so a whole-slide thumbnail never decodes level 0 of a pyramid."""
+    that resolution, so a whole-slide thumbnail never decodes level 0 of a pyramid. Returns the
+    pixels and their actual step in level-0 pixels (a level's downsample times the stride
+    within it: not always ``step``)."""
     level, ds = choose_level(image, step)
     s = max(1, int(round(step / ds)))
-    return np.asarray(level[::s, ::s])[..., :3]
+    return np.asarray(level[::s, ::s])[..., :3], ds * s
 
 
 def read_box(level, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:

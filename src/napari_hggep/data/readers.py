@@ -294,7 +294,7 @@ def grid_slide(image, um_per_px: float, pitch_um: float = DEFAULT_PITCH_UM, name
         xy=xy,
         array_rc=rc,
         name=name,
-        spot_diameter_um=min(pitch_um / 2, ST_SPOT_UM),
+        spot_diameter_um=float(pitch_um),  # shown as touching cells: a map, not dots on glass
         source=source,
     )
 

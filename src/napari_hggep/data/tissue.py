@@ -7,16 +7,16 @@ import numpy as np
 DEFAULT_PITCH_UM = 200.0
 
 
-def thumbnail(image, max_side: int = 1024) -> tuple[np.ndarray, int]:
-    """A strided thumbnail of a (possibly lazy) image and its step in pixels."""
+def thumbnail(image, max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """A strided thumbnail of a (possibly lazy) image and its step in level-0 pixels (from a
+    pyramid level the step is the level's, e.g. 8 where 11 was asked)."""
     from .image import strided
 
     h, w = int(image.shape[0]), int(image.shape[1])
-    step = max(1, int(np.ceil(max(h, w) / max_side)))
-    return strided(image, step), step
+    return strided(image, max(1, int(np.ceil(max(h, w) / max_side))))
 
 
-def tissue_mask(image, max_side: int = 1024) -> tuple[np.ndarray, int]:
+def tissue_mask(image, max_side: int = 1024) -> tuple[np.ndarray, float]:
     """Boolean tissue mask (Otsu on saturation, cleaned) of a thumbnail, and its step."""
     from scipy import ndimage as ndi
     from skimage.color import rgb2hsv
