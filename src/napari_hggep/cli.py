@@ -44,7 +44,8 @@ def _cmd_predict(a) -> int:
     bundle = load_model(a.model, a.device)
     print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px; model on {bundle.device}",
           file=sys.stderr)
-    pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"))
+    pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"),
+                         notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr))
     genes = a.genes.split(",") if a.genes else None
     pred.write_csv(a.output, genes)
     if a.h5ad:
@@ -291,7 +292,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     # bad input (SlideError, CheckpointError are ValueErrors): one clear line, no traceback
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError, MemoryError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"napari-hggep: error: {msg}", file=sys.stderr)
         return 2

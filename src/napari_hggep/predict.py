@@ -48,17 +48,22 @@ class Prediction:
         return write_h5ad(self, path, genes)
 
 
-def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tuple[int, int], None, Prediction]:
+def predict_steps(bundle, slide: Slide, batch_size: int = 256,
+                  notify: Callable[[str], None] | None = None) -> Generator[tuple[int, int], None, Prediction]:
     """Generator: yields ``(spots_done, total)`` after each batch, returns a :class:`Prediction`.
 
-    Stop iterating to cancel; nothing is left half-written.
+    Stop iterating to cancel; nothing is left half-written. Out of memory on a GPU, a batch is
+    retried in halves, then on the CPU; each fallback is passed to ``notify`` (default: a warning).
     """
     import torch
+
+    from .devices import MemoryGuard
 
     slide.validate()
     cfg = bundle.config
     device = bundle.device
     model = bundle.model.eval()
+    guard = MemoryGuard(model, batch_size, notify)
     n = slide.n_spots
     yield 0, n
     stats_job = pool = None
@@ -78,31 +83,43 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
                     from .model.hggep import use_fast_inference_layout
 
                     use_fast_inference_layout(model)
-                tokens = torch.empty(n, 3, cfg.dim, device=device)
+                tokens = torch.empty(n, 3, cfg.dim)  # on the CPU: the model may have to move there
                 colour = None
                 if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
                     from .model.hggep import colour_stats_of
 
                     sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
                     colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
-                    colour = tuple(t.to(device) for t in colour)
                 done = 0
                 for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-                    x = to_tensor(patches).to(device)
-                    if fast:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    tokens[torch.from_numpy(idx).to(device)] = model.encode_views(x, colour)
+                    x_all = to_tensor(patches)
+
+                    def encode(i, j, x_all=x_all):
+                        dev = guard.device
+                        x = x_all[i:j].to(dev)
+                        if fast and dev.type == "cpu":
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        c = None if colour is None else tuple(t.to(dev) for t in colour)
+                        return model.encode_views(x, c).cpu()
+
+                    tokens[torch.from_numpy(idx)] = torch.cat(guard.run(encode, len(idx)))
                     done += len(idx)
                     yield done, n
             stats_z = None
             if stats_job is not None:
                 from .data.features import standardise_features
 
-                stats_z = torch.from_numpy(standardise_features(stats_job.result())).to(device)
+                stats_z = torch.from_numpy(standardise_features(stats_job.result()))
                 if not cfg.image_path:
                     yield n, n
-            coords = torch.from_numpy(slide.coords_um.astype(np.float32)).to(device)
-            z = model.forward_tokens(tokens, coords, stats_z)["expr"].float().cpu().numpy()
+            coords = torch.from_numpy(slide.coords_um.astype(np.float32))
+
+            def across_spots(i, j):  # attention and the hypergraph over the whole slide (windowed)
+                dev = guard.device
+                on = (lambda t: None if t is None else t.to(dev))
+                return model.forward_tokens(on(tokens), on(coords), on(stats_z))["expr"].float().cpu()
+
+            z = guard.run(across_spots, 1, "the slide's spots")[0].numpy()
     finally:  # done, cancelled or failed: never wait for an unfinished statistics job
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -122,9 +139,10 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256) -> Generator[tupl
 
 
 def predict_slide(model, slide: Slide, batch_size: int = 256,
-                  progress: Callable[[int, int], None] | None = None) -> Prediction:
+                  progress: Callable[[int, int], None] | None = None,
+                  notify: Callable[[str], None] | None = None) -> Prediction:
     """Predict every gene of ``model`` (a bundle from :func:`load_model`) for every spot."""
-    gen = predict_steps(model, slide, batch_size)
+    gen = predict_steps(model, slide, batch_size, notify)
     while True:
         try:
             done, total = next(gen)

@@ -57,6 +57,7 @@ class PredictWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.worker = None
+        self.notices: list[str] = []  # fallbacks reported by the last runs (e.g. out of GPU memory)
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.spots = ComboBox(label="Spots", choices=self._spot_sources)
         self.pitch_um = FloatSpinBox(label="Grid pitch (µm)", value=200.0, min=20.0, max=2000.0, step=10.0)
@@ -222,6 +223,12 @@ class PredictWidget(Container):
 
     def _on_progress(self, msg):
         kind, done, total, text = msg
+        if kind == "notice":
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"HGGEP: {text}")
+            self.notices.append(text)
+            return
         self.progress.max = max(int(total), 1)
         self.progress.value = int(done)
         self.status.value = text
@@ -357,11 +364,14 @@ def _predict_job(req: dict, model_path, device: str):
     if slide is None:
         yield ("status", 0, 1, "Finding tissue…")
         slide = grid_slide(req["image"], req["um_per_px"], req["grid_pitch"], name=req["name"])
-    gen = predict_steps(bundle, slide)
+    notices: list[str] = []  # out-of-memory fallbacks, shown by the widget on the main thread
+    gen = predict_steps(bundle, slide, notify=notices.append)
     while True:
         try:
             done, total = next(gen)
         except StopIteration as stop:
             return (stop.value, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
                     bundle.gene_pcc_protocol())
+        while notices:
+            yield ("notice", done, total, notices.pop(0))
         yield ("progress", done, total, f"Predicting… {done}/{total} spots")
