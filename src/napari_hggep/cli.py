@@ -287,8 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, ``kill``) unwinds like Ctrl-C: temporary files are removed
+    and no output is half-written. Only in the main thread of the main interpreter."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # run as the command, not called from Python
+        _exit_on_sigterm()
     try:
         return args.func(args)
     # bad input (SlideError, CheckpointError are ValueErrors): one clear line, no traceback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -191,15 +192,6 @@ def train_model(
     )
     start_epoch, best, best_state, history = 0, -float("inf"), None, []
     state_path = Path(str(out) + ".state") if out else None
-    if resume and state_path and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        g.set_state(st["rng"])
-        start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
-        best_state = st["best_state"]
     tensors = [
         (torch.from_numpy(z).to(device), torch.from_numpy(s.counts).to(device),
          torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device), _stats_tensor(s, device))
@@ -208,6 +200,19 @@ def train_model(
     has_val = any((~m).any() for m in train_masks)
     epochs = tcfg.epochs if config.image_path else 0  # a statistics-only model is fitted in closed form
     frozen = _frozen_trunk_views(model, sections, g, tcfg, device) if tcfg.freeze_backbone and epochs else None
+    # what makes a run repeatable: the same sections, genes and config, then every random stream
+    fingerprint = {"config": json.dumps(config.to_dict(), sort_keys=True), "genes": list(genes),
+                   "sections": [s.name for s in sections], "seed": int(tcfg.seed)}
+    if resume and state_path and state_path.is_file():  # after the frozen views, which an uninterrupted run draws first
+        st = _read_state(state_path, fingerprint)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        g.set_state(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
+        best_state = st["best_state"]
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         model.train()
@@ -256,8 +261,9 @@ def train_model(
         if state_path is not None:
             buf = io.BytesIO()
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "rng": g.get_state(), "epoch": epoch + 1, "best": best,
-                        "history": history, "best_state": best_state}, buf)
+                        "sched": sched.state_dict(), "rng": g.get_state(), "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch + 1, "best": best, "history": history, "best_state": best_state,
+                        "fingerprint": fingerprint}, buf)
             atomic_write_bytes(state_path, buf.getvalue())
     if best_state is None:  # nothing to train (statistics only): the closed-form model
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -274,6 +280,27 @@ def train_model(
         save_checkpoint(out, final, config, genes, target_norm, [s.name for s in sections],
                         {**(metrics or {}), "best_val_pcc": best if has_val else None}, extra=extra, half=True)
     return bundle, history
+
+
+def _read_state(path: Path, fingerprint: dict) -> dict:
+    """A resumable state, refused with a clear message when it belongs to another run."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable training state ({type(e).__name__}); delete it to start "
+                         "afresh") from None
+    have = st.get("fingerprint") if isinstance(st, dict) else None
+    if have is None or "torch_rng" not in st:
+        raise ValueError(f"{path} was written by an older napari-hggep and cannot be resumed exactly; delete it "
+                         "to start afresh")
+    for key, what in (("genes", "gene set"), ("sections", "training sections"), ("config", "model config"),
+                      ("seed", "seed")):
+        if have.get(key) != fingerprint[key]:
+            detail = (f"{len(have['genes'])} genes, this run {len(fingerprint['genes'])}" if key == "genes"
+                      else f"{have.get(key)} vs {fingerprint[key]}" if key != "config" else "they differ")
+            raise ValueError(f"{path} was made for another {what} ({detail}); resume with the same "
+                             "arguments, or choose another --out")
+    return st
 
 
 def _val_pcc(model, sections, masks, mean, std, device, frozen=None) -> float:

@@ -1,0 +1,127 @@
+"""Nothing lost: interrupted runs leave neither partial outputs nor temporary files, and a
+training run killed with SIGKILL resumes to exactly the model an uninterrupted run makes."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import he_like_image, write_her2st
+from napari_hggep._atomic import atomic_write_bytes
+from napari_hggep.model.checkpoint import read_checkpoint
+
+CLI = [sys.executable, "-m", "napari_hggep.cli"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("st")
+    genes = ["GA", "GB", "GC", "GD"]
+    for i, name in enumerate(["S1", "S2"]):
+        write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
+    (root / "genes.txt").write_text("\n".join(genes) + "\n")
+    return root
+
+
+def _temporaries(folder: Path):
+    return sorted(p.name for p in folder.iterdir() if "~" in p.name)
+
+
+def test_train_killed_at_any_point_resumes_to_the_same_model(tiny_data, tmp_path):
+    train = [*CLI, "train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "6", "--seed", "3",
+             "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "run").mkdir()
+    ref, ck = tmp_path / "ref" / "m.pt", tmp_path / "run" / "m.pt"
+    subprocess.run([*train, "--out", str(ref)], env=env, check=True, capture_output=True)
+    state = Path(str(ck) + ".state")
+    for kill in range(2):  # killed twice: during epoch 2 or later, then again after resuming
+        p = subprocess.Popen([*train, "--out", str(ck)] + (["--resume"] if kill else []), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = state.stat().st_mtime if state.exists() else 0
+        while p.poll() is None and not (state.exists() and state.stat().st_mtime > t0):
+            time.sleep(0.02)
+        time.sleep(random.uniform(0.0, 0.6))  # anywhere in the next epoch, writing the state included
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        assert not ck.exists()  # the model is written at the end only
+    done = torch.load(state, map_location="cpu", weights_only=True)["epoch"]
+    assert 1 <= done < 6
+    subprocess.run([*train, "--out", str(ck), "--resume"], env=env, check=True, capture_output=True)
+    (meta_a, a), (meta_b, b) = read_checkpoint(ref), read_checkpoint(ck)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["loss"] for h in meta_a["extra"]["history"]] == [h["loss"] for h in meta_b["extra"]["history"]]
+    assert _temporaries(ck.parent) == []
+
+
+def test_resume_state_of_another_run_is_refused(tiny_data, tmp_path, capsys):
+    from napari_hggep.cli import main
+
+    ck = tmp_path / "m.pt"
+    assert main(["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "1", "--out", str(ck)]) == 0
+    genes = tmp_path / "genes.txt"
+    genes.write_text("GA\nGB\n")
+    rc = main(["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "2", "--out", str(ck),
+               "--genes", str(genes), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another gene set (4 genes, this run 2)" in err
+    rc = main(["train", "--data", str(tiny_data), "--sections", "S1", "--epochs", "2", "--out", str(ck), "--resume"])
+    assert rc == 2 and "another training sections" in capsys.readouterr().err
+
+
+def test_sigterm_during_predict_keeps_the_old_output_and_no_temporaries(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(he_like_image(1600, 1600, seed=2)).save(tmp_path / "he.png")
+    out = tmp_path / "pred.csv"
+    out.write_text("keep me\n")
+    p = subprocess.Popen([*CLI, "predict", str(tmp_path / "he.png"), "--grid", "--pitch-um", "20", "--um-per-px",
+                          "1", "-o", str(out), "--device", "cpu"], stderr=subprocess.PIPE)
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(p.stderr.read()), daemon=True)
+    buf = b""
+    while p.poll() is None and b"predict [" not in buf:
+        buf += os.read(p.stderr.fileno(), 256)
+    reader.start()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM
+    assert out.read_text() == "keep me\n" and _temporaries(tmp_path) == []
+
+
+def test_a_sigkilled_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    from napari_hggep._atomic import _HOST
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "pred.csv"
+    stale = tmp_path / f".pred.csv~{_HOST}~{dead.pid}~abc123.csv"
+    live = tmp_path / f".pred.csv~{_HOST}~{os.getpid()}~def456.csv"  # a writer still running: kept
+    other_host = tmp_path / f".pred.csv~elsewhere~{dead.pid}~ghi789.csv"  # not ours to judge: kept
+    for f in (stale, live, other_host):
+        f.write_text("partial")
+    atomic_write_bytes(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
+    assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from napari_hggep._atomic import atomic_path
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"good" and _temporaries(tmp_path) == []
