@@ -19,6 +19,9 @@ def prediction_frame(pred, genes=None):
     import pandas as pd
 
     names, vals = _select(pred, genes)
+    clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
+    if clash:
+        raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
     cols = {"spot_id": pred.spot_ids, "x": pred.xy[:, 0], "y": pred.xy[:, 1]}
     if pred.array_rc is not None:
         cols["array_row"], cols["array_col"] = pred.array_rc[:, 0], pred.array_rc[:, 1]
@@ -29,7 +32,7 @@ def prediction_frame(pred, genes=None):
 def write_csv(pred, path, genes=None) -> Path:
     df = prediction_frame(pred, genes)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.7g")
+        df.to_csv(tmp, index=False)  # shortest exact text: float32 values and float64 x, y read back equal
     return Path(path)
 
 

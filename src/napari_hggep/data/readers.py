@@ -30,8 +30,9 @@ def _st_um_per_px(spots: pd.DataFrame) -> float:
         xa, xp = spots[arr].to_numpy(float), spots[pix].to_numpy(float)
         if np.ptp(xa) > 0:
             a.append(abs(np.polyfit(xa, xp, 1)[0]))
-    if not a:
-        raise SlideError("cannot infer the pixel size from a single ST spot; pass um_per_px")
+    if not a or not np.isfinite(np.mean(a)) or np.mean(a) <= 0:
+        raise SlideError("cannot infer the pixel size from the ST spots (a single spot, or pixel positions that "
+                         "do not follow the array positions); pass um_per_px")
     return ST_PITCH_UM / float(np.mean(a))
 
 
@@ -51,24 +52,34 @@ def read_her2st(folder, genes: list[str] | None = None, with_counts: bool = True
     img_path = next((folder / n for n in ("he.jpg", "he.tif", "he.png") if (folder / n).is_file()), None)
     if img_path is None:
         raise SlideError(f"{folder}: no H&E image (he.jpg) found")
-    spots = pd.read_csv(spots_path, sep="\t")
-    need = {"x", "y", "pixel_x", "pixel_y"}
-    if not need <= set(spots.columns):
-        raise SlideError(f"{spots_path}: needs columns {sorted(need)}, has {list(spots.columns)}")
-    if "selected" in spots.columns:
-        spots = spots[spots["selected"] == 1]
+    table = parse_table(decode_text(spots_path.read_bytes(), spots_path), spots_path, "spot table (TSV)", sep="\t")
+    need = ["x", "y", "pixel_x", "pixel_y"]
+    if not set(need) <= set(table.columns):
+        raise SlideError(f"{spots_path}: needs columns {need}, has {list(table.columns)[:10]}")
+    spots = pd.DataFrame({c: numeric_column(table[c], spots_path, c) for c in need})
+    if "selected" in table.columns:
+        spots = spots[numeric_column(table["selected"], spots_path, "selected") == 1]
+    if len(spots) == 0:
+        raise SlideError(f"{spots_path}: no selected spots")
     spots = spots.assign(spot_id=[f"{int(round(x))}x{int(round(y))}" for x, y in zip(spots["x"], spots["y"])])
     spots = spots.drop_duplicates("spot_id")
     counts = gene_names = None
     counts_path = folder / "counts.tsv.gz"
     if with_counts and counts_path.is_file():
-        df = pd.read_csv(counts_path, sep="\t", index_col=0)
-        df.index = df.index.astype(str)
-        spots = spots[spots["spot_id"].isin(df.index)]
-        df = df.loc[spots["spot_id"]]
-        if genes is not None:
-            df = df.reindex(columns=list(genes), fill_value=0)
-        counts = df.to_numpy(np.float32)
+        try:
+            df = pd.read_csv(counts_path, sep="\t", index_col=0)
+            df.index = df.index.astype(str)
+            df = df.loc[~df.index.duplicated()]
+            spots = spots[spots["spot_id"].isin(df.index)]
+            df = df.loc[spots["spot_id"]]
+            if genes is not None:
+                df = df.loc[:, ~df.columns.duplicated()].reindex(columns=list(genes), fill_value=0)
+            counts = df.to_numpy(np.float32)
+        except Exception as e:  # a cut-off gzip, text in the matrix, ...
+            raise SlideError(f"{counts_path}: not a readable count matrix ({type(e).__name__}: "
+                             f"{str(e).strip()[:200]})") from None
+        if not np.isfinite(counts).all() or (counts < 0).any():
+            raise SlideError(f"{counts_path}: counts must be finite and not negative")
         gene_names = [str(g) for g in df.columns]
     return Slide(
         image=read_image(img_path),
@@ -118,15 +129,22 @@ def read_visium_positions(spatial: Path) -> pd.DataFrame:
         if missing:
             raise SlideError(f"{pq}: columns {missing} are missing (expected {cols})")
         df = df[cols]
-    elif new.is_file():
-        df = pd.read_csv(new)
-        if list(df.columns[:6]) != cols:  # some tools write the new name without a header
-            df = pd.read_csv(new, header=None, names=cols)
-    elif old.is_file():
-        df = pd.read_csv(old, header=None, names=cols)
+    elif new.is_file() or old.is_file():
+        src = new if new.is_file() else old
+        df = parse_table(decode_text(src.read_bytes(), src), src, "tissue positions table", sep=",", header=None)
+        if [str(c).strip() for c in df.iloc[0, :6]] == cols:  # Space Ranger 2+ writes a header; 1.x does not
+            df = df.iloc[1:]
+        if df.shape[1] < 6:
+            raise SlideError(f"{src}: expected 6 columns ({', '.join(cols)}), found {df.shape[1]}")
+        df = df.iloc[:, :6].set_axis(cols, axis=1)
     else:
         raise SlideError(f"{spatial}: none of {', '.join(POSITION_FILES)} exists")
-    return df
+    src = pq if pq.is_file() and not new.is_file() else (new if new.is_file() else old)
+    out = pd.DataFrame({"barcode": df["barcode"].astype(str).to_numpy()})
+    for c in cols[1:]:
+        out[c] = numeric_column(df[c], src, c, whole=c in ("in_tissue", "array_row", "array_col"))
+    out[["in_tissue", "array_row", "array_col"]] = out[["in_tissue", "array_row", "array_col"]].astype(np.int64)
+    return out
 
 
 def read_10x_h5(path) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -179,10 +197,19 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     if not sf_path.is_file():
         raise SlideError(f"{spatial}: scalefactors_json.json is missing")
     try:
-        sf = json.loads(sf_path.read_text())
+        sf = json.loads(sf_path.read_bytes().decode("utf-8-sig"))
         diameter = float(sf["spot_diameter_fullres"])
-    except (ValueError, KeyError) as e:
-        raise SlideError(f"{sf_path}: cannot read spot_diameter_fullres ({e})") from None
+    except (ValueError, KeyError, TypeError, UnicodeError) as e:
+        raise SlideError(f"{sf_path}: cannot read spot_diameter_fullres ({type(e).__name__}: {e})") from None
+    if not (np.isfinite(diameter) and diameter > 0):
+        raise SlideError(f"{sf_path}: spot_diameter_fullres must be a positive number, not {diameter}")
+    for key in ("tissue_hires_scalef", "tissue_lowres_scalef"):
+        try:
+            v = float(sf.get(key, 0) or 0)
+        except (TypeError, ValueError):
+            v = -1.0
+        if not (np.isfinite(v) and v >= 0):
+            raise SlideError(f"{sf_path}: {key} must be a positive number")
     pos = read_visium_positions(spatial)
     pos = pos[pos["in_tissue"] == 1]
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
@@ -198,7 +225,11 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     h5 = folder / "filtered_feature_bc_matrix.h5"
     barcodes = pos["barcode"].astype(str).to_numpy()
     if with_counts and h5.is_file():
-        mat, names, bc = read_10x_h5(h5)
+        try:
+            mat, names, bc = read_10x_h5(h5)
+        except Exception as e:  # a cut-off download, another HDF5 layout, ...
+            raise SlideError(f"{h5}: not a readable 10x feature-barcode matrix ({type(e).__name__}: "
+                             f"{str(e).strip()[:200]})") from None
         df = pd.DataFrame(mat, index=bc, columns=names)
         df = df.loc[:, ~df.columns.duplicated()]
         keep = np.isin(barcodes, df.index)
@@ -223,30 +254,78 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
 
 
 # ---------------------------------------------------------------- image + CSV / grid
+def decode_text(raw: bytes, path) -> str:
+    """Text of a table as spreadsheets save it: UTF-8 (with or without BOM), UTF-16 with BOM
+    ("Unicode text"), otherwise Windows-1252/Latin-1."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise SlideError(f"{path}: broken UTF-16 text; save the table again as CSV (UTF-8)") from None
+    if b"\x00" in raw:
+        raise SlideError(f"{path}: not a text table (binary data); save it as CSV (UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
+
+
+def parse_table(text: str, path, what: str, sep: str | None = None, header: int | None = 0) -> pd.DataFrame:
+    """Every cell as the string it is (ids keep leading zeros, "NA" stays "NA"); the delimiter is
+    the commonest of , ; tab in the header line unless ``sep`` is given."""
+    import io
+
+    if not text.strip():
+        raise SlideError(f"{path}: the {what} is empty")
+    if sep is None:
+        first_line = text.lstrip().splitlines()[0]
+        sep = max([",", ";", "\t"], key=first_line.count)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False, header=header)
+        df.attrs["sep"] = sep
+        return df
+    except Exception as e:  # ParserError, csv.Error, ...: all mean the same to a user
+        raise SlideError(f"{path}: not a readable {what} ({type(e).__name__}: {str(e).strip()[:200]})") from None
+
+
+def numeric_column(values, path, column: str, whole: bool = False, decimal_comma: bool = False) -> np.ndarray:
+    """A column of numbers, or a SlideError that names the first bad row (spreadsheet numbering)."""
+    raw = pd.Series(values, dtype=object).astype(str).str.strip()
+    if decimal_comma:
+        raw = raw.str.replace(",", ".", regex=False)
+    num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(num)
+    if whole:
+        bad |= np.isfinite(num) & (np.round(num) != num)
+    if bad.any():
+        i = int(np.argmax(bad))
+        kind = "a whole number" if whole else "a finite number"
+        raise SlideError(f"{path}: {column} must be {kind} on every row; row {i + 2} has {str(raw.iloc[i])[:40]!r}")
+    return num
+
+
 def read_spots_csv(path) -> pd.DataFrame:
-    """A spot table ``spot_id,x,y`` (full-resolution px), optional ``array_row,array_col``."""
+    """A spot table ``spot_id,x,y`` (full-resolution px), optional ``array_row,array_col``.
+    Comma, semicolon or tab delimited; UTF-8, UTF-16 or Latin-1; a semicolon table may use
+    decimal commas."""
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"spot table {path} does not exist")
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:
-        raise SlideError(f"{path}: not a readable CSV ({e})") from None
-    cols = {c.lower().strip(): c for c in df.columns}
+    df = parse_table(decode_text(path.read_bytes(), path), path, "spot table (CSV)")
+    cols = {str(c).lower().strip(): c for c in df.columns}
     if not {"x", "y"} <= set(cols):
-        raise SlideError(f"{path}: a spot table needs columns spot_id,x,y (full-resolution pixels); found {list(df.columns)}")
-    out = pd.DataFrame(
-        {
-            "spot_id": df[cols["spot_id"]].astype(str) if "spot_id" in cols else [f"spot_{i}" for i in range(len(df))],
-            "x": pd.to_numeric(df[cols["x"]], errors="coerce"),
-            "y": pd.to_numeric(df[cols["y"]], errors="coerce"),
-        }
-    )
-    if out[["x", "y"]].isna().any().any():
-        raise SlideError(f"{path}: x and y must be numbers on every row")
+        raise SlideError(f"{path}: a spot table needs columns spot_id,x,y (full-resolution pixels); found {list(df.columns)[:10]}")
+    if len(df) == 0:
+        raise SlideError(f"{path}: the spot table has a header but no spots")
+    comma = df.attrs["sep"] != ","  # with ; or tab between cells, a comma in a number is a decimal comma
+    out = pd.DataFrame({
+        "spot_id": df[cols["spot_id"]].astype(str).to_numpy() if "spot_id" in cols else [f"spot_{i}" for i in range(len(df))],
+        "x": numeric_column(df[cols["x"]], path, "x", decimal_comma=comma),
+        "y": numeric_column(df[cols["y"]], path, "y", decimal_comma=comma),
+    })
     if "array_row" in cols and "array_col" in cols:
-        out["array_row"] = df[cols["array_row"]].to_numpy()
-        out["array_col"] = df[cols["array_col"]].to_numpy()
+        out["array_row"] = numeric_column(df[cols["array_row"]], path, "array_row", whole=True).astype(np.int64)
+        out["array_col"] = numeric_column(df[cols["array_col"]], path, "array_col", whole=True).astype(np.int64)
     return out
 
 
@@ -264,7 +343,7 @@ def _resolve_um_per_px(image_path, um_per_px) -> float:
 
 def read_image_with_spots(image_path, spots_csv, um_per_px: float | None = None) -> Slide:
     df = read_spots_csv(spots_csv)
-    rc = df[["array_row", "array_col"]].to_numpy() if "array_row" in df else None
+    rc = df[["array_row", "array_col"]].to_numpy(np.int64) if "array_row" in df else None
     return Slide(
         image=read_image(image_path),
         um_per_px=_resolve_um_per_px(image_path, um_per_px),

@@ -63,6 +63,10 @@ class Slide:
             raise SlideError(
                 f"{self.name}: the slide has no spots. Give a spot table, or generate a grid over the tissue."
             )
+        finite = np.isfinite(self.xy).all(axis=1)
+        if not finite.all():
+            raise SlideError(f"{self.name}: spot {self.spot_ids[~finite][0]!r} has no valid position "
+                             f"(x={self.xy[~finite][0, 0]}, y={self.xy[~finite][0, 1]}); every spot needs finite x, y")
         ids, counts = np.unique(self.spot_ids, return_counts=True)
         if (counts > 1).any():
             dup = ids[counts > 1]
