@@ -231,3 +231,87 @@ def test_whole_slide_pyramids_open_as_multiscale_and_predict(viewer, qtbot, tmp_
     # spots in world µm lie inside the slide
     world = genes.data * genes.scale
     assert (world >= 0).all() and (world[:, 0] < 1536 * 0.5).all() and (world[:, 1] < 2048 * 0.5).all()
+
+
+def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypatch):
+    """Each bad input or failure shows an error, resets the buttons, and the next run works."""
+    import torch
+
+    import napari_hggep._bundled as bundled
+    from napari_hggep._napari.widget import BUNDLED, CHECKPOINT
+
+    w = PredictWidget(viewer)
+
+    def check(expect):
+        qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+        assert w.status.value.startswith("Error") and expect in w.status.value, w.status.value
+        assert w.predict_btn.enabled and not w.cancel_btn.enabled
+
+    w.run()  # no image at all
+    check("Open or pick an H&E image layer")
+    viewer.add_image(np.random.default_rng(0).random((100, 100)), name="grey")  # not RGB
+    w.image_layer.value = viewer.layers["grey"]
+    w.run()
+    check("not an RGB image")
+    viewer.add_image(np.full((300, 300, 3), 240, np.uint8), name="blank", rgb=True)  # glass only
+    w.image_layer.value = viewer.layers["blank"]
+    w.spots.value = GENERATE
+    w.run()
+    check("no tissue found")
+    viewer.add_image(he_like_image(400, 400), name="he", rgb=True)
+    w.image_layer.value = viewer.layers["he"]
+    pts = viewer.add_points(np.array([[100.0, 100.0], [200.0, 200.0]]), name="dup spots",
+                            features=pd.DataFrame({"spot_id": ["a", "a"]}))
+    w.spots.value = pts
+    w.run()
+    check("more than once")
+    w.spots.value = GENERATE
+    w.model_choice.value = CHECKPOINT
+    w.model_file.value = str(tmp_path / "missing.pt")
+    wait_predict(qtbot, w)
+    check("does not exist")
+    if not torch.cuda.is_available():
+        w.model_choice.value = BUNDLED
+        w.device.value = "cuda"
+        wait_predict(qtbot, w)
+        check("no CUDA GPU")
+        w.device.value = "auto"
+    w.model_choice.value = BUNDLED
+    real_load = bundled.load_model
+
+    def failing_model(path=None, device="auto"):  # the real model, failing half-way through a slide
+        b = real_load(path, device)
+        b.model.encode_views = lambda x, c=None: (_ for _ in ()).throw(ValueError("patch decoder failed"))
+        return b
+
+    monkeypatch.setattr(bundled, "load_model", failing_model)
+    wait_predict(qtbot, w)
+    check("patch decoder failed")
+
+    def short_of_memory(path=None, device="auto"):  # out of memory above 8 patches: smaller batches, a notice
+        b = real_load(path, device)
+        enc = b.model.encode_views
+
+        def encode_views(x, c=None):
+            if x.shape[0] > 8:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return enc(x, c)
+
+        b.model.encode_views = encode_views
+        return b
+
+    monkeypatch.setattr(bundled, "load_model", short_of_memory)
+    w.um_per_px.value, w.pitch_um.value = 1.0, 30.0  # some 90 spots
+    wait_predict(qtbot, w)
+    assert w.status.value.startswith("Predicted"), w.status.value
+    assert w.notices and "retrying" in w.notices[0]
+    # export errors
+    w.export_file.value = str(tmp_path / "pred.txt")
+    w.export()
+    assert "ending in .csv or .h5ad" in w.status.value
+    w.export_file.value = str(tmp_path / "no" / "such" / "pred.csv")
+    w.export()
+    assert w.status.value.startswith("Error") and "does not exist" in w.status.value
+    monkeypatch.setattr(bundled, "load_model", real_load)
+    wait_predict(qtbot, w)
+    assert w.status.value.startswith("Predicted") and "he genes" in viewer.layers

@@ -352,8 +352,21 @@ def _import_torch_stack():
     from ..model import hggep  # noqa: F401
 
 
+class JobError(Exception):
+    """A RuntimeError from the prediction, re-raised as something else: superqt's generator
+    worker takes a RuntimeError for "the worker was deleted" and ends without emitting
+    ``errored`` or ``finished``, which would leave the widget busy for ever."""
+
+
 def _predict_job(req: dict, model_path, device: str):
     """Runs in the worker thread: no layer is touched here."""
+    try:
+        return (yield from _predict_job_steps(req, model_path, device))
+    except RuntimeError as e:
+        raise JobError(str(e)) from e
+
+
+def _predict_job_steps(req: dict, model_path, device: str):
     from .._bundled import load_model
     from ..data.readers import grid_slide
     from ..predict import predict_steps

@@ -52,3 +52,17 @@ def write_h5ad(pred, path, genes=None) -> Path:
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return Path(path)
+
+
+def output_stem(name: str, fallback: str = "slide") -> str:
+    """A file name made from a name read from an input (a slide's name, a folder's name): one
+    path component, never ``..``, no separators or control characters, at most 120 characters,
+    so that ``out_dir / (output_stem(name) + ".csv")`` always lies inside ``out_dir``."""
+    import re
+    import unicodedata
+
+    s = unicodedata.normalize("NFKC", str(name))
+    s = "".join("_" if unicodedata.category(c).startswith("C") else c for c in s)
+    s = re.sub(r"[\\/:*?\"<>|]", "_", s).strip().strip(".")
+    s = s[:120].strip().strip(".")
+    return s or fallback

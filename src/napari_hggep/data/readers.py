@@ -288,12 +288,27 @@ def parse_table(text: str, path, what: str, sep: str | None = None, header: int 
         raise SlideError(f"{path}: not a readable {what} ({type(e).__name__}: {str(e).strip()[:200]})") from None
 
 
+def _parse_floats(cells: np.ndarray) -> np.ndarray:
+    """Correctly rounded (pandas' fast parser is not: "180.1932653" came back 1 ulp off); NaN where a
+    cell is not a number."""
+    try:
+        return cells.astype(float)
+    except (ValueError, OverflowError):
+        out = np.empty(len(cells))
+        for i, c in enumerate(cells):
+            try:
+                out[i] = float(c)
+            except (ValueError, OverflowError):
+                out[i] = np.nan
+        return out
+
+
 def numeric_column(values, path, column: str, whole: bool = False, decimal_comma: bool = False) -> np.ndarray:
     """A column of numbers, or a SlideError that names the first bad row (spreadsheet numbering)."""
     raw = pd.Series(values, dtype=object).astype(str).str.strip()
     if decimal_comma:
         raw = raw.str.replace(",", ".", regex=False)
-    num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    num = _parse_floats(raw.to_numpy(dtype=str))
     bad = ~np.isfinite(num)
     if whole:
         bad |= np.isfinite(num) & (np.round(num) != num)

@@ -136,12 +136,30 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, state
 
 
+def check_inputs(meta: dict, config: HGGEPConfig, path) -> None:
+    """A checkpoint whose gene list, or whose tissue statistics, do not match what it was made
+    for says so, instead of failing later inside the model."""
+    genes = meta.get("genes") or []
+    if len(genes) != config.n_genes:
+        raise CheckpointError(f"{path}: made for {config.n_genes} genes but lists {len(genes)}; the file is "
+                              "inconsistent, retrain it")
+    if config.stats_features:
+        from ..data.features import feature_names
+
+        have = len(feature_names(config.context_um))
+        if have != config.stats_features:
+            raise CheckpointError(f"{path}: made for {config.stats_features} tissue statistics per spot, this "
+                                  f"version of napari-hggep computes {have}; retrain it or use the version that "
+                                  "made it")
+
+
 def load_checkpoint(path: str | Path, device: str = "auto") -> ModelBundle:
     from ..devices import resolve_device
     from .hggep import HGGEP
 
     meta, state = read_checkpoint(path)
     config = HGGEPConfig.from_dict(meta["config"])
+    check_inputs(meta, config, path)
     model = HGGEP(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:

@@ -45,7 +45,10 @@ def load_backbone_into(model: torch.nn.Module, path) -> dict:
     own = model.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad:
-        raise CheckpointError(f"{path}: weights do not fit this model's image path (e.g. {bad[0]})")
+        k = bad[0]
+        have = f"model {tuple(own[k].shape)}" if k in own else "not in this model"
+        raise CheckpointError(f"{path}: made for another image path than this model's (e.g. {k}: file "
+                              f"{tuple(state[k].shape)}, {have}); pretrain a backbone for this preset")
     missing = [k for k in own if k.startswith(PREFIXES) and k not in state]
     if missing:
         raise CheckpointError(f"{path}: the image path is incomplete (missing {missing[0]})")
