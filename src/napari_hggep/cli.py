@@ -28,6 +28,42 @@ class Bar:
 
 
 def _cmd_predict(a) -> int:
+    if a.out_dir is not None or len(a.image) > 1:
+        return _predict_many(a)
+    a.image = a.image[0]
+    if a.output is None:
+        raise SystemExit("error: give -o OUTPUT.csv (or --out-dir DIR to predict many slides)")
+    return _predict_one(a)
+
+
+def _predict_many(a) -> int:
+    from .batch import BatchOptions, list_slides, predict_many
+    from .distributed import init_distributed, shutdown
+
+    if a.spots or a.visium or a.output or a.h5ad:
+        raise SystemExit("error: with several slides or --out-dir, give slides (images with --grid, Visium "
+                         "outs/ or HER2+ ST folders) and --out-dir; not --spots, --visium, -o or --h5ad")
+    if a.out_dir is None:
+        raise SystemExit("error: several slides need --out-dir DIR (one CSV per slide is written there)")
+    dist, device = init_distributed(a.device)  # a world of one unless started by torchrun
+    try:
+        slides = list_slides(a.image)
+        opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=a.um_per_px, model=a.model,
+                            device=str(device), batch_size=a.batch_size,
+                            genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats))
+        if dist.is_main:
+            where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
+            print(f"{len(slides)} slides → {a.out_dir} on {where}", file=sys.stderr)
+        res = predict_many(slides, a.out_dir, opts, dist, workers=a.workers, device=device)
+    finally:
+        shutdown(dist)
+    if dist.is_main:
+        print(f"done {res['done']}, already done {res['skipped']}, failed {res['failed']} of {res['slides']} slides",
+              file=sys.stderr)
+    return 1 if res["failed"] else 0
+
+
+def _predict_one(a) -> int:
     from ._bundled import load_model
     from .data.readers import open_slide
     from .predict import predict_slide
@@ -56,12 +92,13 @@ def _cmd_predict(a) -> int:
     return 0
 
 
-def _train_config(a):
+def _train_config(a, device=None):
     from .training.train import TrainConfig
 
-    return TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed, device=a.device, zinb_weight=a.zinb_weight,
+    return TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
                        val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,
-                       backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha)
+                       backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha,
+                       sections_per_step=getattr(a, "sections_per_step", 1))
 
 
 def _model_config(a, genes):
@@ -106,9 +143,21 @@ def _epoch_printer(total):
 
 
 def _cmd_train(a) -> int:
+    from .distributed import init_distributed, shutdown
+
+    dist, device = init_distributed(a.device)  # a world of one unless started by torchrun
+    try:
+        return _train(a, dist, device)
+    finally:
+        shutdown(dist)
+
+
+def _train(a, dist, device) -> int:
     from .training.train import train_model
 
     secs, genes, cfg = _sections(a)
+    if dist.active:
+        print(f"rank {dist.rank} of {dist.world} on {device}", file=sys.stderr)
     metrics = None
     if a.card_metrics:
         ev = json.loads(Path(a.card_metrics).read_text())
@@ -121,9 +170,10 @@ def _cmd_train(a) -> int:
                    "protocol": ev.get("protocol"), "gene_pcc_loo": ev.get("gene_pcc"), "gene_pcc_lopo": lopo,
                    "gene_pcc": lopo or ev.get("gene_pcc"),
                    "gene_pcc_protocol": "leave-one-patient-out" if lopo else "leave-one-section-out"}
-    train_model(secs, cfg, genes, _train_config(a), out=a.out, resume=a.resume,
-                progress=_epoch_printer(a.epochs), metrics=metrics)
-    print(f"wrote {a.out}", file=sys.stderr)
+    train_model(secs, cfg, genes, _train_config(a, device), out=a.out, resume=a.resume,
+                progress=_epoch_printer(a.epochs) if dist.is_main else None, metrics=metrics, dist=dist)
+    if dist.is_main:
+        print(f"wrote {a.out}", file=sys.stderr)
     return 0
 
 
@@ -162,6 +212,16 @@ def _cmd_evaluate(a) -> int:
 
 
 def _cmd_pretrain(a) -> int:
+    from .distributed import init_distributed, shutdown
+
+    dist, device = init_distributed(a.device)  # a world of one unless started by torchrun
+    try:
+        return _pretrain(a, dist, device)
+    finally:
+        shutdown(dist)
+
+
+def _pretrain(a, dist, device) -> int:
     from .data.readers import open_slide
     from .training.pretrain import PretrainConfig, pretrain
 
@@ -171,7 +231,7 @@ def _cmd_pretrain(a) -> int:
         raise SystemExit("error: give --sections (folders under --data) and/or --images to pretrain on")
     slides = [open_slide(p, grid=not p.is_dir(), um_per_px=a.um_per_px) for p in paths]
     cfg = PretrainConfig(minutes=a.minutes, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
-                         patches_per_slide=a.patches_per_slide, seed=a.seed, device=a.device)
+                         patches_per_slide=a.patches_per_slide, seed=a.seed, device=str(device))
     bar = Bar("pretrain")
     total = a.max_steps or None
 
@@ -183,8 +243,9 @@ def _cmd_pretrain(a) -> int:
             bar(int(1000 * frac), 1000, f"step {rec['step']}  loss {rec['loss']:.4f}")
 
     print(f"pretraining on {len(slides)} slides: {[s.name for s in slides]}", file=sys.stderr)
-    meta = pretrain(slides, cfg, out=a.out, resume=a.resume, progress=show)
-    print(f"\nwrote {a.out}: {meta['steps']} steps in {meta['seconds']:.0f}s on {meta['device']}", file=sys.stderr)
+    meta = pretrain(slides, cfg, out=a.out, resume=a.resume, progress=show if dist.is_main else None, dist=dist)
+    if dist.is_main:
+        print(f"\nwrote {a.out}: {meta['steps']} steps in {meta['seconds']:.0f}s on {meta['device']}", file=sys.stderr)
     return 0
 
 
@@ -200,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pr = sub.add_parser("predict", help="predict gene expression for every spot of a slide")
-    pr.add_argument("image", help="H&E image (TIFF, OME-TIFF, JPEG, PNG) or a slide folder")
+    pr.add_argument("image", nargs="+", help="H&E image (TIFF, OME-TIFF, SVS, JPEG, PNG) or a slide folder; "
+                                             "with --out-dir: any number of them, or folders of them")
     g = pr.add_mutually_exclusive_group()
     g.add_argument("--spots", help="CSV with spot_id,x,y in full-resolution pixels")
     g.add_argument("--visium", help="Space Ranger outs/ folder (IMAGE is its full-resolution image)")
@@ -211,8 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("--genes", help="comma-separated genes to export (default: all)")
-    pr.add_argument("-o", "--output", required=True, help="output CSV")
-    pr.add_argument("--h5ad", help="also write AnnData .h5ad (obsm['spatial'])")
+    pr.add_argument("-o", "--output", help="output CSV (one slide)")
+    pr.add_argument("--h5ad", help="also write AnnData .h5ad (obsm['spatial']) (one slide)")
+    pr.add_argument("--out-dir", help="predict every slide given (or in the folders given) into this folder, "
+                                      "one file per slide and format; slides already done are skipped")
+    pr.add_argument("--formats", nargs="+", choices=["csv", "h5ad"], default=["csv"],
+                    help="with --out-dir: which files to write per slide (default csv)")
+    pr.add_argument("--workers", type=int, default=1,
+                    help="with --out-dir: local worker processes (under torchrun, the ranks share the slides)")
     pr.set_defaults(func=_cmd_predict)
 
     for name, helptext, func in (("train", "train a model on ST sections", _cmd_train),
@@ -248,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "resolutions (1-4 um/px) so the statistics branch holds at any resolution")
         t.set_defaults(func=func)
         if name == "train":
+            t.add_argument("--sections-per-step", type=int, default=1,
+                           help="sections whose gradients make one step (under torchrun: default one per "
+                                "process, and a multiple of the number of processes)")
             t.add_argument("--out", required=True, help="checkpoint to write")
             t.add_argument("--resume", action="store_true", help="resume from OUT.state")
             t.add_argument("--card-metrics", help="loo.json from `evaluate` to store in the model card")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._atomic import atomic_write_bytes
+from ..distributed import SINGLE, DistContext, all_sum, any_rank, barrier
 from ..data.patches import extract_patches, to_tensor
 from ..data.slide import Slide, SlideError
 from ..data.tissue import tissue_mask
@@ -101,11 +102,19 @@ def sample_tissue_patches(slide: Slide, n: int, patch_um: float, patch_px: int, 
 
 
 def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=None, resume: bool = False,
-             progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+             progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+             dist: DistContext = SINGLE) -> dict:
     """Pretrain on tissue from ``slides``; writes the backbone file ``out`` (and ``out.state``
-    to resume). Returns the meta stored in the file."""
+    to resume). Returns the meta stored in the file.
+
+    Under torchrun (``dist``): each rank takes ``batch_size / world`` patches of every step, drawn
+    from a stream seeded by (seed, rank, step) so a run of the same world size repeats; the
+    contrastive loss is computed within each rank's share (its negatives are local) and
+    DistributedDataParallel averages the gradients; ranks stop together; rank 0 writes the files."""
     if not slides:
         raise ValueError("no slides to pretrain on")
+    if dist.active and cfg.batch_size % dist.world:
+        raise ValueError(f"batch size {cfg.batch_size} must be a multiple of the {dist.world} processes")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -114,7 +123,13 @@ def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=No
     if len(pool) < 2 * cfg.batch_size:
         raise ValueError(f"only {len(pool)} patches; need at least {2 * cfg.batch_size}")
     enc = SSLEncoder(cfg.gem_theta).to(device)
+    net = enc
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(enc, device_ids=[device] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    local_batch = cfg.batch_size // dist.world
     step, elapsed, history = 0, 0.0, []
     state_path = Path(str(out) + ".state") if out else None
     if resume and state_path is not None and state_path.is_file():
@@ -129,10 +144,10 @@ def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=No
         return {"method": "SimCLR (NT-Xent)", "recipe": asdict(cfg), "steps": step, "seconds": round(elapsed, 1),
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
                 "torch": torch.__version__, "slides": [s.name for s in slides], "patches": int(len(pool)),
-                "loss_last": history[-1]["loss"] if history else None}
+                "processes": dist.world, "loss_last": history[-1]["loss"] if history else None}
 
     def save_state():
-        if state_path is None:
+        if state_path is None or not dist.is_main:
             return
         buf = io.BytesIO()
         torch.save({"encoder": enc.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(), "step": step,
@@ -144,22 +159,27 @@ def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=No
     t_start, last_save, losses = time.time() - elapsed, time.time(), []
     while True:
         elapsed = time.time() - t_start
-        if elapsed >= cfg.minutes * 60 or (cfg.max_steps and step >= cfg.max_steps):
+        stop = (elapsed >= cfg.minutes * 60 or bool(cfg.max_steps and step >= cfg.max_steps)
+                or (should_stop is not None and should_stop()))
+        if any_rank(dist, stop, device) if dist.active else stop:  # every rank stops at the same step
             break
-        if should_stop is not None and should_stop():
-            break
-        idx = torch.randint(0, len(pool), (cfg.batch_size,), generator=g).numpy()
+        gen = g if not dist.active else torch.Generator().manual_seed(
+            (cfg.seed * 1_000_003 + dist.rank * 7_919 + step) % (2**63 - 1))
+        idx = torch.randint(0, len(pool), (local_batch,), generator=gen).numpy()
         x = to_tensor(pool[idx])
-        v1 = ssl_view(x, g, src_um, cfg.patch_um, (cfg.res_low, cfg.res_high)).to(device)
-        v2 = ssl_view(x, g, src_um, cfg.patch_um, (cfg.res_low, cfg.res_high)).to(device)
-        loss = nt_xent(enc(v1), enc(v2), cfg.temperature)
+        v1 = ssl_view(x, gen, src_um, cfg.patch_um, (cfg.res_low, cfg.res_high)).to(device)
+        v2 = ssl_view(x, gen, src_um, cfg.patch_um, (cfg.res_low, cfg.res_high)).to(device)
+        loss = nt_xent(net(v1), net(v2), cfg.temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
         losses.append(loss.item())
         if step % 10 == 0:
-            rec = {"step": step, "loss": float(np.mean(losses)), "seconds": round(time.time() - t_start, 1)}
+            mean_loss = float(np.mean(losses))
+            if dist.active:  # the mean over every rank's losses
+                mean_loss = all_sum(dist, [mean_loss], device)[0] / dist.world
+            rec = {"step": step, "loss": mean_loss, "seconds": round(time.time() - t_start, 1)}
             history.append(rec)
             losses = []
             if progress:
@@ -170,4 +190,5 @@ def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=No
             last_save = time.time()
     elapsed = time.time() - t_start
     save_state()
+    barrier(dist)
     return meta()

@@ -2,6 +2,7 @@
 sections only; the held-out section is never looked at while training."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -18,6 +19,7 @@ from .._atomic import atomic_write_bytes
 from ..data.features import standardise_features
 from ..data.patches import to_tensor
 from ..devices import resolve_device
+from ..distributed import SINGLE, DistContext, all_sum, barrier
 from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
 from ..model.hggep import HGGEP, dihedral_view
@@ -48,6 +50,10 @@ class TrainConfig:
     freeze_backbone: bool = False  # keep GEM + ShuffleNet fixed (their outputs are computed once)
     res_range: tuple[float, float] = (0.5, 4.0)  # scan resolutions (um/px) the image path sees in training
     ridge_alpha: float | None = None  # statistics branch; None: chosen by leave-one-section-out on the training sections
+    # sections whose gradients are averaged into one step; under torchrun each rank takes its share
+    # of a group (default there: one section per rank), and one process with the same group size
+    # gives the same loss curve
+    sections_per_step: int = 1
 
 
 def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> np.ndarray:
@@ -154,12 +160,19 @@ def train_model(
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
     metrics: dict | None = None,
+    dist: DistContext = SINGLE,
 ) -> tuple[ModelBundle, list[dict]]:
-    """Train HGGEP on ``sections`` (one slide per step). A fraction ``val_frac`` of each
-    training section's spots is held out of the loss and used for model selection.
-    With ``out``, the best model is written there and a resumable state beside it."""
+    """Train HGGEP on ``sections`` (one slide per step, or groups of ``sections_per_step``).
+    A fraction ``val_frac`` of each training section's spots is held out of the loss and used
+    for model selection. With ``out``, the best model is written there and a resumable state
+    beside it (by rank 0 only under torchrun, where ``dist`` is this rank's context)."""
     if not sections:
         raise ValueError("no training sections")
+    group = max(int(tcfg.sections_per_step), 1)
+    if dist.active:
+        group = group if group > 1 else dist.world
+        if group % dist.world:
+            raise ValueError(f"sections per step ({group}) must be a multiple of the {dist.world} processes")
     if config.n_genes != len(genes):
         config = config.replace(n_genes=len(genes))
     torch.manual_seed(tcfg.seed)
@@ -184,9 +197,16 @@ def train_model(
         model.gem.requires_grad_(False)
         model.backbone.requires_grad_(False)
     ema = copy.deepcopy(model).eval()
+    step_net = _TrainForward(model)
+    if dist.active:  # gradients averaged across ranks by PyTorch's DistributedDataParallel
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_net = DistributedDataParallel(step_net, device_ids=[device] if device.type == "cuda" else None,
+                                           find_unused_parameters=True)
     trainable = [p for p in model.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)]
     opt = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    total_steps = tcfg.epochs * sum(bool(m.any()) for m in train_masks)
+    n_trainable = sum(bool(m.any()) for m in train_masks)
+    total_steps = tcfg.epochs * (n_trainable if group == 1 else -(-n_trainable // group))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(len(sections) * 2, 1)) * 0.5 * (1 + math.cos(math.pi * s / max(total_steps, 1)))
     )
@@ -221,24 +241,37 @@ def train_model(
             model.backbone.eval()
         losses = []
         order = torch.randperm(len(sections), generator=g).tolist()
-        for i in (j for j in order if train_masks[j].any()):
-            sec = sections[i]
-            z, counts, mask, coords, st = tensors[i]
-            if frozen is not None:  # one of the precomputed views for every spot
-                views = frozen[i]
-                pick = torch.randint(0, views[0].shape[0], (sec.n_spots,), generator=g).to(device)
-                spots = torch.arange(sec.n_spots, device=device)
-                tokens = model.project([v[pick, spots] for v in views])
-            else:
-                x = train_augment(to_tensor(sec.patches), g, tcfg.jitter, config.patch_um / config.patch_px,
-                                  config.patch_um, tcfg.res_range).to(device)
-                tokens = model.encode(x)
-            if torch.rand(1, generator=g).item() < 0.5:  # mirror the slide layout too
-                coords = coords * torch.tensor([-1.0, 1.0], device=device)
-            out_ = model.forward_tokens(tokens, coords, st)
-            loss = hggep_loss(out_, z, counts, tcfg.zinb_weight, mask)
+        order = [j for j in order if train_masks[j].any()]
+        if group == 1:  # one section per step, every draw from the run's generator
+            steps = [[(i, g)] for i in order]
+        else:  # groups (cyclically filled): every section's draws from its own generator, so that
+            # one process and many give the same steps
+            order += order[: (-len(order)) % group]
+            steps = [[(i, torch.Generator().manual_seed(_draw_seed(tcfg.seed, epoch, k, pos)))
+                      for pos, i in enumerate(order[k:k + group])][dist.rank::dist.world]
+                     for k in range(0, len(order), group)]
+        for step in steps:
             opt.zero_grad()
-            loss.backward()
+            for n_done, (i, gen) in enumerate(step):
+                sec = sections[i]
+                z, counts, mask, coords, st = tensors[i]
+                with _rng_scope(group > 1, gen, device):
+                    if frozen is not None:  # one of the precomputed views for every spot
+                        views = frozen[i]
+                        pick = torch.randint(0, views[0].shape[0], (sec.n_spots,), generator=gen).to(device)
+                        spots = torch.arange(sec.n_spots, device=device)
+                        inputs = [v[pick, spots] for v in views]
+                    else:
+                        inputs = train_augment(to_tensor(sec.patches), gen, tcfg.jitter, config.patch_um / config.patch_px,
+                                               config.patch_um, tcfg.res_range).to(device)
+                    if torch.rand(1, generator=gen).item() < 0.5:  # mirror the slide layout too
+                        coords = coords * torch.tensor([-1.0, 1.0], device=device)
+                    last = n_done == len(step) - 1
+                    with (contextlib.nullcontext() if last or not dist.active else step_net.no_sync()):
+                        out_ = step_net(inputs, coords, st)
+                        loss = hggep_loss(out_, z, counts, tcfg.zinb_weight, mask)
+                        (loss / len(step)).backward()
+                losses.append(loss.item())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
@@ -248,7 +281,9 @@ def train_model(
                         pe.mul_(tcfg.ema).add_(pm.detach(), alpha=1 - tcfg.ema)
                     else:
                         pe.copy_(pm)
-            losses.append(loss.item())
+        if dist.active:  # the epoch's loss over every rank's sections
+            total, count = all_sum(dist, [sum(losses), len(losses)], device)
+            losses = [total / max(count, 1)]
         val = _val_pcc(ema, sections, train_masks, mean, std, device, frozen) if has_val else float("nan")
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "val_pcc": val, "seconds": time.time() - t0}
         history.append(rec)
@@ -258,7 +293,7 @@ def train_model(
             best_state = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
         if progress:
             progress(rec)
-        if state_path is not None:
+        if state_path is not None and dist.is_main:
             buf = io.BytesIO()
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "rng": g.get_state(), "torch_rng": torch.get_rng_state(),
@@ -276,10 +311,40 @@ def train_model(
     extra = {"train": asdict(tcfg), "history": history, **provenance}
     meta = {"metrics": metrics or {}, "history": history, "train": asdict(tcfg), "extra": extra}
     bundle = ModelBundle(final, config, list(genes), target_norm, meta)
-    if out:
+    if out and dist.is_main:
         save_checkpoint(out, final, config, genes, target_norm, [s.name for s in sections],
                         {**(metrics or {}), "best_val_pcc": best if has_val else None}, extra=extra, half=True)
+    barrier(dist)  # no rank ends before the files are written
     return bundle, history
+
+
+class _TrainForward(torch.nn.Module):
+    """One training forward pass as a module, so DistributedDataParallel can wrap it: patches
+    (or a frozen trunk's views) to tokens, then attention, hypergraph and heads."""
+
+    def __init__(self, model: HGGEP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, coords, stats):
+        tokens = self.model.project(inputs) if isinstance(inputs, list) else self.model.encode(inputs)
+        return self.model.forward_tokens(tokens, coords, stats)
+
+
+def _draw_seed(seed: int, epoch: int, step_start: int, position: int) -> int:
+    return (int(seed) * 1_000_003 + epoch * 10_007 + step_start * 101 + position) % (2**63 - 1)
+
+
+@contextlib.contextmanager
+def _rng_scope(own: bool, gen: torch.Generator, device: torch.device):
+    """With ``own``: dropout and the like draw from a stream seeded from ``gen`` (the same on
+    one process or many); otherwise from the run's global stream, as always."""
+    if not own:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(gen.initial_seed() + 1)
+        yield
 
 
 def _read_state(path: Path, fingerprint: dict) -> dict:

@@ -1,0 +1,150 @@
+"""Predicting many slides: a folder or a list of slides, each written atomically to its own
+files in one output folder; slides already done are skipped, a bad slide is reported and
+the others go on. Shared across ``torchrun`` ranks (every ``world``-th slide from
+``rank``) or across local worker processes (``workers``)."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data.export import output_stem
+from .data.image import TIFF_SUFFIXES, is_image_path
+from .data.readers import is_her2st_folder, is_visium_folder
+from .data.slide import SlideError
+from .distributed import SINGLE, DistContext, all_sum
+
+
+@dataclass
+class BatchOptions:
+    grid: bool = False
+    pitch_um: float = 200.0
+    um_per_px: float | None = None
+    model: str | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    genes: list[str] | None = None
+    formats: tuple[str, ...] = ("csv",)
+
+
+@dataclass
+class BatchReport:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(TIFF_SUFFIXES + (".jpg", ".jpeg", ".png", ".bmp"), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def list_slides(inputs) -> list[tuple[str, Path]]:
+    """``(output name, path)`` for every slide: an image file, a Visium or HER2+ ST folder, or a
+    folder holding such slides (one level down). Output names are unique and safe as file names."""
+    found: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise SlideError(f"{p} does not exist")
+        if p.is_file() or is_visium_folder(p) or is_her2st_folder(p):
+            found.append(p)
+            continue
+        inside = sorted(c for c in p.iterdir() if not c.name.startswith(".")
+                        and ((c.is_file() and is_image_path(c)) or is_visium_folder(c) or is_her2st_folder(c)))
+        if not inside:
+            raise SlideError(f"{p}: no slides in it (images, Space Ranger outs/ or HER2+ ST folders)")
+        found.extend(inside)
+    named: dict[str, Path] = {}
+    for p in found:
+        name = output_stem(_stem(p))
+        if name in named and named[name].resolve() != p.resolve():
+            raise SlideError(f"{named[name]} and {p} would both write {name}.*; rename one or predict them "
+                             "into different folders")
+        named[name] = p
+    return sorted(named.items())
+
+
+def outputs_for(out_dir: Path, name: str, formats) -> list[Path]:
+    return [out_dir / f"{name}.{fmt}" for fmt in formats]
+
+
+def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, dist: DistContext = SINGLE,
+                   log=None) -> BatchReport:
+    """This rank's share of ``slides``; one model load, then slide by slide."""
+    from ._bundled import load_model
+    from .data.readers import open_slide
+    from .predict import predict_slide
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir)
+    report = BatchReport()
+    mine = slides[dist.rank::dist.world]
+    todo = []
+    for name, path in mine:
+        if all(f.is_file() for f in outputs_for(out_dir, name, opts.formats)):
+            report.skipped.append(name)
+        else:
+            todo.append((name, path))
+    if not todo:
+        return report
+    bundle = load_model(opts.model, opts.device)
+    for name, path in todo:
+        t0 = time.time()
+        try:
+            slide = open_slide(path, grid=opts.grid and not path.is_dir(), um_per_px=opts.um_per_px,
+                               pitch_um=opts.pitch_um)
+            if opts.um_per_px and not path.is_dir():
+                slide.um_per_px = float(opts.um_per_px)
+            slide.validate()
+            pred = predict_slide(bundle, slide, opts.batch_size,
+                                 notify=lambda m, n=name: log(f"napari-hggep: {n}: notice: {m}"))
+            for f in outputs_for(out_dir, name, opts.formats):
+                (pred.write_csv if f.suffix == ".csv" else pred.write_h5ad)(f, opts.genes)
+        except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            report.failed[name] = msg
+            log(f"napari-hggep: {path}: error: {msg}")
+            continue
+        report.done.append(name)
+        log(f"{name}: {slide.n_spots} spots in {time.time() - t0:.1f}s"
+            + (f" (rank {dist.rank})" if dist.active else ""))
+    return report
+
+
+def _worker(args) -> BatchReport:
+    slides, out_dir, opts, rank, world, threads = args
+    import torch
+
+    torch.set_num_threads(max(threads, 1))
+    return predict_slides(slides, out_dir, opts, DistContext(rank, world, rank))
+
+
+def predict_many(slides, out_dir, opts: BatchOptions, dist: DistContext = SINGLE, workers: int = 1,
+                 device=None) -> dict:
+    """All of ``slides`` across torchrun ranks or ``workers`` local processes; returns the
+    summary every rank agrees on: counts of done, skipped and failed slides."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if workers > 1 and not dist.active:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max((os.cpu_count() or 1) // workers, 1)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            reports = list(ex.map(_worker, [(slides, out_dir, opts, r, workers, threads) for r in range(workers)]))
+        report = BatchReport()
+        for r in reports:
+            report.done += r.done
+            report.skipped += r.skipped
+            report.failed.update(r.failed)
+    else:
+        report = predict_slides(slides, out_dir, opts, dist)
+    done, skipped, failed = all_sum(dist, [len(report.done), len(report.skipped), len(report.failed)], device)
+    return {"slides": len(slides), "done": int(done), "skipped": int(skipped), "failed": int(failed),
+            "failures": report.failed}
