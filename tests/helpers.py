@@ -80,3 +80,11 @@ def write_visium(folder: Path, img_full: np.ndarray, old_format=False, with_h5=T
             fe["id"] = np.array([f"ENSG{i}" for i in range(len(genes))], dtype="S")
             fe["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
     return folder
+
+
+def write_tiny_dataset(root: Path, sections=("S1", "S2"), genes=("GA", "GB", "GC", "GD")) -> Path:
+    """A few small HER2+ ST sections and their genes.txt: enough to train and evaluate in seconds."""
+    for i, name in enumerate(sections):
+        write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
+    (root / "genes.txt").write_text("\n".join(genes) + "\n")
+    return root

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import he_like_image, write_her2st
+from helpers import he_like_image, write_tiny_dataset
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch has no gloo backend")
@@ -30,12 +30,7 @@ def run(cmd, ok=True):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("st")
-    genes = ["GA", "GB", "GC", "GD"]
-    for i, name in enumerate(["S1", "S2", "S3"]):
-        write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
-    (root / "genes.txt").write_text("\n".join(genes) + "\n")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("st"), ("S1", "S2", "S3"))
 
 
 def _history(ck):
@@ -85,7 +80,7 @@ def test_pretrain_under_torchrun_repeats_and_rank_0_writes(tiny_data, tmp_path):
     run([*TORCHRUN, *args, "--out", str(tmp_path / "b" / "bb.pt")])
     from napari_hggep.model.pretrained import read_backbone
 
-    (sa, ma), (sb, mb) = read_backbone(tmp_path / "a" / "bb.pt"), read_backbone(tmp_path / "b" / "bb.pt")
+    (sa, ma), (sb, _) = read_backbone(tmp_path / "a" / "bb.pt"), read_backbone(tmp_path / "b" / "bb.pt")
     assert ma["steps"] == 12 and ma["processes"] == 2
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert sorted(f.name for f in (tmp_path / "a").iterdir()) == ["bb.pt", "bb.pt.state"]

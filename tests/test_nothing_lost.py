@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import he_like_image, write_her2st
+from helpers import he_like_image, write_tiny_dataset
 from napari_hggep._atomic import atomic_write_bytes
 from napari_hggep.model.checkpoint import read_checkpoint
 
@@ -21,12 +21,7 @@ CLI = [sys.executable, "-m", "napari_hggep.cli"]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("st")
-    genes = ["GA", "GB", "GC", "GD"]
-    for i, name in enumerate(["S1", "S2"]):
-        write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
-    (root / "genes.txt").write_text("\n".join(genes) + "\n")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("st"))
 
 
 def _temporaries(folder: Path):

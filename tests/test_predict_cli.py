@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import he_like_image, write_her2st, write_visium
+from helpers import he_like_image, write_her2st, write_tiny_dataset, write_visium
 from napari_hggep import __version__, load_model, predict_slide
 from napari_hggep.cli import main
 
@@ -18,12 +18,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("st")
-    genes = ["GA", "GB", "GC", "GD"]
-    for i, name in enumerate(["S1", "S2"]):
-        write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
-    (root / "genes.txt").write_text("\n".join(genes) + "\n")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("st"))
 
 
 def test_version_and_help():

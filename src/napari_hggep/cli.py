@@ -142,17 +142,24 @@ def _epoch_printer(total):
     return show
 
 
-def _cmd_train(a) -> int:
-    from .distributed import init_distributed, shutdown
+def _distributed(run):
+    """A command that joins torchrun's process group when started by it (a world of one
+    otherwise) and leaves it however the command ends."""
 
-    dist, device = init_distributed(a.device)  # a world of one unless started by torchrun
-    try:
-        return _train(a, dist, device)
-    finally:
-        shutdown(dist)
+    def command(a) -> int:
+        from .distributed import init_distributed, shutdown
+
+        dist, device = init_distributed(a.device)
+        try:
+            return run(a, dist, device)
+        finally:
+            shutdown(dist)
+
+    return command
 
 
-def _train(a, dist, device) -> int:
+@_distributed
+def _cmd_train(a, dist, device) -> int:
     from .training.train import train_model
 
     secs, genes, cfg = _sections(a)
@@ -211,17 +218,8 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
-def _cmd_pretrain(a) -> int:
-    from .distributed import init_distributed, shutdown
-
-    dist, device = init_distributed(a.device)  # a world of one unless started by torchrun
-    try:
-        return _pretrain(a, dist, device)
-    finally:
-        shutdown(dist)
-
-
-def _pretrain(a, dist, device) -> int:
+@_distributed
+def _cmd_pretrain(a, dist, device) -> int:
     from .data.readers import open_slide
     from .training.pretrain import PretrainConfig, pretrain
 
