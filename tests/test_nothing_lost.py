@@ -71,7 +71,7 @@ def test_resume_state_of_another_run_is_refused(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "another gene set (4 genes, this run 2)" in err
     rc = main(["train", "--data", str(tiny_data), "--sections", "S1", "--epochs", "2", "--out", str(ck), "--resume"])
-    assert rc == 2 and "another training sections" in capsys.readouterr().err
+    assert rc == 2 and "another set of training sections" in capsys.readouterr().err
 
 
 def test_sigterm_during_predict_keeps_the_old_output_and_no_temporaries(tmp_path):

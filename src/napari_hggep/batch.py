@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.export import output_stem
-from .data.image import TIFF_SUFFIXES, is_image_path
+from .data.image import image_stem, is_image_path
 from .data.readers import is_her2st_folder, is_visium_folder
 from .data.slide import SlideError
-from .distributed import SINGLE, DistContext, all_sum
+from .distributed import SINGLE, DistContext, all_sum, shard
 
 
 @dataclass
@@ -35,14 +35,6 @@ class BatchReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(TIFF_SUFFIXES + (".jpg", ".jpeg", ".png", ".bmp"), key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def list_slides(inputs) -> list[tuple[str, Path]]:
     """``(output name, path)`` for every slide: an image file, a Visium or HER2+ ST folder, or a
     folder holding such slides (one level down). Output names are unique and safe as file names."""
@@ -61,7 +53,7 @@ def list_slides(inputs) -> list[tuple[str, Path]]:
         found.extend(inside)
     named: dict[str, Path] = {}
     for p in found:
-        name = output_stem(_stem(p))
+        name = output_stem(image_stem(p))
         if name in named and named[name].resolve() != p.resolve():
             raise SlideError(f"{named[name]} and {p} would both write {name}.*; rename one or predict them "
                              "into different folders")
@@ -83,9 +75,8 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     report = BatchReport()
-    mine = slides[dist.rank::dist.world]
     todo = []
-    for name, path in mine:
+    for name, path in shard(slides, dist):
         if all(f.is_file() for f in outputs_for(out_dir, name, opts.formats)):
             report.skipped.append(name)
         else:
@@ -98,8 +89,6 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
         try:
             slide = open_slide(path, grid=opts.grid and not path.is_dir(), um_per_px=opts.um_per_px,
                                pitch_um=opts.pitch_um)
-            if opts.um_per_px and not path.is_dir():
-                slide.um_per_px = float(opts.um_per_px)
             slide.validate()
             pred = predict_slide(bundle, slide, opts.batch_size,
                                  notify=lambda m, n=name: log(f"napari-hggep: {n}: notice: {m}"))

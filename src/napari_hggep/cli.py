@@ -75,8 +75,6 @@ def _predict_one(a) -> int:
     t0 = time.time()
     slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
                        pitch_um=a.pitch_um)
-    if a.um_per_px and a.visium is None:
-        slide.um_per_px = float(a.um_per_px)
     slide.validate()  # bad spots fail before the model is loaded
     bundle = load_model(a.model, a.device)
     print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px; model on {bundle.device}",

@@ -37,18 +37,13 @@ def read_tiff(path):
     """A TIFF, OME-TIFF or SVS: a pyramid opens lazily as a multiscale layer (napari decodes
     only the tiles it shows, from the level that fits the zoom), scaled in micrometres when the
     file says its pixel size (OME physical size, Aperio MPP, TIFF resolution tags)."""
-    from ..data.image import image_um_per_px, read_image
+    from ..data.image import image_stem, image_um_per_px, read_image
 
     path = Path(path[0] if isinstance(path, list) else path)
     image = read_image(path, lazy=True)
     if not image.levels:
         image = read_image(path)  # one level: eager when small, lazy over level 0 when huge
-    name = path.name
-    for suffix in sorted(TIFF_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return [image_data_tuple(image, image_um_per_px(path), name, source=str(path))]
+    return [image_data_tuple(image, image_um_per_px(path), image_stem(path), source=str(path))]
 
 
 def read_spots_table(path):

@@ -17,6 +17,15 @@ def is_image_path(path) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
+def image_stem(path) -> str:
+    """The name without its image suffix (``slide.ome.tiff`` -> ``slide``); a folder's name as it is."""
+    name = Path(path).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def _to_rgb(arr: np.ndarray) -> np.ndarray:
     while arr.ndim > 3 and arr.shape[0] == 1:  # e.g. an SVS baseline: Z=1 x Y x X x S
         arr = arr[0]

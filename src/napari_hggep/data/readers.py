@@ -120,7 +120,10 @@ POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_p
 def read_visium_positions(spatial: Path) -> pd.DataFrame:
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
     new, old, pq = (spatial / n for n in POSITION_FILES)
-    if pq.is_file() and not new.is_file():
+    src = next((f for f in (new, pq, old) if f.is_file()), None)
+    if src is None:
+        raise SlideError(f"{spatial}: none of {', '.join(POSITION_FILES)} exists")
+    if src == pq:
         try:
             df = pd.read_parquet(pq)
         except Exception as e:
@@ -129,17 +132,13 @@ def read_visium_positions(spatial: Path) -> pd.DataFrame:
         if missing:
             raise SlideError(f"{pq}: columns {missing} are missing (expected {cols})")
         df = df[cols]
-    elif new.is_file() or old.is_file():
-        src = new if new.is_file() else old
+    else:
         df = parse_table(decode_text(src.read_bytes(), src), src, "tissue positions table", sep=",", header=None)
         if [str(c).strip() for c in df.iloc[0, :6]] == cols:  # Space Ranger 2+ writes a header; 1.x does not
             df = df.iloc[1:]
         if df.shape[1] < 6:
             raise SlideError(f"{src}: expected 6 columns ({', '.join(cols)}), found {df.shape[1]}")
         df = df.iloc[:, :6].set_axis(cols, axis=1)
-    else:
-        raise SlideError(f"{spatial}: none of {', '.join(POSITION_FILES)} exists")
-    src = pq if pq.is_file() and not new.is_file() else (new if new.is_file() else old)
     out = pd.DataFrame({"barcode": df["barcode"].astype(str).to_numpy()})
     for c in cols[1:]:
         out[c] = numeric_column(df[c], src, c, whole=c in ("in_tissue", "array_row", "array_col"))
@@ -402,7 +401,10 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
         if is_visium_folder(path):
             return read_visium(path, with_counts=False)
         if is_her2st_folder(path):
-            return read_her2st(path, with_counts=False)
+            slide = read_her2st(path, with_counts=False)
+            if um_per_px:  # the user's figure over the one estimated from the 200 um spot pitch
+                slide.um_per_px = float(um_per_px)
+            return slide
         raise SlideError(f"{path} is neither a Space Ranger outs/ folder nor a HER2+ ST folder")
     if not path.exists():
         raise SlideError(f"{path} does not exist")

@@ -358,11 +358,11 @@ def _read_state(path: Path, fingerprint: dict) -> dict:
     if have is None or "torch_rng" not in st:
         raise ValueError(f"{path} was written by an older napari-hggep and cannot be resumed exactly; delete it "
                          "to start afresh")
-    for key, what in (("genes", "gene set"), ("sections", "training sections"), ("config", "model config"),
+    for key, what in (("genes", "gene set"), ("sections", "set of training sections"), ("config", "model config"),
                       ("seed", "seed")):
         if have.get(key) != fingerprint[key]:
-            detail = (f"{len(have['genes'])} genes, this run {len(fingerprint['genes'])}" if key == "genes"
-                      else f"{have.get(key)} vs {fingerprint[key]}" if key != "config" else "they differ")
+            detail = {"genes": f"{len(have['genes'])} genes, this run {len(fingerprint['genes'])}",
+                      "config": "they differ"}.get(key, f"{have.get(key)} vs {fingerprint[key]}")
             raise ValueError(f"{path} was made for another {what} ({detail}); resume with the same "
                              "arguments, or choose another --out")
     return st
