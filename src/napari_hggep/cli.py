@@ -27,6 +27,22 @@ class Bar:
         self.stream.flush()
 
 
+def _distributed_command(run):
+    """A command that joins torchrun's process group when started by it (a world of one
+    otherwise) and leaves it however the command ends."""
+
+    def command(a) -> int:
+        from .distributed import init_distributed, shutdown
+
+        dist, device = init_distributed(a.device)
+        try:
+            return run(a, dist, device)
+        finally:
+            shutdown(dist)
+
+    return command
+
+
 def _cmd_predict(a) -> int:
     if a.out_dir is not None or len(a.image) > 1:
         return _predict_many(a)
@@ -36,27 +52,23 @@ def _cmd_predict(a) -> int:
     return _predict_one(a)
 
 
-def _predict_many(a) -> int:
+@_distributed_command
+def _predict_many(a, dist, device) -> int:
     from .batch import BatchOptions, list_slides, predict_many
-    from .distributed import init_distributed, shutdown
 
     if a.spots or a.visium or a.output or a.h5ad:
         raise SystemExit("error: with several slides or --out-dir, give slides (images with --grid, Visium "
                          "outs/ or HER2+ ST folders) and --out-dir; not --spots, --visium, -o or --h5ad")
     if a.out_dir is None:
         raise SystemExit("error: several slides need --out-dir DIR (one CSV per slide is written there)")
-    dist, device = init_distributed(a.device)  # a world of one unless started by torchrun
-    try:
-        slides = list_slides(a.image)
-        opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=a.um_per_px, model=a.model,
-                            device=str(device), batch_size=a.batch_size,
-                            genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats))
-        if dist.is_main:
-            where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
-            print(f"{len(slides)} slides → {a.out_dir} on {where}", file=sys.stderr)
-        res = predict_many(slides, a.out_dir, opts, dist, workers=a.workers, device=device)
-    finally:
-        shutdown(dist)
+    slides = list_slides(a.image)
+    opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=a.um_per_px, model=a.model,
+                        device=str(device), batch_size=a.batch_size,
+                        genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats))
+    if dist.is_main:
+        where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
+        print(f"{len(slides)} slides → {a.out_dir} on {where}", file=sys.stderr)
+    res = predict_many(slides, a.out_dir, opts, dist, workers=a.workers, device=device)
     if dist.is_main:
         print(f"done {res['done']}, already done {res['skipped']}, failed {res['failed']} of {res['slides']} slides",
               file=sys.stderr)
@@ -140,23 +152,7 @@ def _epoch_printer(total):
     return show
 
 
-def _distributed(run):
-    """A command that joins torchrun's process group when started by it (a world of one
-    otherwise) and leaves it however the command ends."""
-
-    def command(a) -> int:
-        from .distributed import init_distributed, shutdown
-
-        dist, device = init_distributed(a.device)
-        try:
-            return run(a, dist, device)
-        finally:
-            shutdown(dist)
-
-    return command
-
-
-@_distributed
+@_distributed_command
 def _cmd_train(a, dist, device) -> int:
     from .training.train import train_model
 
@@ -216,7 +212,7 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
-@_distributed
+@_distributed_command
 def _cmd_pretrain(a, dist, device) -> int:
     from .data.readers import open_slide
     from .training.pretrain import PretrainConfig, pretrain

@@ -161,7 +161,7 @@ def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=No
         elapsed = time.time() - t_start
         stop = (elapsed >= cfg.minutes * 60 or bool(cfg.max_steps and step >= cfg.max_steps)
                 or (should_stop is not None and should_stop()))
-        if any_rank(dist, stop, device) if dist.active else stop:  # every rank stops at the same step
+        if any_rank(dist, stop, device):  # every rank stops at the same step
             break
         gen = g if not dist.active else torch.Generator().manual_seed(
             (cfg.seed * 1_000_003 + dist.rank * 7_919 + step) % (2**63 - 1))
@@ -176,9 +176,7 @@ def pretrain(slides: list[Slide], cfg: PretrainConfig = PretrainConfig(), out=No
         step += 1
         losses.append(loss.item())
         if step % 10 == 0:
-            mean_loss = float(np.mean(losses))
-            if dist.active:  # the mean over every rank's losses
-                mean_loss = all_sum(dist, [mean_loss], device)[0] / dist.world
+            mean_loss = all_sum(dist, [np.mean(losses)], device)[0] / dist.world  # over every rank's losses
             rec = {"step": step, "loss": mean_loss, "seconds": round(time.time() - t_start, 1)}
             history.append(rec)
             losses = []
