@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from helpers import he_like_image, write_her2st, write_visium
-from napari_hggep._napari.layers import KEY, color_by_gene
+from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
 from napari_hggep._napari.widget import GENERATE, PredictWidget
 
@@ -66,12 +66,12 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     sample_viewer.window.add_dock_widget(w)
     assert w.image_layer.value is sample_viewer.layers[0]
     assert w.spots.value is sample_viewer.layers[1]
-    assert w.um_per_px.value == pytest.approx(sample_viewer.layers[0].metadata[KEY]["um_per_px"], abs=1e-3)
+    assert float(w.um_per_px.value) == pytest.approx(sample_viewer.layers[0].metadata[KEY]["um_per_px"], abs=1e-3)
     wait_predict(qtbot, w)
     n = len(sample_viewer.layers[1].data)
     assert w.status.value.startswith(f"Predicted 785 genes for {n} spots"), w.status.value
     layer = sample_viewer.layers["HER2+ B4 genes"]
-    assert layer.features.shape == (n, 3 + 785) and w.result.value is layer
+    assert layer.metadata[KEY]["values"].shape == (n, 785) and w.result.value is layer
     assert w.predict_btn.enabled and not w.cancel_btn.enabled
     # gene selector: filter by typing, labels show PCC and range
     w.gene_filter.value = "KRT"
@@ -80,7 +80,7 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.gene.value = "KRT8"
     c1 = layer.face_color.copy()
     w.gene_filter.value = ""
-    other = next(g for g in layer.metadata[KEY]["genes"] if g != "KRT8" and layer.features[g].std() > 0)
+    other = next(g for g in layer.metadata[KEY]["genes"] if g != "KRT8" and gene_values(layer, g).std() > 0)
     w.gene.value = other
     assert not np.allclose(layer.face_color, c1), "switching genes must recolour"
     assert layer.metadata[KEY]["gene"] == other
@@ -102,7 +102,7 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.export()
     df = pd.read_csv(out)
     assert df.shape == (n, 3 + 2 + 785)
-    np.testing.assert_allclose(df[layer.metadata[KEY]["genes"]].to_numpy(), layer.features[layer.metadata[KEY]["genes"]].to_numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(df[layer.metadata[KEY]["genes"]].to_numpy(), layer.metadata[KEY]["values"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(df[["y", "x"]].to_numpy(), layer.data, atol=1e-3)  # CSV keeps 4 decimals of a pixel
     h5 = tmp_path / "pred.h5ad"
     w.export_file.value = str(h5)
@@ -126,7 +126,7 @@ def test_generate_grid_and_two_slides(viewer, qtbot):
     for name in ("slideA", "slideB"):
         w.image_layer.value = viewer.layers[name]
         w.spots.value = GENERATE
-        w.um_per_px.value = 2.0
+        w.um_per_px.value = "2"
         w.pitch_um.value = 100.0
         wait_predict(qtbot, w)
         assert f"{name} genes" in viewer.layers, w.status.value
@@ -144,7 +144,7 @@ def test_error_leaves_widget_usable(viewer, qtbot):
     viewer.add_points(np.array([[5000.0, 5000.0], [6000.0, 10.0]]), name="far spots")
     w = PredictWidget(viewer)
     w.spots.value = viewer.layers["far spots"]
-    w.um_per_px.value = 1.0
+    w.um_per_px.value = "1"
     w.run()
     assert "outside" in w.status.value and w.worker is None
     assert w.predict_btn.enabled and not w.cancel_btn.enabled
@@ -169,7 +169,7 @@ def test_cancel(viewer, qtbot):
     viewer.add_image(he_like_image(1200, 1200), name="big", rgb=True)
     w = PredictWidget(viewer)
     w.spots.value = GENERATE
-    w.um_per_px.value = 1.0
+    w.um_per_px.value = "1"
     w.pitch_um.value = 20.0  # ~2,500 spots: many batches
     w.run()
     qtbot.waitUntil(lambda: w.progress.value > 0, timeout=60_000)
@@ -221,7 +221,7 @@ def test_whole_slide_pyramids_open_as_multiscale_and_predict(viewer, qtbot, tmp_
     # the widget predicts from the multiscale layer, its µm/px filled in from the file
     w = PredictWidget(viewer)
     w.image_layer.value = layer
-    assert w.um_per_px.value == pytest.approx(0.5)
+    assert float(w.um_per_px.value) == pytest.approx(0.5)
     w.spots.value = GENERATE
     w.pitch_um.value = 100.0
     wait_predict(qtbot, w)
@@ -255,11 +255,13 @@ def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypa
     check("not an RGB image")
     viewer.add_image(np.full((300, 300, 3), 240, np.uint8), name="blank", rgb=True)  # glass only
     w.image_layer.value = viewer.layers["blank"]
+    w.um_per_px.value = "1"
     w.spots.value = GENERATE
     w.run()
     check("no tissue found")
     viewer.add_image(he_like_image(400, 400), name="he", rgb=True)
     w.image_layer.value = viewer.layers["he"]
+    w.um_per_px.value = "1"
     pts = viewer.add_points(np.array([[100.0, 100.0], [200.0, 200.0]]), name="dup spots",
                             features=pd.DataFrame({"spot_id": ["a", "a"]}))
     w.spots.value = pts
@@ -301,7 +303,7 @@ def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypa
         return b
 
     monkeypatch.setattr(bundled, "load_model", short_of_memory)
-    w.um_per_px.value, w.pitch_um.value = 1.0, 30.0  # some 90 spots
+    w.um_per_px.value, w.pitch_um.value = "1", 30.0  # some 90 spots
     wait_predict(qtbot, w)
     assert w.status.value.startswith("Predicted"), w.status.value
     assert w.notices and "retrying" in w.notices[0]

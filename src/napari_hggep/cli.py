@@ -88,6 +88,14 @@ def _predict_one(a) -> int:
     slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
                        pitch_um=a.pitch_um)
     slide.validate()  # bad spots fail before the model is loaded
+    from .data.quality import image_warnings, require_tissue
+
+    require_tissue(slide)  # a blank image under the spots is refused, not predicted on
+    slide.meta["tissue_checked"] = True
+    if slide.meta.get("notice"):  # e.g. a blank hires PNG replaced by the folder's lowres PNG
+        print(f"napari-hggep: notice: {slide.meta['notice']}", file=sys.stderr)
+    for m in image_warnings(slide.image, slide.um_per_px):
+        print(f"napari-hggep: warning: {m}", file=sys.stderr)
     bundle = load_model(a.model, a.device)
     print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px; model on {bundle.device}",
           file=sys.stderr)

@@ -30,7 +30,7 @@ class Prediction:
         try:
             return self.genes.index(gene)
         except ValueError:
-            raise KeyError(f"gene {gene!r} is not among the {len(self.genes)} predicted genes") from None
+            raise KeyError(f"gene {str(gene)!r} is not among the {len(self.genes)} predicted genes") from None
 
     def to_dataframe(self, genes: list[str] | None = None):
         from .data.export import prediction_frame
@@ -60,6 +60,11 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     from .devices import MemoryGuard
 
     slide.validate()
+    if not slide.meta.get("tissue_checked"):  # never predict silently on a blank image
+        from .data.quality import require_tissue
+
+        require_tissue(slide)
+        slide.meta["tissue_checked"] = True
     cfg = bundle.config
     device = bundle.device
     model = bundle.model.eval()

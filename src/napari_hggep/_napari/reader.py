@@ -29,25 +29,37 @@ def get_reader(path):
 
 def read_slide_folder(path):
     path = Path(path[0] if isinstance(path, list) else path)
-    slide = read_visium(path, with_counts=False) if is_visium_folder(path) else read_her2st(path, with_counts=False)
-    return [image_layer_data(slide), spots_layer_data(slide)]
+    if is_visium_folder(path):
+        slide = read_visium(path, with_counts=False)
+        where = "spot_diameter_fullres in scalefactors_json.json (Visium spots are 55 µm)"
+    else:
+        slide = read_her2st(path, with_counts=False)
+        where = "the 200 µm pitch of the ST spots"
+    if slide.meta.get("notice"):  # e.g. a blank hires PNG replaced by the lowres one
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"HGGEP: {slide.meta['notice']}")
+    return [image_layer_data(slide, where), spots_layer_data(slide)]
 
 
 def read_tiff(path):
     """A TIFF, OME-TIFF or SVS: a pyramid opens lazily as a multiscale layer (napari decodes
     only the tiles it shows, from the level that fits the zoom), scaled in micrometres when the
     file says its pixel size (OME physical size, Aperio MPP, TIFF resolution tags)."""
-    from ..data.image import image_stem, image_um_per_px, read_image
+    from ..data.image import image_stem, image_um_per_px_source, read_image
 
     path = Path(path[0] if isinstance(path, list) else path)
     image = read_image(path, lazy=True)
     if not image.levels:
         image = read_image(path)  # one level: eager when small, lazy over level 0 when huge
-    return [image_data_tuple(image, image_um_per_px(path), image_stem(path), source=str(path))]
+    upp, where = image_um_per_px_source(path)
+    return [image_data_tuple(image, upp, image_stem(path), source=str(path), um_per_px_source=where)]
 
 
 def read_spots_table(path):
-    """Spots in full-resolution pixels; drop them on the image they belong to."""
+    """Spots in full-resolution pixels of an image not known here: the layer is marked as such
+    (``frame``), and the Predict widget places it on the image's pixel grid (the image's scale
+    and translation) as soon as it is open, and again at Predict."""
     import numpy as np
 
     path = Path(path[0] if isinstance(path, list) else path)
@@ -56,5 +68,6 @@ def read_spots_table(path):
 
     rc = df[["array_row", "array_col"]].to_numpy() if "array_row" in df else None
     kwargs = {"name": path.stem, "size": 20, "face_color": "transparent", "border_color": "yellow",
-              "features": spot_features(df["spot_id"], rc), "metadata": {"hggep": {"kind": "spots"}}}
+              "features": spot_features(df["spot_id"], rc),
+              "metadata": {"hggep": {"kind": "spots", "frame": "image pixels", "source": str(path)}}}
     return [(np.column_stack([df["y"].to_numpy(float), df["x"].to_numpy(float)]), kwargs, "points")]

@@ -24,4 +24,5 @@ def sample_he_with_spots():
     from .layers import image_layer_data, spots_layer_data
 
     slide = sample_slide()
-    return [image_layer_data(slide), spots_layer_data(slide, name=f"{slide.name} spots ({SAMPLE_PITCH_UM:g} µm grid)")]
+    return [image_layer_data(slide, "the sample's he_B4.json"),
+            spots_layer_data(slide, name=f"{slide.name} spots ({SAMPLE_PITCH_UM:g} µm grid)")]

@@ -19,13 +19,23 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from .layers import KEY, color_by_gene, is_prediction_layer, prediction_layer_data
+from .layers import (
+    FLAT_FRACTION,
+    KEY,
+    RANGE_NAME,
+    clear_gene,
+    color_by_gene,
+    is_prediction_layer,
+    prediction_layer_data,
+)
 
 GENERATE = "Generate spots over tissue"
 BUNDLED = "Bundled model (HER2+ compact)"
 CHECKPOINT = "Checkpoint file…"
 COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
 UNRELIABLE_PCC = 0.1
+PIXEL_FRAME = "image pixels"  # a spot table's coordinates: full-resolution pixels of the image it belongs to
+ASK_UM = "not in the file: enter the pixel size (µm per pixel of the full-resolution image)"
 
 
 def image_px(points_layer, image_layer) -> np.ndarray:
@@ -36,20 +46,73 @@ def image_px(points_layer, image_layer) -> np.ndarray:
     return px[:, ::-1]
 
 
-def gene_caption(gene: str, pcc: float | None, new_patients: bool) -> str:
+def is_pixel_table(layer) -> bool:
+    """A spot table read from CSV: its coordinates are pixels of an image it does not know."""
+    return layer.__class__.__name__ == "Points" and layer.metadata.get(KEY, {}).get("frame") == PIXEL_FRAME
+
+
+def place_on_image(points_layer, image_layer) -> None:
+    """Put a spot table (full-resolution pixels) on ``image_layer``'s pixel grid: its scale and translation."""
+    points_layer.scale = tuple(image_layer.scale[-2:])
+    points_layer.translate = tuple(image_layer.translate[-2:])
+    points_layer.metadata.setdefault(KEY, {})["placed_on"] = image_layer.name
+
+
+def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat: bool = False) -> str:
     """One short line for the canvas, above napari's colour bar (which has no title of its own)."""
-    if pcc is None:
-        return gene
-    text = f"{gene}   held-out PCC {pcc:.2f}"
-    return text + ("  ⚠ unreliable" if pcc < UNRELIABLE_PCC else "")
+    text = gene if pcc is None else f"{gene}   held-out PCC {pcc:.2f}"
+    if pcc is not None and pcc < UNRELIABLE_PCC:
+        text += "  ⚠ unreliable"
+    if flat:
+        text += "   — flat: the prediction barely varies over this slide"
+    return text
 
 
-def gene_label(gene: str, pcc: float | None, lo: float, hi: float) -> str:
+def gene_label(gene: str, pcc: float | None) -> str:
+    """The gene selector's entry: the name and its held-out PCC (the colour range is on the info line)."""
     if pcc is None:
-        acc = "PCC n/a"
-    else:
-        acc = f"PCC {pcc:.2f}" + ("  ⚠ unreliable" if pcc < UNRELIABLE_PCC else "")
-    return f"{gene}   ({acc}; {lo:.2f}–{hi:.2f})"
+        return f"{gene}   (PCC n/a)"
+    return f"{gene}   (PCC {pcc:.2f}" + (", ⚠ unreliable)" if pcc < UNRELIABLE_PCC else ")")
+
+
+def parse_um_per_px(text) -> float:
+    from ..data.slide import SlideError
+
+    t = str(text if text is not None else "").strip().replace(",", ".")
+    if not t:
+        raise SlideError("Enter µm per pixel: this image does not record its pixel size, and a guess would put "
+                         "the patches at the wrong size (e.g. 0.25 for a 40× scan, 0.5 for 20×; the HER2+ "
+                         "JPEGs are 0.69).")
+    try:
+        v = float(t)
+    except ValueError:
+        raise SlideError(f"µm per pixel must be a number such as 0.5, not {str(text)[:30]!r}.") from None
+    if not (np.isfinite(v) and v > 0):
+        raise SlideError(f"µm per pixel must be a positive number, not {t}.")
+    return v
+
+
+class _GeneList:
+    """Labels and orders of a result layer's genes, made once per layer (20,000 genes refilter in ms)."""
+
+    def __init__(self, layer):
+        meta = layer.metadata[KEY]
+        pcc = meta.get("gene_pcc") or {}
+        self.genes = list(meta["genes"])
+        self.upper = [g.upper() for g in self.genes]
+        self.labels = [gene_label(g, pcc.get(g)) for g in self.genes]
+        p = np.array([pcc[g] if pcc.get(g) is not None else -np.inf for g in self.genes], float)
+        self.has_pcc = bool(np.isfinite(p).any())
+        self.by_pcc = np.argsort(-p, kind="stable")
+        self.by_name = np.arange(len(self.genes))
+        self.longest = max(self.labels, key=len) if self.labels else ""
+
+    def select(self, text: str, sort: bool) -> list[int]:
+        order = self.by_pcc if sort and self.has_pcc else self.by_name
+        if not text:
+            return order.tolist()
+        up = self.upper
+        return [i for i in order.tolist() if text in up[i]]
 
 
 class PredictWidget(Container):
@@ -58,11 +121,17 @@ class PredictWidget(Container):
         self.viewer = napari_viewer
         self.worker = None
         self.notices: list[str] = []  # fallbacks reported by the last runs (e.g. out of GPU memory)
+        self.warnings_shown: list[str] = []  # the image's warnings shown at the last Predict
+        self._models: dict[str, str] = {}  # checkpoints added by add_model: label -> path
+        self._gene_lists: dict[int, _GeneList] = {}
+        self._shown_genes: list[str] = []
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.spots = ComboBox(label="Spots", choices=self._spot_sources)
         self.pitch_um = FloatSpinBox(label="Grid pitch (µm)", value=200.0, min=20.0, max=2000.0, step=10.0)
-        self.um_per_px = FloatSpinBox(label="µm per pixel", value=0.5, min=0.01, max=100.0, step=0.001)
-        self.model_choice = ComboBox(label="Model", choices=[BUNDLED, CHECKPOINT], value=BUNDLED)
+        self.um_per_px = LineEdit(label="µm per pixel", value="")
+        self.um_source = Label(label="", value=ASK_UM)
+        self.image_warning = Label(label="", value="", visible=False)
+        self.model_choice = ComboBox(label="Model", choices=self._model_choices, value=BUNDLED)
         self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.pt", visible=False)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.device_info = Label(label="", value="")
@@ -81,13 +150,15 @@ class PredictWidget(Container):
         self.export_selected = CheckBox(text="only the selected gene", value=False)
         self.export_btn = PushButton(text="Export")
         self.extend([
-            self.image_layer, self.spots, self.pitch_um, self.um_per_px, self.model_choice, self.model_file,
+            self.image_layer, self.spots, self.pitch_um, self.um_per_px, self.um_source, self.image_warning,
+            self.model_choice, self.model_file,
             self.device, self.device_info, self.predict_btn, self.cancel_btn, self.progress, self.status,
             self.result, self.gene_filter, self.sort_by_pcc, self.gene, self.colormap, self.gene_info,
             self.export_file, self.export_selected, self.export_btn,
         ])
         self.image_layer.changed.connect(self._on_image)
         self.spots.changed.connect(self._on_spots)
+        self.um_per_px.changed.connect(self._on_um_per_px)
         self.model_choice.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHECKPOINT))
         self.device.changed.connect(self._on_device)
         self.predict_btn.clicked.connect(self.run)
@@ -95,12 +166,15 @@ class PredictWidget(Container):
         self.result.changed.connect(self._refresh_genes)
         self.gene_filter.changed.connect(self._refresh_genes)
         self.sort_by_pcc.changed.connect(self._refresh_genes)
-        self.gene.changed.connect(self._recolor)
+        self.gene.changed.connect(self._on_gene)
         self.colormap.changed.connect(self._recolor)
         self.export_btn.clicked.connect(self.export)
         self.native.setMaximumWidth(460)  # leave the canvas most of the window
-        for lab in (self.status, self.gene_info, self.device_info):
+        self.um_per_px.native.setPlaceholderText("required: µm per pixel")
+        self.image_warning.native.setStyleSheet("color: #f0a030;")
+        for lab in (self.status, self.gene_info, self.device_info, self.um_source, self.image_warning):
             lab.native.setWordWrap(True)
+        self._setup_gene_box()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._reset_choices)
         self._on_image(self.image_layer.value)
@@ -118,23 +192,99 @@ class PredictWidget(Container):
     def _prediction_layers(self, _=None):
         return [ly for ly in self.viewer.layers if is_prediction_layer(ly)]
 
+    def _model_choices(self, _=None):
+        return [BUNDLED, *self._models, CHECKPOINT]
+
+    def add_model(self, path: str, label: str | None = None) -> str:
+        """Offer a checkpoint (e.g. one just trained) in the Model box and select it; returns its label."""
+        from pathlib import Path
+
+        label = label or f"{Path(path).stem} (checkpoint)"
+        if label in (BUNDLED, CHECKPOINT):
+            raise ValueError(f"{label!r} is taken by a built-in choice; give another label")
+        self._models[label] = str(path)
+        self.model_choice.reset_choices()
+        self.model_choice.value = label
+        return label
+
     def _reset_choices(self, event=None):
         for w in (self.image_layer, self.spots, self.result):
             w.reset_choices()
+        self._gene_lists = {k: v for k, v in self._gene_lists.items()
+                            if any(id(ly) == k for ly in self._prediction_layers())}
+        img = self.image_layer.value
+        if img is not None:  # a spot table opened after its image lands on the image's pixel grid
+            for ly in self.viewer.layers:
+                if is_pixel_table(ly) and "placed_on" not in ly.metadata.get(KEY, {}):
+                    place_on_image(ly, img)
 
     def _on_image(self, layer):
         if layer is None:
             return
-        upp = layer.metadata.get(KEY, {}).get("um_per_px")
-        if upp is None and layer.scale[-1] != 1:
-            upp = float(layer.scale[-1])  # a scale in micrometres
-        if upp:
-            self.um_per_px.value = float(upp)
+        meta = layer.metadata.get(KEY, {})
+        upp, where = meta.get("um_per_px"), meta.get("um_per_px_source")
+        if upp is None and tuple(layer.scale[-2:]) != (1.0, 1.0):
+            upp, where = float(layer.scale[-1]), "the layer's scale (taken as µm per pixel)"
+        # a new image never inherits the last one's pixel size
+        self.um_per_px.value = f"{float(upp):.6g}" if upp else ""
+        self.um_source.value = f"from {where}" if upp else ASK_UM
         # prefer the spots that came with this image
         for name, obj in self._spot_sources():
             if obj != GENERATE and name.startswith(layer.name):
                 self.spots.value = obj
                 break
+        src = self.spots.value
+        if src not in (None, GENERATE) and is_pixel_table(src):
+            place_on_image(src, layer)
+        for ly in self.viewer.layers:
+            if is_pixel_table(ly) and "placed_on" not in ly.metadata.get(KEY, {}):
+                place_on_image(ly, layer)
+        self._update_warnings()
+
+    def _on_um_per_px(self, _=None):
+        img = self.image_layer.value
+        meta = {} if img is None else img.metadata.get(KEY, {})
+        try:
+            v = parse_um_per_px(self.um_per_px.value)
+        except ValueError:
+            v = None
+        if v is not None and meta.get("um_per_px") is not None and abs(v - float(meta["um_per_px"])) > 1e-9:
+            self.um_source.value = "entered here (the file says " + f"{float(meta['um_per_px']):.6g})"
+        elif v is not None and meta.get("um_per_px") is None:
+            self.um_source.value = "entered here"
+        self._update_warnings(stain=False)
+
+    def _update_warnings(self, stain: bool = True) -> list[str]:
+        """The image's warnings (resolution outside training, not H&E), shown under the µm field."""
+        from ..data.quality import resolution_warning, stain_warning
+
+        img = self.image_layer.value
+        msgs = []
+        try:
+            v = parse_um_per_px(self.um_per_px.value)
+        except ValueError:
+            v = None
+        if v is not None and (m := resolution_warning(v)):
+            msgs.append(m)
+        if img is not None and img.rgb:
+            key = ("stain", id(img.data))
+            cache = img.metadata.setdefault(KEY, {})
+            if stain or key not in cache.get("_warn", {}):
+                from ..data.image import as_pyramid
+
+                try:
+                    w = stain_warning(as_pyramid(img.data) if img.multiscale else img.data)
+                except Exception:  # a warning never blocks anything
+                    w = None
+                cache["_warn"] = {key: w}
+            if cache["_warn"].get(key):
+                msgs.append(cache["_warn"][key])
+        notice = img.metadata.get(KEY, {}).get("notice") if img is not None else None
+        if notice:
+            msgs.append(notice)
+        self.image_warning.value = "⚠ " + "\n⚠ ".join(msgs) if msgs else ""
+        self.image_warning.visible = bool(msgs)
+        return msgs
 
     def _on_spots(self, value):
         self.pitch_um.visible = value == GENERATE
@@ -155,6 +305,7 @@ class PredictWidget(Container):
     # -------------------------------------------------------------- predict
     def _build_request(self):
         from ..data.image import as_pyramid
+        from ..data.quality import require_tissue
         from ..data.slide import Slide, SlideError
 
         img = self.image_layer.value
@@ -162,24 +313,34 @@ class PredictWidget(Container):
             raise SlideError("Open or pick an H&E image layer first.")
         if not img.rgb:
             raise SlideError(f"Layer {img.name!r} is not an RGB image; the model needs an RGB H&E image.")
+        upp = parse_um_per_px(self.um_per_px.value)
         image = as_pyramid(img.data) if img.multiscale else img.data
-        upp = float(self.um_per_px.value)
         src = self.spots.value
         if src == GENERATE or src is None:
             return {"image": image, "um_per_px": upp, "grid_pitch": float(self.pitch_um.value), "name": img.name,
                     "image_layer": img}
+        if is_pixel_table(src) and src.metadata[KEY].get("placed_on") != img.name:
+            place_on_image(src, img)  # a spot table belongs to the image it is predicted on
         xy = image_px(src, img)
         feats = src.features
         ids = feats["spot_id"].astype(str).to_numpy() if "spot_id" in feats else np.arange(len(xy)).astype(str)
         rc = feats[["array_row", "array_col"]].to_numpy() if {"array_row", "array_col"} <= set(feats.columns) else None
-        diameter = src.metadata.get(KEY, {}).get("spot_diameter_um") or float(np.median(src.size)) * upp
+        diameter = src.metadata.get(KEY, {}).get("spot_diameter_um")
+        if not diameter:  # drawn spots: their size in image pixels
+            size_px = float(np.median(src.size)) * float(src.scale[-1]) / float(img.scale[-1]) if len(src.data) else 1.0
+            diameter = size_px * upp
         slide = Slide(image=image, um_per_px=upp, spot_ids=ids, xy=xy, array_rc=rc, name=img.name,
                       spot_diameter_um=float(diameter))
         slide.validate()  # fail fast, on the main thread, with a clear message
+        require_tissue(slide)  # a blank image under the spots is never predicted on
+        slide.meta["tissue_checked"] = True
         return {"slide": slide, "image_layer": img}
 
     def _model_path(self):
-        if self.model_choice.value == CHECKPOINT:
+        choice = self.model_choice.value
+        if choice in self._models:
+            return self._models[choice]
+        if choice == CHECKPOINT:
             p = self.model_file.value
             if not p or not str(p).strip() or str(p) == ".":
                 raise FileNotFoundError("Choose a checkpoint file, or switch Model to the bundled model.")
@@ -197,6 +358,11 @@ class PredictWidget(Container):
             return
         from napari.qt.threading import thread_worker
 
+        self.warnings_shown = self._update_warnings()
+        if self.warnings_shown:
+            from napari.utils.notifications import show_warning
+
+            show_warning("HGGEP: " + " ".join(self.warnings_shown))
         _import_torch_stack()
         device = self.device.value
         self.worker = thread_worker(_predict_job, start_thread=False, ignore_errors=True)(req, model_path, device)
@@ -234,9 +400,10 @@ class PredictWidget(Container):
         self.status.value = text
 
     def _on_done(self, result, image_layer, spots_layer=None):
-        pred, diameter, device, gene_pcc, protocol = result
+        pred, diameter, device, gene_pcc, protocol, gene_std, ranges = result
         name = f"{image_layer.name} genes"
-        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name, gene_pcc_protocol=protocol)
+        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name, gene_pcc_protocol=protocol,
+                                                gene_std=gene_std, ranges=ranges)
         kwargs["scale"] = tuple(image_layer.scale[-2:])
         kwargs["translate"] = tuple(image_layer.translate[-2:])
         if name in self.viewer.layers:
@@ -266,45 +433,107 @@ class PredictWidget(Container):
         self._set_running(False)
 
     # -------------------------------------------------------------- genes
+    def _setup_gene_box(self):
+        """The Gene box is filled directly (magicgui's choices setter is quadratic in the number of
+        items and keeps the old items' order): a list view with uniform rows and a popup as wide as
+        the longest label, so names are never cut off."""
+        from qtpy.QtWidgets import QComboBox
+
+        box = self.gene.native
+        box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        box.setMinimumContentsLength(18)
+        box.view().setUniformItemSizes(True)
+        box.setMaxVisibleItems(25)
+
+    def _gene_list(self, layer) -> _GeneList:
+        gl = self._gene_lists.get(id(layer))
+        if gl is None or gl.genes is not layer.metadata[KEY]["genes"] and gl.genes != layer.metadata[KEY]["genes"]:
+            gl = self._gene_lists[id(layer)] = _GeneList(layer)
+        return gl
+
+    def _fill_gene_box(self, labels: list[str], genes: list[str], current: int) -> None:
+        box = self.gene.native
+        box.blockSignals(True)
+        try:
+            box.clear()
+            box.addItems(labels)
+            for i, g in enumerate(genes):
+                box.setItemData(i, g)
+            box.setCurrentIndex(current)
+        finally:
+            box.blockSignals(False)
+        self._shown_genes = genes
+        if labels:  # the popup shows whole labels however narrow the dock is
+            fm = box.view().fontMetrics()
+            box.view().setMinimumWidth(fm.horizontalAdvance(max(labels, key=len)) + 40)
+        box.setToolTip(labels[current] if labels else "")
+
     def _refresh_genes(self, _=None):
         layer = self.result.value
         if layer is None:
-            self.gene.choices = []
+            self._fill_gene_box([], [], -1)
+            self.gene_info.value = ""
+            self._caption(None)
             return
         meta = layer.metadata[KEY]
-        pcc = meta.get("gene_pcc") or {}
+        gl = self._gene_list(layer)
         text = (self.gene_filter.value or "").strip().upper()
-        genes = [g for g in meta["genes"] if text in g.upper()]
-        if self.sort_by_pcc.value and pcc:
-            genes.sort(key=lambda g: -(pcc.get(g) if pcc.get(g) is not None else -1))
-        vals = layer.features
-        choices = []
-        for g in genes:
-            v = vals[g].to_numpy()
-            choices.append((gene_label(g, pcc.get(g), float(v.min()), float(v.max())), g))
-        current = meta.get("gene")
-        self.gene.choices = choices
-        if genes:
-            self.gene.value = current if current in genes else genes[0]
+        idx = gl.select(text, self.sort_by_pcc.value)
+        genes = [gl.genes[i] for i in idx]
+        if not genes:
+            self._fill_gene_box([], [], -1)
+            clear_gene(layer)
+            self._caption(None)
+            self.gene_info.value = (f"No gene matches {self.gene_filter.value.strip()!r}: none of the "
+                                    f"{len(gl.genes):,} genes this model predicts contains it. Clear or change "
+                                    "the filter.")
+            return
+        want = meta.get("gene") or meta.get("last_gene")
+        pos = {g: k for k, g in enumerate(genes)} if want is not None else {}
+        current = pos.get(want, 0)
+        self._fill_gene_box([gl.labels[i] for i in idx], genes, current)
+        self._recolor()
+
+    def _on_gene(self, _=None):
+        layer = self.result.value
+        if layer is not None and self.gene.value is not None:
+            layer.metadata[KEY]["last_gene"] = self.gene.value  # what the user picked survives filtering
+        self._recolor()
 
     def _recolor(self, _=None):
         layer, gene = self.result.value, self.gene.value
         if layer is None or gene is None:
             return
         lo, hi = color_by_gene(layer, gene, self.colormap.value)
-        pcc = layer.metadata[KEY].get("gene_pcc", {}).get(gene)
-        where = layer.metadata[KEY].get("gene_pcc_protocol") == "leave-one-patient-out"
+        meta = layer.metadata[KEY]
+        meta["last_gene"] = gene
+        pcc = meta.get("gene_pcc", {}).get(gene)
+        where = meta.get("gene_pcc_protocol") == "leave-one-patient-out"
         note = ("no held-out PCC for this model" if pcc is None else
                 f"held-out PCC {pcc:.2f}" + (" on patients not trained on" if where else ""))
         if pcc is not None and pcc < UNRELIABLE_PCC:
             note += " — the model does not predict this gene; do not trust its map"
-        self.gene_info.value = f"{gene}: colour {lo:.2f}–{hi:.2f} (1st–99th pct); {note}"
-        self._caption(gene_caption(gene, pcc, where))
+        i = meta["_gene_index"][gene]
+        r_lo, r_hi = (float(x) for x in meta["ranges"][i])
+        if meta.get("flat"):
+            sd = float(meta["gene_std"][i])
+            rng = (f"flat map: the prediction varies by only {r_hi - r_lo:.3g} over this slide ({RANGE_NAME}), "
+                   f"under {100 * FLAT_FRACTION:.0f} % of the gene's training s.d. ({sd:.2f}), so it is shown in one "
+                   f"colour ({lo:.2f}–{hi:.2f})")
+        else:
+            rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
+        self.gene_info.value = f"{gene}: {rng}; {note}"
+        self.gene.native.setToolTip(self.gene.native.currentText())
+        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat"))))
 
-    def _caption(self, text: str):
+    def _caption(self, text: str | None):
         """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""
         ov = getattr(self.viewer, "text_overlay", None)
         if ov is None:
+            return
+        if not text:
+            ov.text = ""
+            ov.visible = False
             return
         ov.text = text
         ov.position = "top_left"
@@ -323,8 +552,10 @@ class PredictWidget(Container):
             if not path.lower().endswith((".csv", ".h5ad")):
                 raise ValueError("Choose an export file ending in .csv or .h5ad.")
             meta = {"features": layer.features, "metadata": layer.metadata, "name": layer.name}
-            if self.export_selected.value and self.gene.value:
-                meta = {**meta, "metadata": {KEY: {**layer.metadata[KEY], "genes": [self.gene.value]}}}
+            if self.export_selected.value:
+                if not self.gene.value:
+                    raise ValueError("No gene is selected: pick one, or untick 'only the selected gene'.")
+                meta["genes"] = [self.gene.value]
             writer = write_points_h5ad if path.lower().endswith(".h5ad") else write_points_csv
             writer(path, layer.data, meta)
             self.status.value = f"Exported {layer.name} to {path}"
@@ -383,8 +614,13 @@ def _predict_job_steps(req: dict, model_path, device: str):
         try:
             done, total = next(gen)
         except StopIteration as stop:
-            return (stop.value, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
-                    bundle.gene_pcc_protocol())
+            pred = stop.value
+            from .layers import gene_ranges
+
+            sd = (bundle.target_norm or {}).get("std")  # each gene's spread in training: the colour floor
+            return (pred, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
+                    bundle.gene_pcc_protocol(), None if sd is None else np.asarray(sd, np.float32),
+                    gene_ranges(pred.values))  # percentiles here, off the main thread
         while notices:
             yield ("notice", done, total, notices.pop(0))
         yield ("progress", done, total, f"Predicting… {done}/{total} spots")

@@ -15,13 +15,22 @@ def layer_prediction(data, meta):
     feats = meta.get("features")
     feats = pd.DataFrame(feats) if feats is not None else pd.DataFrame(index=range(len(data)))
     info = (meta.get("metadata") or {}).get(KEY, {})
-    genes = [g for g in info.get("genes", []) if g in feats.columns]
     ids = feats["spot_id"].astype(str).to_numpy() if "spot_id" in feats else np.array([f"spot_{i}" for i in range(len(data))])
     rc = feats[["array_row", "array_col"]].to_numpy() if {"array_row", "array_col"} <= set(feats.columns) else None
+    wanted = meta.get("genes")  # a subset to write (e.g. the gene shown), else all
+    if info.get("values") is not None:  # a prediction layer: all genes live in its metadata
+        index = {g: i for i, g in enumerate(info["genes"])}
+        genes = [g for g in (wanted or info["genes"]) if g in index]
+        values = np.asarray(info["values"])[:, [index[g] for g in genes]]
+        ids = np.asarray(info.get("spot_ids", ids)).astype(str)
+        rc = info.get("array_rc") if info.get("array_rc") is not None else rc
+    else:
+        genes = [g for g in (wanted or info.get("genes", [])) if g in feats.columns]
+        values = feats[genes].to_numpy(np.float32) if genes else np.zeros((len(data), 0), np.float32)
     data = np.asarray(data, dtype=float)
     return Prediction(spot_ids=ids, xy=data[:, ::-1][:, :2] if len(data) else np.zeros((0, 2)), genes=genes,
-                      values=feats[genes].to_numpy(np.float32) if genes else np.zeros((len(data), 0), np.float32),
-                      array_rc=rc, um_per_px=float(info.get("um_per_px", 1.0)), name=meta.get("name", "spots"))
+                      values=np.asarray(values, np.float32), array_rc=rc,
+                      um_per_px=float(info.get("um_per_px", 1.0)), name=meta.get("name", "spots"))
 
 
 def write_points_csv(path, data, meta):

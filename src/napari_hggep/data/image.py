@@ -133,9 +133,15 @@ def read_image(path, lazy: bool | None = None) -> np.ndarray | LazyRGB:
 
 def image_um_per_px(path) -> float | None:
     """Micrometres per pixel from TIFF/OME metadata, or None when the file does not say."""
+    return image_um_per_px_source(path)[0]
+
+
+def image_um_per_px_source(path) -> tuple[float | None, str | None]:
+    """Micrometres per pixel and where the file says it (``OME PhysicalSizeX``, ``Aperio MPP``,
+    ``TIFF resolution tags``), or ``(None, None)``."""
     path = Path(path)
     if not path.name.lower().endswith(TIFF_SUFFIXES):
-        return None
+        return None, None
     try:
         import tifffile
 
@@ -146,14 +152,14 @@ def image_um_per_px(path) -> float | None:
 
                 m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)
                 if m and float(m.group(1)) > 0:
-                    return float(m.group(1))
+                    return float(m.group(1)), "Aperio MPP in the file"
             if tf.is_ome and tf.ome_metadata:
                 import re
 
                 m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
                 unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-                if m and (unit is None or unit.group(1) in ("µm", "um", "micron")):
-                    return float(m.group(1))
+                if m and (unit is None or unit.group(1) in ("µm", "um", "micron")) and float(m.group(1)) > 0:
+                    return float(m.group(1)), "OME PhysicalSizeX in the file"
             page = tf.pages[0]
             tags = page.tags
             if "XResolution" in tags and "ResolutionUnit" in tags:
@@ -163,10 +169,10 @@ def image_um_per_px(path) -> float | None:
                     per_unit = num / den  # pixels per unit
                     um = {2: 25400.0, 3: 10000.0}.get(unit)
                     if um and per_unit > 1:
-                        return um / per_unit
+                        return um / per_unit, "TIFF resolution tags in the file"
     except Exception:
-        return None
-    return None
+        return None, None
+    return None, None
 
 
 def as_pyramid(levels) -> np.ndarray | LazyRGB:

@@ -182,6 +182,40 @@ def visium_image_scale(name: str, shape, xy_fullres: np.ndarray, sf: dict, sf_pa
                      "image of this Space Ranger output: its spots fall outside it at every scale factor")
 
 
+def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: dict, sf_path, diameter: float):
+    """The folder's image to predict from when none is named: ``tissue_hires_image.png``, or, when
+    that shows no tissue under the spots (Space Ranger 1.0 sometimes writes a black one), the lowres
+    PNG or a full-resolution image beside ``spatial/``. Returns ``(path, image, scale, notice)``."""
+    from .image import IMAGE_SUFFIXES
+    from .quality import tissue_under_spots
+
+    cands = [spatial / "tissue_hires_image.png", spatial / "tissue_lowres_image.png"]
+    cands += sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    cands = [p for p in cands if p.is_file()]
+    if not cands:
+        raise SlideError(f"{spatial}: no tissue_hires_image.png or tissue_lowres_image.png; name the "
+                         "full-resolution image")
+    problems = []
+    for path in cands:
+        try:
+            img = read_image(path)
+            scale = visium_image_scale(path.name, img.shape, xy, sf, sf_path)
+        except SlideError as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        rep = tissue_under_spots(img, xy * scale, diameter * scale)
+        if rep.ok:
+            notice = None
+            if path != cands[0]:
+                notice = (f"{cands[0].name} shows no tissue under the spots ({'; '.join(problems)}); "
+                          f"predicting from {path.name} instead")
+            return path, img, scale, notice
+        problems.append(f"{path.name}: {rep.problem()}")
+    raise SlideError(f"{folder}: none of its images shows tissue under the spots ({'; '.join(problems)}). "
+                     "Give the slide's full-resolution image (predict IMAGE --visium outs/, or open it in napari "
+                     "with the spots).")
+
+
 def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
     """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image, or
     ``tissue_hires_image.png`` / ``tissue_lowres_image.png`` (recognised by name or size;
@@ -213,12 +247,16 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     pos = pos[pos["in_tissue"] == 1]
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
     um_per_px = VISIUM_SPOT_UM / diameter
-    image = Path(image) if image is not None else spatial / "tissue_hires_image.png"
-    if not image.is_file():
-        raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
-                         "or tissue_lowres_image.png")
-    img = read_image(image)
-    scale = visium_image_scale(image.name, img.shape, xy, sf, sf_path)
+    notice = None
+    if image is None:  # the hires PNG, or another of the folder's images when it shows no tissue
+        image, img, scale, notice = visium_image_with_tissue(folder, spatial, xy, sf, sf_path, diameter)
+    else:
+        image = Path(image)
+        if not image.is_file():
+            raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
+                             "or tissue_lowres_image.png")
+        img = read_image(image)
+        scale = visium_image_scale(image.name, img.shape, xy, sf, sf_path)
     xy, um_per_px, src = xy * scale, um_per_px / scale, str(image)
     counts = gene_names = None
     h5 = folder / "filtered_feature_bc_matrix.h5"
@@ -248,7 +286,8 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
         name=folder.name,
         spot_diameter_um=VISIUM_SPOT_UM,
         source=src,
-        meta={"image_path": src},
+        meta={"image_path": src, "um_per_px_source": "spot_diameter_fullres in scalefactors_json.json",
+              **({"notice": notice} if notice else {})},
     )
 
 

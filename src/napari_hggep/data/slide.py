@@ -65,13 +65,13 @@ class Slide:
             )
         finite = np.isfinite(self.xy).all(axis=1)
         if not finite.all():
-            raise SlideError(f"{self.name}: spot {self.spot_ids[~finite][0]!r} has no valid position "
+            raise SlideError(f"{self.name}: spot {str(self.spot_ids[~finite][0])!r} has no valid position "
                              f"(x={self.xy[~finite][0, 0]}, y={self.xy[~finite][0, 1]}); every spot needs finite x, y")
         ids, counts = np.unique(self.spot_ids, return_counts=True)
         if (counts > 1).any():
             dup = ids[counts > 1]
             raise SlideError(
-                f"{self.name}: {len(dup)} spot id(s) appear more than once (e.g. {dup[0]!r}, "
+                f"{self.name}: {len(dup)} spot id(s) appear more than once (e.g. {str(dup[0])!r}, "
                 f"{int(counts.max())} times). Each spot needs its own id: remove or rename the duplicate rows."
             )
         h, w = self.shape
@@ -84,7 +84,7 @@ class Slide:
         if outside.any():
             raise SlideError(
                 f"{self.name}: {int(outside.sum())} of {self.n_spots} spots lie outside the {w}x{h} px image "
-                f"(e.g. spot {self.spot_ids[outside][0]!r} at x={self.xy[outside][0, 0]:.0f}, "
+                f"(e.g. spot {str(self.spot_ids[outside][0])!r} at x={self.xy[outside][0, 0]:.0f}, "
                 f"y={self.xy[outside][0, 1]:.0f}). Spot coordinates must be full-resolution pixels of this image."
             )
 

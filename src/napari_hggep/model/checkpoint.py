@@ -111,14 +111,19 @@ def _jsonable(obj):
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read and verify a checkpoint; returns ``(meta, state_dict)``. Never unpickles code."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; choose the model's .pt file (the one "
+                              "`napari-hggep train --out` wrote)")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path, or use the bundled model")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
+    except Exception:  # truncated zip, random bytes, a pickle with code in it ...: torch's text is no help here
+        size = path.stat().st_size
         raise CheckpointError(
-            f"{path} is not a readable napari-hggep checkpoint (truncated, corrupt or not a safe "
-            f"torch file): {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            f"{path} is not a readable napari-hggep checkpoint: it is damaged, cut short, or another kind of file "
+            f"({size:,} bytes). Use a .pt file written by `napari-hggep train`, download or copy it again, or use "
+            "the bundled model."
         ) from None
     if not isinstance(raw, dict) or not {"meta_json", "state_dict", "sha256"} <= set(raw):
         raise CheckpointError(f"{path} is a torch file but not a napari-hggep checkpoint (no model card inside)")
