@@ -180,6 +180,7 @@ class PredictWidget(Container):
         self._on_image(self.image_layer.value)
         self._on_spots(self.spots.value)
         self._on_device("auto")
+        self._refresh_genes()  # a result layer already in the viewer
 
     # -------------------------------------------------------------- choices
     def _image_layers(self, _=None):
@@ -203,8 +204,15 @@ class PredictWidget(Container):
         if label in (BUNDLED, CHECKPOINT):
             raise ValueError(f"{label!r} is taken by a built-in choice; give another label")
         self._models[label] = str(path)
-        self.model_choice.reset_choices()
+        box = self.model_choice.native
+        box.blockSignals(True)  # refill in order (magicgui appends new choices after the old ones)
+        try:
+            box.clear()
+            self.model_choice.reset_choices()
+        finally:
+            box.blockSignals(False)
         self.model_choice.value = label
+        self.model_file.visible = False
         return label
 
     def _reset_choices(self, event=None):
