@@ -177,3 +177,83 @@ def test_pretrain_then_train_and_evaluate_with_honest_backbones(tiny_data, tmp_p
     bad.write_bytes(b"not a torch file")
     rc = main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", str(ck), "--backbone", str(bad)])
     assert rc == 2 and "bad_bb.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- issue 17: what is predicted on is tissue
+def _visium_blank_hires(folder, lowres_blank=False):
+    import json
+
+    from PIL import Image
+
+    full = he_like_image(500, 420)
+    write_visium(folder, full)
+    sp = folder / "spatial"
+    hi = np.asarray(Image.open(sp / "tissue_hires_image.png"))
+    Image.fromarray(np.zeros_like(hi)).save(sp / "tissue_hires_image.png")  # as Space Ranger 1.0 sometimes writes
+    lo = full[::10, ::10]
+    assert json.loads((sp / "scalefactors_json.json").read_text())["tissue_lowres_scalef"] == 0.1
+    Image.fromarray(np.zeros_like(lo) if lowres_blank else lo).save(sp / "tissue_lowres_image.png")
+    return folder
+
+
+def test_cli_visium_blank_hires_png_predicts_from_an_image_with_tissue(tmp_path, capsys):
+    v = _visium_blank_hires(tmp_path / "outs")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(v), "-o", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "notice: tissue_hires_image.png shows no tissue" in err and "tissue_lowres_image.png instead" in err
+    df = pd.read_csv(out)
+    assert len(df) == 64
+    vals = df.iloc[:, 5:].to_numpy()
+    assert np.median(np.ptp(vals, axis=0)) >= 0.01  # a map, not a constant
+    # with no image that shows tissue: a clear error, nothing written
+    v2 = _visium_blank_hires(tmp_path / "outs2", lowres_blank=True)
+    out2 = tmp_path / "p2.csv"
+    assert main(["predict", str(v2), "-o", str(out2)]) == 2
+    err = capsys.readouterr().err
+    assert "none of its images shows tissue" in err and "blank or nearly uniform" in err and not out2.exists()
+
+
+def test_cli_refuses_a_blank_image_and_warns_on_resolution_and_stain(tmp_path, capsys):
+    from PIL import Image
+    from skimage.data import immunohistochemistry
+
+    Image.fromarray(np.full((600, 600, 3), 12, np.uint8)).save(tmp_path / "black.png")
+    pd.DataFrame({"spot_id": ["23x20", "24x20"], "x": [300.0, 340], "y": [300.0, 300]}).to_csv(
+        tmp_path / "spots.csv", index=False)
+    out = tmp_path / "p.csv"
+    rc = main(["predict", str(tmp_path / "black.png"), "--spots", str(tmp_path / "spots.csv"), "--um-per-px", "1",
+               "-o", str(out)])
+    assert rc == 2 and "blank or nearly uniform" in capsys.readouterr().err and not out.exists()
+    Image.fromarray(immunohistochemistry()).save(tmp_path / "ihc.png")
+    rc = main(["predict", str(tmp_path / "ihc.png"), "--grid", "--pitch-um", "100", "--um-per-px", "0.5",
+               "-o", str(out), "--genes", "GNAS", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: the image does not look like H&E" in err and "brown" in err
+    Image.fromarray(he_like_image(400, 400)).save(tmp_path / "he.png")
+    rc = main(["predict", str(tmp_path / "he.png"), "--grid", "--pitch-um", "100", "--um-per-px", "6",
+               "-o", str(out), "--genes", "GNAS", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: 6 µm per pixel is coarser than the scans the model was trained on" in err
+    assert "look like H&E" not in err
+
+
+def test_cli_checkpoint_and_id_messages_are_plain(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(he_like_image(400, 400)).save(tmp_path / "he.png")
+    args = ["predict", str(tmp_path / "he.png"), "--grid", "--um-per-px", "2", "-o", str(tmp_path / "p.csv")]
+    assert main([*args, "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a checkpoint file" in err and "does not exist" not in err
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04garbage")
+    assert main([*args, "--model", str(tmp_path / "bad.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable napari-hggep checkpoint" in err
+    assert "weights_only" not in err and "Weights only" not in err
+    pd.DataFrame({"spot_id": ["23x20", "23x20"], "x": [100.0, 200], "y": [100.0, 200]}).to_csv(
+        tmp_path / "dup.csv", index=False)
+    assert main(["predict", str(tmp_path / "he.png"), "--spots", str(tmp_path / "dup.csv"), "--um-per-px", "1",
+                 "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "'23x20'" in err and "np.str_" not in err

@@ -117,7 +117,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path, or use the bundled model")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        import warnings
+
+        with warnings.catch_warnings():  # torch's unpickler warnings mean nothing to a user
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # truncated zip, random bytes, a pickle with code in it ...: torch's text is no help here
         size = path.stat().st_size
         raise CheckpointError(
