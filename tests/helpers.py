@@ -88,3 +88,60 @@ def write_tiny_dataset(root: Path, sections=("S1", "S2"), genes=("GA", "GB", "GC
         write_her2st(root / name, he_like_image(520, 520, seed=i), genes=genes, pitch_px=40.0, seed=i)
     (root / "genes.txt").write_text("\n".join(genes) + "\n")
     return root
+
+
+def write_10x_h5(path: Path, barcodes, genes, ids, counts) -> Path:
+    """A 10x feature-barcode matrix (``counts``: spots x genes, dense or sparse), as Space Ranger writes it."""
+    import h5py
+    from scipy import sparse
+
+    m = sparse.csc_matrix(sparse.csr_matrix(counts).T)  # features x barcodes, compressed by barcode
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["barcodes"] = np.array(list(barcodes), dtype="S")
+        g["data"], g["indices"], g["indptr"] = m.data.astype(np.int32), m.indices, m.indptr
+        g["shape"] = np.array(m.shape)
+        fe = g.create_group("features")
+        fe["name"] = np.array(list(genes), dtype="S")
+        fe["id"] = np.array(list(ids), dtype="S")
+        fe["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
+    return path
+
+
+def study_counts(img: np.ndarray, xy: np.ndarray, n_genes: int, seed: int = 0) -> np.ndarray:
+    """Counts that follow the tissue: the first tenth of the genes rise with the local darkness of
+    the image (predictable from it), the rest are noise; sparse like real spot counts."""
+    rng = np.random.default_rng(seed)
+    grey = img.mean(axis=2)
+    h, w = grey.shape
+    dark = np.array([255 - grey[max(int(y) - 8, 0):min(int(y) + 8, h), max(int(x) - 8, 0):min(int(x) + 8, w)].mean()
+                     for x, y in xy])
+    dark = (dark - dark.mean()) / (dark.std() + 1e-9)
+    n_sig = max(n_genes // 10, 1)
+    rate = np.full((len(xy), n_genes), 0.15)
+    rate[:, :n_sig] = np.exp(0.8 * dark[:, None] + rng.normal(0, 0.2, (1, n_sig))) * 2
+    return rng.poisson(rate).astype(np.int32)
+
+
+def write_visium_study_section(root: Path, name: str, img_full: np.ndarray, n_genes: int = 2000, seed: int = 0,
+                               blank_hires: bool = True) -> tuple[Path, Path]:
+    """A Space Ranger outs/ folder with a sparse matrix of ``n_genes`` genes (symbols and Ensembl
+    ids), and its full-resolution TIFF beside outs/ (Space Ranger does not copy it in). The hires
+    PNG is black unless ``blank_hires`` is False, so a test can tell which image was used."""
+    import pandas as pd
+    import tifffile
+    from PIL import Image
+
+    outs = write_visium(root / name / "outs", img_full, with_h5=False)
+    pos = pd.read_csv(outs / "spatial" / "tissue_positions.csv")
+    pos = pos[pos.in_tissue == 1]
+    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
+    genes = [f"GENE{i}" for i in range(n_genes)]
+    ids = [f"ENSG{i:011d}" for i in range(n_genes)]
+    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", pos.barcode, genes, ids, study_counts(img_full, xy, n_genes, seed))
+    if blank_hires:
+        hires = outs / "spatial" / "tissue_hires_image.png"
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(hires)))).save(hires)
+    full = root / name / f"{name}_fullres.tif"
+    tifffile.imwrite(full, img_full)
+    return outs, full

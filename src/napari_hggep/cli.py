@@ -9,9 +9,6 @@ from pathlib import Path
 
 from ._version import __version__
 
-DEFAULT_DATA = "../shared/data/her2st"
-
-
 class Bar:
     """A one-line progress bar on stderr."""
 
@@ -110,10 +107,10 @@ def _predict_one(a) -> int:
     return 0
 
 
-def _train_config(a, device=None):
+def _train_config(a, device=None, epochs: int = 30):
     from .training.train import TrainConfig
 
-    return TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
+    return TrainConfig(epochs=a.epochs or epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
                        val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,
                        backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha,
                        sections_per_step=getattr(a, "sections_per_step", 1))
@@ -140,11 +137,14 @@ def _model_config(a, genes):
 def _sections(a):
     from .training.dataset import load_sections, read_genes
 
+    if a.data is None:
+        raise SystemExit("error: give --samples TABLE.csv or --data DIR (a folder of section folders)")
     genes = read_genes(a.genes or Path(a.data) / "genes.txt")
     cfg = _model_config(a, genes)
     names = a.sections or sorted(p.name for p in Path(a.data).iterdir() if p.is_dir())
     print(f"reading {len(names)} sections from {a.data} ...", file=sys.stderr)
-    secs = load_sections(a.data, names, genes, cfg, a.cache, stats_res_copies=a.stats_res_copies)
+    copies = 2 if a.stats_res_copies is None else a.stats_res_copies
+    secs = load_sections(a.data, names, genes, cfg, a.cache, stats_res_copies=copies)
     return secs, genes, cfg
 
 
@@ -160,8 +160,72 @@ def _epoch_printer(total):
     return show
 
 
+def _study(a, log):
+    """The study's sections and options from ``--samples`` or ``--data`` (plus --hvg/--genes)."""
+    from .data.samples import read_samples_table, rows_from_data_dir
+    from .training.study import Study, StudyOptions
+
+    if a.samples and a.data:
+        raise SystemExit("error: give --samples TABLE.csv or --data DIR, not both")
+    if a.samples:
+        rows = read_samples_table(a.samples)
+        if a.sections:
+            rows = [r for r in rows if r.section in set(a.sections)]
+    elif a.data:
+        rows = rows_from_data_dir(a.data, a.sections)
+    else:
+        raise SystemExit("error: give --samples TABLE.csv (columns section,folder,image,patient) or --data DIR "
+                         "(a folder of section folders)")
+    if a.hvg and a.genes:
+        raise SystemExit("error: give --hvg N or --genes FILE, not both")
+    opts = StudyOptions(hvg=a.hvg, genes_file=a.genes,
+                        default_genes_file=str(Path(a.data) / "genes.txt") if a.data else None,
+                        from_scratch=a.from_scratch, finetune=a.finetune, branches=a.branches,
+                        train=_train_config(a, epochs=12), minutes=getattr(a, "minutes", None),
+                        heldout=not getattr(a, "no_heldout", False), stats_res_copies=a.stats_res_copies or 0,
+                        cache=a.cache, keep_state=getattr(a, "keep_state", False),
+                        preset=a.preset)
+    return Study(rows, opts, log=log)
+
+
+def _expert_train(a) -> bool:
+    """The recipe the bundled model was made with: an evaluation's metrics stored as they are,
+    a pretrained backbone file, torchrun; no study folds."""
+    return bool(a.card_metrics or a.backbone or a.freeze_backbone or a.sections_per_step > 1)
+
+
+def _cmd_train(a) -> int:
+    import os
+
+    if _expert_train(a) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if a.samples:
+            raise SystemExit("error: --samples trains a study model; --card-metrics, --backbone, --freeze-backbone, "
+                             "--sections-per-step and torchrun take --data DIR with a genes.txt")
+        return _cmd_train_expert(a)
+    log = lambda m: print(f"\n{m}" if bar.open else m, file=sys.stderr, flush=True)  # noqa: E731
+    bar = _StudyBar()
+    study = _study(a, log)
+    study.run(a.out, progress=bar, resume=a.resume)
+    return 0
+
+
+class _StudyBar:
+    """One progress line for the whole study job (reading, held-out folds, final model)."""
+
+    def __init__(self):
+        self.bar, self.open = Bar("train"), False
+
+    def __call__(self, ev) -> None:
+        eta = ""
+        el = time.time() - self.bar.t0
+        if 0.02 < ev.done < 1:
+            eta = f" ETA {el / ev.done - el:4.0f}s"
+        self.bar(int(1000 * ev.done), 1000, ev.text[:90] + eta)
+        self.open = ev.done < 1
+
+
 @_distributed_command
-def _cmd_train(a, dist, device) -> int:
+def _cmd_train_expert(a, dist, device) -> int:
     from .training.train import train_model
 
     secs, genes, cfg = _sections(a)
@@ -179,8 +243,10 @@ def _cmd_train(a, dist, device) -> int:
                    "protocol": ev.get("protocol"), "gene_pcc_loo": ev.get("gene_pcc"), "gene_pcc_lopo": lopo,
                    "gene_pcc": lopo or ev.get("gene_pcc"),
                    "gene_pcc_protocol": "leave-one-patient-out" if lopo else "leave-one-section-out"}
+    epochs = a.epochs or 30
     train_model(secs, cfg, genes, _train_config(a, device), out=a.out, resume=a.resume,
-                progress=_epoch_printer(a.epochs) if dist.is_main else None, metrics=metrics, dist=dist)
+                progress=_epoch_printer(epochs) if dist.is_main else None, metrics=metrics, dist=dist,
+                keep_state=a.keep_state)
     if dist.is_main:
         print(f"wrote {a.out}", file=sys.stderr)
     return 0
@@ -193,6 +259,8 @@ def _cmd_evaluate(a) -> int:
     if not a.loo:
         raise SystemExit("error: pass --loo (leave-one-section-out, plus leave-one-patient-out and the "
                          "resampled held-out sections)")
+    if a.samples or a.hvg:
+        return _evaluate_study(a)
     secs, genes, cfg = _sections(a)
     labels = None
     if a.labels:
@@ -210,10 +278,34 @@ def _cmd_evaluate(a) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     backbones = dict(kv.split("=", 1) for kv in a.backbone_without) if a.backbone_without else None
     res = evaluate(secs, cfg, genes, _train_config(a), labels, resampled, patients, log=log,
-                   progress=_epoch_printer(a.epochs), backbones=backbones)
+                   progress=_epoch_printer(a.epochs or 30), backbones=backbones)
     if a.ablation:
         res["ablation"] = ablation(secs, cfg, genes, _train_config(a), resampled, patients, log=log,
-                                   progress=_epoch_printer(a.epochs), backbones=backbones, done=res)
+                                   progress=_epoch_printer(a.epochs or 30), backbones=backbones, done=res)
+    js, md = write_results(res, a.out)
+    print(markdown_table(res))
+    print(f"wrote {js} and {md}", file=sys.stderr)
+    return 0
+
+
+def _evaluate_study(a) -> int:
+    """``evaluate --samples``: the study's recipe (bundled start, frozen encoder, or --finetune /
+    --from-scratch) under leave-one-section-out and leave-one-patient-out, with --ablation."""
+    from .training.evaluate import ablation, evaluate, markdown_table, write_results
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    study = _study(a, log)
+    study.load()
+    patients = {r.section: r.patient for r in study.rows if r.patient} or None
+    if a.patients:
+        patients = dict(kv.split("=", 1) for kv in a.patients)
+    tcfg = study.train_config(None)
+    res = evaluate(study.sections, study.config, study.panel.genes, tcfg, None, {}, patients, log=log,
+                   progress=_epoch_printer(tcfg.epochs))
+    res["protocol"]["panel"] = study.panel.card()
+    if a.ablation:
+        res["ablation"] = ablation(study.sections, study.config, study.panel.genes, tcfg, {}, patients, log=log,
+                                   progress=_epoch_printer(tcfg.epochs), done=res)
     js, md = write_results(res, a.out)
     print(markdown_table(res))
     print(f"wrote {js} and {md}", file=sys.stderr)
@@ -286,13 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, func in (("train", "train a model on ST sections", _cmd_train),
                                  ("evaluate", "leave-one-section-out and leave-one-patient-out evaluation", _cmd_evaluate)):
         t = sub.add_parser(name, help=helptext)
-        t.add_argument("--data", default=DEFAULT_DATA, help="folder of section folders (HER2+ ST or Visium)")
-        t.add_argument("--sections", nargs="+", help="section folder names (default: all)")
-        t.add_argument("--genes", help="gene list file (default: DATA/genes.txt)")
+        t.add_argument("--samples", help="samples table (CSV): section,folder[,image,patient,um_per_px]; folders are "
+                                         "Space Ranger outs/, HER2+ ST folders, or an image + spots.csv + counts table")
+        t.add_argument("--data", help="shortcut: a folder of section folders (each one section)")
+        t.add_argument("--sections", nargs="+", help="only these sections (default: all)")
+        t.add_argument("--genes", help="gene list file, symbols or Ensembl ids (default: DATA/genes.txt if there, "
+                                       "else the 500 most variable genes)")
+        t.add_argument("--hvg", type=int, metavar="N", help="predict the N most variable genes of the training sections")
+        t.add_argument("--from-scratch", action="store_true",
+                       help="train the image path from random weights (default: start from the bundled model's)")
+        t.add_argument("--finetune", action="store_true",
+                       help="train the whole image path too (default: its encoder stays as the bundled model's; "
+                            "fine-tuning is slow without a GPU)")
         t.add_argument("--preset", default="compact", choices=["compact", "paper"])
         t.add_argument("--ham-rule", choices=["nearest", "largest"])
         t.add_argument("--colour-norm", choices=["imagenet", "slide"], help="input colour standardisation")
-        t.add_argument("--epochs", type=int, default=30)
+        t.add_argument("--epochs", type=int, help="epochs per training (default: 12 for a study, 30 for the "
+                                                   "expert recipe)")
         t.add_argument("--lr", type=float, default=1e-3)
         t.add_argument("--zinb-weight", type=float, default=0.25)
         t.add_argument("--val-frac", type=float, default=0.15)
@@ -311,17 +413,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the (pretrained) GEM + ShuffleNet fixed; much faster on a CPU")
         t.add_argument("--ridge-alpha", type=float,
                        help="statistics branch ridge strength (default: chosen within the training sections)")
-        t.add_argument("--stats-res-copies", type=int, default=2,
+        t.add_argument("--stats-res-copies", type=int, default=None,
                        help="also compute each training section's statistics at this many random scan "
-                            "resolutions (1-4 um/px) so the statistics branch holds at any resolution")
+                            "resolutions (1-4 um/px) so the statistics branch holds at any resolution "
+                            "(default: 0 for a study, 2 for the expert recipe)")
         t.set_defaults(func=func)
         if name == "train":
             t.add_argument("--sections-per-step", type=int, default=1,
                            help="sections whose gradients make one step (under torchrun: default one per "
                                 "process, and a multiple of the number of processes)")
             t.add_argument("--out", required=True, help="checkpoint to write")
-            t.add_argument("--resume", action="store_true", help="resume from OUT.state")
-            t.add_argument("--card-metrics", help="loo.json from `evaluate` to store in the model card")
+            t.add_argument("--resume", action="store_true", help="resume from OUT.state (and OUT.study.json)")
+            t.add_argument("--keep-state", action="store_true", help="keep the resumable state after success")
+            t.add_argument("--minutes", type=float, help="time budget for all trainings (held-out folds and the model)")
+            t.add_argument("--no-heldout", action="store_true",
+                           help="skip the held-out folds (no per-gene PCC in the model card)")
+            t.add_argument("--card-metrics", help="expert: loo.json from `evaluate` to store in the model card "
+                                                  "instead of the study's held-out folds")
         else:
             t.add_argument("--loo", action="store_true", help="leave-one-section-out")
             t.add_argument("--labels", help="CSV section,spot_id,label of pathologist regions (for ARI)")
@@ -337,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="patient of each section (default: the leading letters of its name)")
 
     pt = sub.add_parser("pretrain", help="self-supervised pretraining of the image path on unlabelled tissue")
-    pt.add_argument("--data", default=DEFAULT_DATA, help="folder of section folders (HER2+ ST or Visium)")
+    pt.add_argument("--data", default=".", help="folder that holds the --sections folders")
     pt.add_argument("--sections", nargs="+", help="section folder names under --data")
     pt.add_argument("--images", nargs="+", help="more H&E images (their um/px from the file or --um-per-px)")
     pt.add_argument("--um-per-px", type=float, help="micrometres per pixel of --images")

@@ -66,30 +66,56 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
     if resample_um:
         slide = slide.resampled(resample_um)
         name = slide.name
-    stats, aug = None, ()
-    if with_stats:
-        stats = tissue_features(slide, ctx, config.stats_um_per_px)
-        rng = np.random.default_rng(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
-        aug = tuple(tissue_features(slide.resampled(float(np.exp(rng.uniform(0, np.log(4))))), ctx,
-                                    config.stats_um_per_px) for _ in range(stats_res_copies))
-    sec = SectionData(
-        name=name,
-        patches=extract_patches(slide, config.patch_um, config.patch_px),
-        coords_um=slide.coords_um.astype(np.float32),
-        target=normalise_counts(slide.counts),
-        counts=slide.counts.astype(np.float32),
-        spot_ids=slide.spot_ids,
-        stats=stats,
-        stats_aug=aug,
-    )
+    sec = build_section(slide, slide.counts, name, config, stats_res_copies)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"stats": stats, **{f"stats_aug{i}": a for i, a in enumerate(aug)}} if with_stats else {}
+        extra = {"stats": sec.stats, **{f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)}} if with_stats else {}
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, name=np.array(name), patches=sec.patches, coords_um=sec.coords_um, target=sec.target,
                          counts=sec.counts, spot_ids=sec.spot_ids, **extra)
     return sec
+
+
+def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies: int = 0,
+                  progress=None) -> SectionData:
+    """A training section from a slide (image + spots) and its counts (``spots x genes``):
+    patches, tissue statistics (and ``stats_res_copies`` copies on the slide resampled to random
+    resolutions between 1 and 4 um/px), targets. A section whose image shows no tissue under
+    its spots is refused."""
+    patches = extract_patches(slide, config.patch_um, config.patch_px)
+    check_tissue(patches, name, slide.source)
+    stats, aug = None, ()
+    if config.stats_features:
+        ctx = tuple(config.context_um)
+        stats = tissue_features(slide, ctx, config.stats_um_per_px, progress=progress)
+        rng = np.random.default_rng(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
+        aug = tuple(tissue_features(slide.resampled(float(np.exp(rng.uniform(0, np.log(4))))), ctx,
+                                    config.stats_um_per_px) for _ in range(stats_res_copies))
+    return SectionData(
+        name=name,
+        patches=patches,
+        coords_um=slide.coords_um.astype(np.float32),
+        target=normalise_counts(counts),
+        counts=np.asarray(counts, np.float32),
+        spot_ids=slide.spot_ids,
+        stats=stats,
+        stats_aug=aug,
+    )
+
+
+def check_tissue(patches: np.ndarray, name: str, source: str = "") -> None:
+    """Refuse a section whose patches are blank: an image that is black, white or one flat
+    colour under the spots (a placeholder, or the wrong file) teaches the model nothing."""
+    if len(patches) == 0:
+        raise SlideError(f"section {name}: no spots")
+    sample = patches[:: max(1, len(patches) // 500)]
+    spread = np.median(sample.reshape(len(sample), -1, 3).std(axis=1).mean(axis=1))
+    if spread < 3.0:
+        where = f" ({source})" if source else ""
+        raise SlideError(f"section {name}: its image{where} shows no tissue under the spots (nearly uniform: "
+                         f"median spread {spread:.1f} of 255). Give the section's H&E image (the samples table's "
+                         "image column)")
 
 
 def load_sections(data_dir, sections: list[str], genes: list[str], config, cache_dir=None,

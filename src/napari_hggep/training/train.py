@@ -54,6 +54,16 @@ class TrainConfig:
     # of a group (default there: one section per rank), and one process with the same group size
     # gives the same loss curve
     sections_per_step: int = 1
+    # a napari-hggep checkpoint to start from (e.g. the bundled model): every weight of the image
+    # path whose name and shape match is copied; the outputs (heads, PCA basis, statistics
+    # ridge) are new, made for this run's genes
+    init_from: str | None = None
+    # keep GEM + ShuffleNet + the stage projections fixed: each spot's tokens are computed once
+    # for a few flipped/rotated/rescaled views, and only the slide-level part (attention,
+    # hypergraph, fusion, heads) trains; the cheap way to use a pretrained image path on a CPU
+    freeze_encoder: bool = False
+    encoder_views: int = 4
+    max_minutes: float | None = None  # time budget for the epochs (the best model so far is kept)
 
 
 def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> np.ndarray:
@@ -161,11 +171,17 @@ def train_model(
     progress: Callable[[dict], None] | None = None,
     metrics: dict | None = None,
     dist: DistContext = SINGLE,
+    should_stop: Callable[[], bool] | None = None,
+    keep_state: bool = True,
+    card: dict | None = None,
 ) -> tuple[ModelBundle, list[dict]]:
     """Train HGGEP on ``sections`` (one slide per step, or groups of ``sections_per_step``).
     A fraction ``val_frac`` of each training section's spots is held out of the loss and used
     for model selection. With ``out``, the best model is written there and a resumable state
-    beside it (by rank 0 only under torchrun, where ``dist`` is this rank's context)."""
+    beside it (by rank 0 only under torchrun, where ``dist`` is this rank's context), removed
+    after success unless ``keep_state``. ``should_stop()`` true between steps cancels the run
+    (:class:`TrainingCancelled`; the state of the last finished epoch is kept for resuming).
+    ``card``: more entries for the model card's ``extra``."""
     if not sections:
         raise ValueError("no training sections")
     group = max(int(tcfg.sections_per_step), 1)
@@ -184,6 +200,8 @@ def train_model(
     mean, std = gene_stats(sections, train_masks)
     model = HGGEP(config)
     provenance: dict = {}
+    if tcfg.init_from and config.image_path:
+        provenance["initialised_from"] = init_from_checkpoint(model, tcfg.init_from)
     if tcfg.backbone and config.image_path:
         provenance["pretrained_backbone"] = load_backbone_into(model, tcfg.backbone)
     z_targets = [((t - mean) / std).astype(np.float32) for t in fit_targets]
@@ -193,9 +211,11 @@ def train_model(
     if config.stats_features:
         provenance["ridge_alpha"] = init_stats_branch(model, sections, z_targets, train_masks, tcfg.ridge_alpha)
     model.to(device)
-    if tcfg.freeze_backbone and config.image_path:
+    if (tcfg.freeze_backbone or tcfg.freeze_encoder) and config.image_path:
         model.gem.requires_grad_(False)
         model.backbone.requires_grad_(False)
+    if tcfg.freeze_encoder and config.image_path:
+        model.stages.requires_grad_(False)
     ema = copy.deepcopy(model).eval()
     step_net = _TrainForward(model)
     if dist.active:  # gradients averaged across ranks by PyTorch's DistributedDataParallel
@@ -219,7 +239,11 @@ def train_model(
     ]
     has_val = any((~m).any() for m in train_masks)
     epochs = tcfg.epochs if config.image_path else 0  # a statistics-only model is fitted in closed form
-    frozen = _frozen_trunk_views(model, sections, g, tcfg, device) if tcfg.freeze_backbone and epochs else None
+    frozen, kind = None, None
+    if epochs and tcfg.freeze_encoder:
+        frozen, kind = _frozen_token_views(model, sections, tcfg, device), "tokens"
+    elif epochs and tcfg.freeze_backbone:
+        frozen, kind = _frozen_trunk_views(model, sections, g, tcfg, device), "maps"
     # what makes a run repeatable: the same sections, genes and config, then every random stream
     fingerprint = {"config": json.dumps(config.to_dict(), sort_keys=True), "genes": list(genes),
                    "sections": [s.name for s in sections], "seed": int(tcfg.seed)}
@@ -233,12 +257,19 @@ def train_model(
         torch.set_rng_state(st["torch_rng"])
         start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
         best_state = st["best_state"]
+    t_start = time.time()
+    stopped_early = False
     for epoch in range(start_epoch, epochs):
+        if tcfg.max_minutes is not None and epoch > start_epoch and time.time() - t_start > 60 * tcfg.max_minutes:
+            stopped_early = True
+            break
         t0 = time.time()
         model.train()
         if frozen is not None:
             model.gem.eval()
             model.backbone.eval()
+            if kind == "tokens":
+                model.stages.eval()
         losses = []
         order = torch.randperm(len(sections), generator=g).tolist()
         order = [j for j in order if train_masks[j].any()]
@@ -251,6 +282,9 @@ def train_model(
                       for pos, i in enumerate(order[k:k + group])][dist.rank::dist.world]
                      for k in range(0, len(order), group)]
         for step in steps:
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"cancelled in epoch {epoch + 1}; the state after epoch {epoch} is kept"
+                                        + (f" in {state_path}" if state_path else ""))
             opt.zero_grad()
             for n_done, (i, gen) in enumerate(step):
                 sec = sections[i]
@@ -261,6 +295,7 @@ def train_model(
                         pick = torch.randint(0, views[0].shape[0], (sec.n_spots,), generator=gen).to(device)
                         spots = torch.arange(sec.n_spots, device=device)
                         inputs = [v[pick, spots] for v in views]
+                        inputs = inputs[0] if kind == "tokens" else inputs
                     else:
                         inputs = train_augment(to_tensor(sec.patches), gen, tcfg.jitter, config.patch_um / config.patch_px,
                                                config.patch_um, tcfg.res_range).to(device)
@@ -284,7 +319,7 @@ def train_model(
         if dist.active:  # the epoch's loss over every rank's sections
             total, count = all_sum(dist, [sum(losses), len(losses)], device)
             losses = [total / max(count, 1)]
-        val = _val_pcc(ema, sections, train_masks, mean, std, device, frozen) if has_val else float("nan")
+        val = _val_pcc(ema, sections, train_masks, mean, std, device, frozen, kind) if has_val else float("nan")
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "val_pcc": val, "seconds": time.time() - t0}
         history.append(rec)
         score = val if has_val else -rec["loss"]
@@ -308,27 +343,69 @@ def train_model(
     final.load_state_dict(best_state)
     final.to(device).eval()
     target_norm = {"kind": "log1p_median_total", "mean": mean.tolist(), "std": std.tolist()}
-    extra = {"train": asdict(tcfg), "history": history, **provenance}
+    if stopped_early:
+        provenance["stopped_early"] = f"time budget of {tcfg.max_minutes:g} min reached after {len(history)} epochs"
+    extra = {"train": asdict(tcfg), "history": history, **provenance, **(card or {})}
     meta = {"metrics": metrics or {}, "history": history, "train": asdict(tcfg), "extra": extra}
     bundle = ModelBundle(final, config, list(genes), target_norm, meta)
     if out and dist.is_main:
         save_checkpoint(out, final, config, genes, target_norm, [s.name for s in sections],
                         {**(metrics or {}), "best_val_pcc": best if has_val else None}, extra=extra, half=True)
     barrier(dist)  # no rank ends before the files are written
+    if state_path is not None and dist.is_main and not keep_state:
+        state_path.unlink(missing_ok=True)
     return bundle, history
+
+
+class TrainingCancelled(Exception):
+    """The user stopped training; nothing was written but the resumable state."""
+
+
+OUTPUT_PREFIXES = ("head.", "zinb_", "stats_head.", "pca_basis")
+
+
+def init_from_checkpoint(model: HGGEP, path) -> dict:
+    """Start ``model`` from a napari-hggep checkpoint (e.g. the bundled model): every weight of
+    the image path whose name and shape match is copied; the outputs, which belong to the
+    checkpoint's genes, are not. Returns provenance for the model card."""
+    from ..model.checkpoint import CheckpointError, read_checkpoint
+
+    meta, state = read_checkpoint(path)
+    own = model.state_dict()
+    body = [k for k in own if not k.startswith(OUTPUT_PREFIXES)]
+    bad = [k for k in body if k in state and state[k].shape != own[k].shape]
+    if bad or not any(k in state for k in body):
+        k = bad[0] if bad else body[0]
+        raise CheckpointError(f"{path}: its image path does not fit this model (e.g. {k}); start from a model of the "
+                              "same preset, or use --from-scratch")
+    copied = 0
+    with torch.no_grad():
+        for k in body:
+            if k in state:
+                own[k].copy_(state[k].to(own[k].dtype))
+                copied += 1
+    pre = meta.get("extra", {}).get("pretrained_backbone")
+    return {"checkpoint": Path(path).name, "sections": meta.get("sections"), "tensors_copied": copied,
+            "image_path_pretraining": pre}
 
 
 class _TrainForward(torch.nn.Module):
     """One training forward pass as a module, so DistributedDataParallel can wrap it: patches
-    (or a frozen trunk's views) to tokens, then attention, hypergraph and heads."""
+    (or a frozen trunk's views, or frozen tokens) to tokens, then attention, hypergraph and heads."""
 
     def __init__(self, model: HGGEP):
         super().__init__()
         self.model = model
 
     def forward(self, inputs, coords, stats):
-        tokens = self.model.project(inputs) if isinstance(inputs, list) else self.model.encode(inputs)
-        return self.model.forward_tokens(tokens, coords, stats)
+        return self.model.forward_tokens(_tokens(self.model, inputs), coords, stats)
+
+
+def _tokens(model: HGGEP, inputs):
+    """Patches (``N x 3 x P x P``), a frozen trunk's stage maps (a list) or tokens (``N x 3 x d``)."""
+    if isinstance(inputs, list):
+        return model.project(inputs)
+    return inputs if inputs.ndim == 3 else model.encode(inputs)
 
 
 def _draw_seed(seed: int, epoch: int, step_start: int, position: int) -> int:
@@ -368,7 +445,7 @@ def _read_state(path: Path, fingerprint: dict) -> dict:
     return st
 
 
-def _val_pcc(model, sections, masks, mean, std, device, frozen=None) -> float:
+def _val_pcc(model, sections, masks, mean, std, device, frozen=None, kind="maps") -> float:
     """Mean gene PCC on the validation spots of the training sections (never a test section).
     ``frozen``: the precomputed trunk maps (their first view is the patch as it is)."""
     rs = []
@@ -379,7 +456,7 @@ def _val_pcc(model, sections, masks, mean, std, device, frozen=None) -> float:
             else:
                 with torch.no_grad():
                     model.eval()
-                    tokens = model.project([v[0] for v in frozen[i]])
+                    tokens = _tokens(model, frozen[i][0][0] if kind == "tokens" else [v[0] for v in frozen[i]])
                     z = model.forward_tokens(tokens, torch.from_numpy(sec.coords_um).to(device),
                                              _stats_tensor(sec, device))["expr"].float().cpu().numpy()
                 pred = z * std + mean
@@ -409,5 +486,45 @@ def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainC
                 maps.append(model.trunk(x.contiguous().to(device)))
             per_view.append([torch.cat(m) for m in zip(*maps)])
         out.append([torch.stack(v) for v in zip(*per_view)])
+    model.train(was)
+    return out
+
+
+@torch.no_grad()
+def _frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch: int = 256) -> list[list[torch.Tensor]]:
+    """With a frozen encoder, each spot's tokens for ``tcfg.encoder_views`` views (the patch as
+    it is, then flips/rotations, every second one at a random scan resolution): per section
+    ``[V x N x 3 x d]``. The views are drawn per section (seeded by its name), so they are the
+    same in every fold that trains on it, and cached on the section for the same encoder."""
+    import hashlib
+
+    was = model.training
+    model.eval()
+    cfg = model.config
+    enc = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        if k.startswith(("gem.", "backbone.", "stages.")):
+            enc.update(k.encode())
+            enc.update(v.detach().cpu().float().numpy().tobytes())
+    key = (enc.hexdigest(), int(tcfg.encoder_views), tuple(tcfg.res_range), str(device))
+    out = []
+    for sec in sections:
+        cache = getattr(sec, "_token_cache", None)
+        if cache is not None and cache[0] == key:
+            out.append(cache[1])
+            continue
+        gen = torch.Generator().manual_seed(int(hashlib.sha1(sec.name.encode()).hexdigest()[:8], 16))
+        views = []
+        for k in range(max(int(tcfg.encoder_views), 1)):
+            toks = []
+            for i in range(0, sec.n_spots, batch):
+                x = dihedral_view(to_tensor(sec.patches[i:i + batch]), k)
+                if k % 2:
+                    x = resolution_jitter(x, gen, cfg.patch_um / cfg.patch_px, cfg.patch_um, *tcfg.res_range)
+                toks.append(model.encode(x.contiguous().to(device)))
+            views.append(torch.cat(toks))
+        entry = [torch.stack(views)]
+        sec._token_cache = (key, entry)
+        out.append(entry)
     model.train(was)
     return out

@@ -1,0 +1,304 @@
+"""Your study, your model: train on a user's own labelled sections (a samples table), with a
+gene panel from the data, starting from the bundled model, and with per-gene held-out PCC
+measured among the user's sections (leave-one-patient-out when the table names patients,
+leave-one-section-out otherwise) stored in the model card.
+
+Used by ``napari-hggep train --samples`` and by the napari training widget; no Qt here."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .._atomic import atomic_write_bytes
+from ..data.samples import LabelledSection, SampleRow, read_labelled_section
+from ..data.slide import SlideError
+from ..devices import resolve_device
+from .dataset import SectionData, build_section, read_genes
+from .metrics import gene_pcc
+from .panel import DEFAULT_HVG, Panel, panel_counts, panel_from_list, select_hvg
+from .train import TrainConfig, TrainingCancelled, predict_section, train_model
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StudyOptions:
+    hvg: int | None = None  # the N most variable genes of the training sections
+    genes_file: str | None = None  # or a gene list (symbols or Ensembl ids)
+    default_genes_file: str | None = None  # a data folder's genes.txt, used when neither is given
+    from_scratch: bool = False  # random image path instead of the bundled model's
+    finetune: bool = False  # train the whole image path (slow on a CPU) instead of a frozen encoder
+    branches: str = "both"  # "both", "stats" or "image"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12))  # epochs, lr, seed, device, ...
+    minutes: float | None = None  # time budget for all trainings together (held-out folds + final)
+    heldout: bool = True  # measure per-gene held-out PCC among the sections (2+ sections)
+    stats_res_copies: int = 0  # statistics also on resampled copies (for slides scanned at other resolutions)
+    cache: str | None = None  # folder for the sections' patches and statistics
+    keep_state: bool = False
+    preset: str = "compact"
+
+
+@dataclass
+class StudyEvent:
+    """Progress for a bar, an ETA and a live plot: what runs now and the latest epoch."""
+
+    phase: str  # "read", "fold", "final"
+    text: str
+    done: float  # fraction of the whole job
+    epoch: dict | None = None
+    fold: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Study:
+    """A study's sections, loaded once; :meth:`run` measures held-out PCC and trains the model.
+    Keeping the object (as the napari widget does) makes a resumed run skip the reading."""
+
+    def __init__(self, rows: list[SampleRow], options: StudyOptions, log: Log = print):
+        if not rows:
+            raise SlideError("no labelled sections: give a samples table or a data folder")
+        self.rows, self.opts, self.log = list(rows), options, log
+        self.labelled: list[LabelledSection] | None = None
+        self.panel: Panel | None = None
+        self.sections: list[SectionData] | None = None
+        self.config = None
+
+    # ------------------------------------------------------------ data
+    def load(self, progress: Callable[[StudyEvent], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> None:
+        if self.sections is not None:
+            return
+        o = self.opts
+        labelled = []
+        for i, row in enumerate(self.rows):
+            _check_stop(should_stop)
+            _emit(progress, StudyEvent("read", f"Reading section {row.section} ({i + 1}/{len(self.rows)})…",
+                                       0.05 * i / len(self.rows)))
+            labelled.append(read_labelled_section(row))
+        self.labelled = labelled
+        if o.genes_file:
+            self.panel = panel_from_list(read_genes(o.genes_file), labelled, "file")
+        elif o.hvg:
+            self.panel = select_hvg(labelled, int(o.hvg))
+        elif o.default_genes_file and Path(o.default_genes_file).is_file():
+            self.panel = panel_from_list(read_genes(o.default_genes_file), labelled, "genes.txt")
+        else:
+            self.panel = select_hvg(labelled, DEFAULT_HVG)
+            self.log(f"no gene list or --hvg given: the model predicts the {DEFAULT_HVG} most variable genes of the "
+                     "sections (--hvg N for another number, --genes FILE for your own list)")
+        if self.panel.missing:
+            self.log(f"{len(self.panel.missing)} of {self.panel.n_requested} listed genes are not in every section "
+                     f"and are left out (e.g. {', '.join(self.panel.missing[:5])})")
+        self.log(f"gene panel: {len(self.panel.genes)} genes ({self.panel.source})")
+        self.config = self._model_config(len(self.panel.genes))
+        secs = []
+        for i, lab in enumerate(labelled):
+            _check_stop(should_stop)
+            _emit(progress, StudyEvent("read", f"Patches and tissue statistics of {lab.name} "
+                                               f"({lab.slide.n_spots} spots)…", 0.05 + 0.1 * i / len(labelled)))
+            secs.append(self._section(lab))
+        self.sections = secs
+        for lab in labelled:  # the sparse counts of every gene are no longer needed
+            lab.counts = None
+        self.log(f"{len(secs)} sections, {sum(s.n_spots for s in secs)} spots")
+
+    def _model_config(self, n_genes: int):
+        from ..model.config import HGGEPConfig, preset
+
+        o = self.opts
+        if o.from_scratch:
+            cfg = preset(o.preset, n_genes=n_genes)
+        else:  # the bundled model's sizes and statistics pipeline, with outputs for this panel
+            from .._bundled import bundled_checkpoint
+
+            card = json.loads(bundled_checkpoint().with_suffix(".json").read_text())
+            cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes)
+        if o.branches == "stats":
+            cfg = cfg.replace(image_path=False)
+        elif o.branches == "image":
+            cfg = cfg.replace(stats_features=0)
+        return cfg
+
+    def _section(self, lab: LabelledSection) -> SectionData:
+        o, cfg = self.opts, self.config
+        lab.slide.validate()
+        cache = None
+        if o.cache:
+            spec = json.dumps([str(lab.row.folder.resolve()), str(lab.row.image), lab.row.um_per_px, lab.name,
+                               self.panel.genes, cfg.patch_um, cfg.patch_px, list(cfg.context_um),
+                               cfg.stats_um_per_px, bool(cfg.stats_features), o.stats_res_copies])
+            cache = Path(o.cache) / f"study-{lab.name}-{hashlib.sha1(spec.encode()).hexdigest()[:12]}.npz"
+            if cache.is_file():
+                z = np.load(cache, allow_pickle=False)
+                return SectionData(lab.name, z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
+                                   z["stats"] if "stats" in z else None,
+                                   tuple(z[f"stats_aug{i}"] for i in range(o.stats_res_copies) if f"stats_aug{i}" in z))
+        sec = build_section(lab.slide, panel_counts(lab, self.panel.genes), lab.name, cfg, o.stats_res_copies)
+        if cache is not None:
+            from .._atomic import atomic_path
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            extra = {} if sec.stats is None else {"stats": sec.stats}
+            extra.update({f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)})
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.savez(f, patches=sec.patches, coords_um=sec.coords_um, target=sec.target, counts=sec.counts,
+                         spot_ids=sec.spot_ids, **extra)
+        return sec
+
+    # ------------------------------------------------------------ folds
+    def folds(self) -> tuple[str, list[tuple[list[int], list[int]]]]:
+        """``(protocol, [(train indices, test indices)])``: leave-one-patient-out with 2+ patients
+        named, else leave-one-section-out; none for one section."""
+        n = len(self.rows)
+        if n < 2 or not self.opts.heldout:
+            return "none", []
+        pats = [r.patient for r in self.rows]
+        if all(pats) and len(set(pats)) >= 2:
+            groups = sorted(set(pats))
+            return "leave-one-patient-out", [([i for i in range(n) if pats[i] != p], [i for i in range(n) if pats[i] == p])
+                                            for p in groups]
+        return "leave-one-section-out", [([j for j in range(n) if j != i], [i]) for i in range(n)]
+
+    def train_config(self, minutes: float | None) -> TrainConfig:
+        o = self.opts
+        init = None
+        if not o.from_scratch and self.config.image_path:
+            from .._bundled import bundled_checkpoint
+
+            init = str(bundled_checkpoint())
+        from dataclasses import replace
+
+        return replace(o.train, init_from=init, max_minutes=minutes,
+                       freeze_encoder=bool(self.config.image_path and not o.finetune and not o.from_scratch))
+
+    # ------------------------------------------------------------ the job
+    def run(self, out, progress: Callable[[StudyEvent], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, resume: bool = False):
+        """Load, measure held-out PCC (folds), train the final model on every section, write
+        ``out`` with the per-gene held-out PCC in its card. Returns the model bundle."""
+        t0 = time.time()
+        out = Path(out)
+        self.load(progress, should_stop)
+        o = self.opts
+        protocol, folds = self.folds()
+        names = [s.name for s in self.sections]
+        genes = self.panel.genes
+        opts = {k: v for k, v in asdict(o).items() if k not in ("cache", "keep_state")}
+        opts["train"] = {k: v for k, v in opts["train"].items() if k != "device"}
+        fingerprint = json.loads(json.dumps({"sections": names, "genes": genes, "options": opts}, default=str))
+        study_state = Path(str(out) + ".study.json")
+        done: dict = {}
+        if resume and study_state.is_file():
+            st = json.loads(study_state.read_text())
+            if st.get("fingerprint") == fingerprint:
+                done = st.get("folds", {})
+                self.log(f"resuming: {len(done)} of {len(folds)} held-out folds already done")
+            else:
+                self.log(f"{study_state} belongs to another run; starting afresh")
+        elif study_state.is_file():
+            study_state.unlink()
+        n_train = len(folds) + 1
+        per_minutes = None if o.minutes is None else max(o.minutes * 0.8 / n_train, 0.05)
+        if len(self.sections) < 2:
+            self.log("one section only: the model is trained, but there is no held-out PCC (give two or more "
+                     "sections to measure how well each gene is predicted)")
+        elif not o.heldout:
+            self.log("held-out PCC skipped: the gene selector will show 'PCC n/a'")
+        frac0 = 0.15
+        for k, (tr, te) in enumerate(folds):
+            key = "+".join(names[i] for i in te)
+            if key in done:
+                continue
+            label = f"held-out {k + 1}/{len(folds)}: test {key}"
+            self.log(f"[{protocol}] {label}, training on {[names[i] for i in tr]}")
+            tcfg = self.train_config(per_minutes)
+            lo, hi = frac0 + 0.85 * k / n_train, frac0 + 0.85 * (k + 1) / n_train
+            bundle, _ = train_model([self.sections[i] for i in tr], self.config, genes, tcfg,
+                                    progress=_epoch_events(progress, "fold", label, key, lo, hi, tcfg.epochs),
+                                    should_stop=should_stop)
+            tn = bundle.target_norm
+            dev = resolve_device(o.train.device)
+            res = {}
+            for i in te:
+                sec = self.sections[i]
+                pred = predict_section(bundle.model, sec, np.asarray(tn["mean"]), np.asarray(tn["std"]), dev)
+                res[sec.name] = [None if not np.isfinite(v) else round(float(v), 4) for v in gene_pcc(pred, sec.target)]
+            done[key] = res
+            summary = ", ".join(f"{t} {np.nanmean(np.array(v, dtype=float)):.3f}" for t, v in res.items())
+            self.log(f"  mean PCC over {len(genes)} genes: {summary}")
+            _emit(progress, StudyEvent("fold", f"{label}: mean PCC {summary}", hi, fold=key,
+                                       extra={"fold_pcc": {t: float(np.nanmean(np.array(v, dtype=float)))
+                                                           for t, v in res.items()}}))
+            atomic_write_bytes(study_state, json.dumps({"fingerprint": fingerprint, "folds": done}).encode())
+        metrics = self._metrics(protocol, done, genes)
+        tcfg = self.train_config(None if o.minutes is None else max(o.minutes - (time.time() - t0) / 60, 0.05))
+        lo = frac0 + 0.85 * len(folds) / n_train
+        self.log(f"training the model on all {len(names)} sections")
+        card = {"study": {"samples": [{"section": r.section, "folder": str(r.folder),
+                                       "image": None if r.image is None else str(r.image), "patient": r.patient}
+                                      for r in self.rows],
+                          "panel": self.panel.card(), "options": {k: v for k, v in asdict(o).items() if k != "cache"},
+                          "recipe": ("image path from the bundled model, encoder frozen (tokens of "
+                                     f"{tcfg.encoder_views} views), slide-level part trained"
+                                     if tcfg.freeze_encoder else
+                                     "image path trained from scratch" if o.from_scratch else
+                                     "image path from the bundled model, fine-tuned" if self.config.image_path else
+                                     "statistics branch only (closed-form ridge)")
+                                    + "; statistics branch: ridge on the bundled tissue statistics, refitted"}}
+        bundle, history = train_model(self.sections, self.config, genes, tcfg, out=out, resume=resume,
+                                      progress=_epoch_events(progress, "final", "final model", None, lo, 1.0,
+                                                             tcfg.epochs),
+                                      metrics=metrics, should_stop=should_stop, keep_state=o.keep_state, card=card)
+        if not o.keep_state:
+            study_state.unlink(missing_ok=True)
+        self.log(f"wrote {out} in {time.time() - t0:.0f}s")
+        _emit(progress, StudyEvent("done", f"Wrote {out.name}", 1.0, extra={"metrics": metrics}))
+        return bundle
+
+    def _metrics(self, protocol: str, done: dict, genes: list[str]) -> dict:
+        if not done:
+            return {"gene_pcc_protocol": None, "heldout": "none: one section only" if len(self.rows) < 2 else "skipped"}
+        per_section = {t: v for fold in done.values() for t, v in fold.items()}
+        arr = np.array([[np.nan if x is None else x for x in v] for v in per_section.values()], dtype=float)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_gene = np.nanmean(arr, axis=0)
+        gp = {g: (None if not np.isfinite(v) else round(float(v), 4)) for g, v in zip(genes, per_gene)}
+        sec_means = {t: float(np.nanmean(np.array(v, dtype=float))) for t, v in per_section.items()}
+        patients = sorted({r.patient for r in self.rows if r.patient})
+        return {"gene_pcc": gp, "gene_pcc_protocol": protocol,
+                "heldout_sections": sec_means, "heldout_pcc_mean": float(np.mean(list(sec_means.values()))),
+                "heldout_patients": len(patients) if protocol == "leave-one-patient-out" else None,
+                "heldout_note": (f"{protocol} among the study's {len(self.rows)} sections"
+                                 + (f" of {len(patients)} patients" if patients else ""))}
+
+
+def _check_stop(should_stop):
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled("cancelled while reading the sections")
+
+
+def _emit(progress, ev: StudyEvent):
+    if progress is not None:
+        progress(ev)
+
+
+def _epoch_events(progress, phase, label, fold, lo, hi, epochs):
+    if progress is None:
+        return None
+
+    def show(rec):
+        frac = lo + (hi - lo) * min(rec["epoch"] / max(epochs, 1), 1.0)
+        text = f"{label}: epoch {rec['epoch']}/{epochs}, loss {rec['loss']:.4f}, val PCC {rec['val_pcc']:.3f}"
+        progress(StudyEvent(phase, text, frac, epoch=rec, fold=fold))
+
+    return show
