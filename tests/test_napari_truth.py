@@ -121,8 +121,12 @@ def test_blank_hires_png_falls_back_to_lowres_with_a_notice(viewer, qtbot, tmp_p
 
 def test_folder_without_any_tissue_image_is_refused(viewer, tmp_path):
     v = _visium_with_images(tmp_path / "outs", lowres_blank=True)
-    with pytest.raises(Exception, match="none of its images shows tissue"):
-        viewer.open(str(v), plugin="napari-hggep")
+    img, pts = viewer.open(str(v), plugin="napari-hggep")  # positions still read; predicting is refused
+    w = PredictWidget(viewer)
+    assert shown(w.image_warning) and "none of this folder's images shows tissue" in w.image_warning.value
+    w.run()
+    assert w.worker is None and "blank or nearly uniform" in w.status.value, w.status.value
+    assert "none of this folder's images shows tissue" in w.status.value and "outs genes" not in viewer.layers
 
 
 def test_blank_image_under_spots_is_never_predicted(viewer, qtbot):

@@ -181,6 +181,9 @@ class PredictWidget(Container):
         self._on_spots(self.spots.value)
         self._on_device("auto")
         self._refresh_genes()  # a result layer already in the viewer
+        from .train_widget import register_predict_widget
+
+        register_predict_widget(self)  # models trained in this session appear in the Model box
 
     # -------------------------------------------------------------- choices
     def _image_layers(self, _=None):
@@ -340,6 +343,7 @@ class PredictWidget(Container):
         slide = Slide(image=image, um_per_px=upp, spot_ids=ids, xy=xy, array_rc=rc, name=img.name,
                       spot_diameter_um=float(diameter))
         slide.validate()  # fail fast, on the main thread, with a clear message
+        slide.meta["notice"] = img.metadata.get(KEY, {}).get("notice")  # e.g. a folder without a tissue image
         require_tissue(slide)  # a blank image under the spots is never predicted on
         slide.meta["tissue_checked"] = True
         return {"slide": slide, "image_layer": img}

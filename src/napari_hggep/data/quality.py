@@ -87,9 +87,10 @@ def require_tissue(slide: Slide) -> TissueReport:
     rep = slide_tissue(slide)
     if not rep.ok:
         src = f" ({slide.source})" if slide.source else ""
-        raise SlideError(f"{slide.name}{src}: {rep.problem()}. Nothing would be predicted from tissue: check that "
-                         "this is the slide's image and that the spots belong to it, or use another image of the "
-                         "same slide (e.g. the full-resolution scan).")
+        note = f" ({slide.meta['notice']})" if slide.meta.get("notice") else ""
+        raise SlideError(f"{slide.name}{src}: {rep.problem()}{note}. Nothing would be predicted from tissue: check "
+                         "that this is the slide's image and that the spots belong to it, or use another image of "
+                         "the same slide (e.g. the full-resolution scan).")
     return rep
 
 

@@ -211,9 +211,12 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
                           f"predicting from {path.name} instead")
             return path, img, scale, notice
         problems.append(f"{path.name}: {rep.problem()}")
-    raise SlideError(f"{folder}: none of its images shows tissue under the spots ({'; '.join(problems)}). "
-                     "Give the slide's full-resolution image (predict IMAGE --visium outs/, or open it in napari "
-                     "with the spots).")
+    # the folder still reads (positions, counts); predicting on it is refused by quality.require_tissue
+    first = cands[0]
+    img = read_image(first)
+    notice = (f"none of this folder's images shows tissue under the spots ({'; '.join(problems)}); give the "
+              "slide's full-resolution image (predict IMAGE --visium outs/, or open it in napari with the spots)")
+    return first, img, visium_image_scale(first.name, img.shape, xy, sf, sf_path), notice
 
 
 def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
