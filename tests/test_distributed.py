@@ -38,7 +38,7 @@ def _history(ck):
 
 
 def test_train_under_torchrun_matches_one_process_and_resumes(tiny_data, tmp_path):
-    args = ["train", "--data", str(tiny_data), "--epochs", "3", "--seed", "5", "--device", "cpu"]
+    args = ["train", "--data", str(tiny_data), "--epochs", "3", "--seed", "5", "--device", "cpu", "--keep-state"]
     one, two, resumed = tmp_path / "one" / "m.pt", tmp_path / "two" / "m.pt", tmp_path / "res" / "m.pt"
     for p in (one, two, resumed):
         p.parent.mkdir()

@@ -30,7 +30,7 @@ def _temporaries(folder: Path):
 
 def test_train_killed_at_any_point_resumes_to_the_same_model(tiny_data, tmp_path):
     train = [*CLI, "train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "6", "--seed", "3",
-             "--device", "cpu"]
+             "--device", "cpu", "--no-heldout"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     (tmp_path / "ref").mkdir()
     (tmp_path / "run").mkdir()
@@ -63,14 +63,16 @@ def test_resume_state_of_another_run_is_refused(tiny_data, tmp_path, capsys):
     from napari_hggep.cli import main
 
     ck = tmp_path / "m.pt"
-    assert main(["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "1", "--out", str(ck)]) == 0
+    assert main(["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "1", "--out", str(ck),
+                 "--no-heldout", "--keep-state"]) == 0
     genes = tmp_path / "genes.txt"
     genes.write_text("GA\nGB\n")
     rc = main(["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "2", "--out", str(ck),
-               "--genes", str(genes), "--resume"])
+               "--genes", str(genes), "--resume", "--no-heldout"])
     err = capsys.readouterr().err
     assert rc == 2 and "another gene set (4 genes, this run 2)" in err
-    rc = main(["train", "--data", str(tiny_data), "--sections", "S1", "--epochs", "2", "--out", str(ck), "--resume"])
+    rc = main(["train", "--data", str(tiny_data), "--sections", "S1", "--epochs", "2", "--out", str(ck), "--resume",
+               "--no-heldout"])
     assert rc == 2 and "another set of training sections" in capsys.readouterr().err
 
 

@@ -118,8 +118,8 @@ def test_cli_errors_are_clear_and_keep_old_output(tmp_path, capsys):
 
 def test_train_resume_predict_evaluate(tiny_data, tmp_path):
     ck = tmp_path / "m.pt"
-    args = ["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "2", "--out", str(ck),
-            "--seed", "1"]
+    args = ["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--keep-state", "--epochs", "2",
+            "--out", str(ck), "--seed", "1"]
     assert main(args) == 0
     b = load_model(ck, device="cpu")
     assert b.genes == ["GA", "GB", "GC", "GD"] and b.meta["sections"] == ["S1", "S2"]

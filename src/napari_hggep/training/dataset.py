@@ -83,8 +83,8 @@ def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies
     patches, tissue statistics (and ``stats_res_copies`` copies on the slide resampled to random
     resolutions between 1 and 4 um/px), targets. A section whose image shows no tissue under
     its spots is refused."""
+    check_tissue(slide, name)
     patches = extract_patches(slide, config.patch_um, config.patch_px)
-    check_tissue(patches, name, slide.source)
     stats, aug = None, ()
     if config.stats_features:
         ctx = tuple(config.context_um)
@@ -104,18 +104,17 @@ def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies
     )
 
 
-def check_tissue(patches: np.ndarray, name: str, source: str = "") -> None:
-    """Refuse a section whose patches are blank: an image that is black, white or one flat
-    colour under the spots (a placeholder, or the wrong file) teaches the model nothing."""
-    if len(patches) == 0:
-        raise SlideError(f"section {name}: no spots")
-    sample = patches[:: max(1, len(patches) // 500)]
-    spread = np.median(sample.reshape(len(sample), -1, 3).std(axis=1).mean(axis=1))
-    if spread < 3.0:
-        where = f" ({source})" if source else ""
-        raise SlideError(f"section {name}: its image{where} shows no tissue under the spots (nearly uniform: "
-                         f"median spread {spread:.1f} of 255). Give the section's H&E image (the samples table's "
-                         "image column)")
+def check_tissue(slide, name: str) -> None:
+    """Refuse a section whose image shows no tissue under its spots (black, white or one flat
+    colour: a placeholder, or the wrong file teaches the model nothing); see
+    :func:`napari_hggep.data.quality.slide_tissue`."""
+    from ..data.quality import slide_tissue
+
+    rep = slide_tissue(slide)
+    if not rep.ok:
+        where = f" ({slide.source})" if slide.source else ""
+        raise SlideError(f"section {name}: its image{where} shows no tissue under the spots: {rep.problem()}. Give "
+                         "the section's H&E image (the samples table's image column)")
 
 
 def load_sections(data_dir, sections: list[str], genes: list[str], config, cache_dir=None,
