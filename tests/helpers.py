@@ -145,3 +145,48 @@ def write_visium_study_section(root: Path, name: str, img_full: np.ndarray, n_ge
     full = root / name / f"{name}_fullres.tif"
     tifffile.imwrite(full, img_full)
     return outs, full
+
+
+def write_visium_hd(root: Path, img_full: np.ndarray, mpp: float = 0.5, bins=(2, 8, 16), hires_scalef: float = 0.25,
+                    lowres_scalef: float = 0.1, tissue=None) -> Path:
+    """A Space Ranger 3+ Visium HD ``outs/`` folder as 10x documents it: ``binned_outputs/square_XXXum/``
+    with ``spatial/tissue_positions.parquet`` (barcode, in_tissue, array_row, array_col,
+    pxl_row_in_fullres, pxl_col_in_fullres), ``spatial/scalefactors_json.json`` (``bin_size_um``,
+    ``microns_per_pixel``, ``spot_diameter_fullres`` = the bin side in full-resolution pixels, hires and
+    lowres scale factors) and the hires / lowres PNGs; ``outs/spatial/`` holds the PNGs too. Bins are in
+    tissue over he_like_image's blob (or where ``tissue(x, y)`` is true). Returns ``outs``."""
+    import pandas as pd
+    from PIL import Image
+
+    outs = root / "outs"
+    h, w = img_full.shape[:2]
+    pngs = {}
+    for kind, s in (("hires", hires_scalef), ("lowres", lowres_scalef)):
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        pngs[kind] = Image.fromarray(img_full).resize(size, Image.NEAREST)  # keeps the texture, like a scan
+    if tissue is None:
+        def tissue(x, y):
+            return ((y - h / 2) / (h * 0.3)) ** 2 + ((x - w / 2) / (w * 0.3)) ** 2 < 0.8
+    base = {"tissue_hires_scalef": hires_scalef, "tissue_lowres_scalef": lowres_scalef, "microns_per_pixel": mpp,
+            "regist_target_img_scalef": hires_scalef, "fiducial_diameter_fullres": 100.0}
+    (outs / "spatial").mkdir(parents=True, exist_ok=True)
+    for kind, im in pngs.items():
+        im.save(outs / "spatial" / f"tissue_{kind}_image.png")
+    json.dump({**base, "bin_size_um": 2.0, "spot_diameter_fullres": 2.0 / mpp},
+              open(outs / "spatial" / "scalefactors_json.json", "w"))
+    for b in bins:
+        sp = outs / "binned_outputs" / f"square_{b:03d}um" / "spatial"
+        sp.mkdir(parents=True, exist_ok=True)
+        side = b / mpp
+        rows = []
+        for r in range(int(h // side)):
+            for c in range(int(w // side)):
+                x, y = (c + 0.5) * side, (r + 0.5) * side
+                rows.append((f"s_{b:03d}um_{r:05d}_{c:05d}-1", int(tissue(x, y)), r, c, y, x))
+        pd.DataFrame(rows, columns=["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres",
+                                    "pxl_col_in_fullres"]).to_parquet(sp / "tissue_positions.parquet", index=False)
+        json.dump({**base, "bin_size_um": float(b), "spot_diameter_fullres": side},
+                  open(sp / "scalefactors_json.json", "w"))
+        for kind, im in pngs.items():
+            im.save(sp / f"tissue_{kind}_image.png")
+    return outs

@@ -13,6 +13,7 @@ from .data.export import output_stem
 from .data.image import image_stem, is_image_path
 from .data.readers import is_her2st_folder, is_visium_folder
 from .data.slide import SlideError
+from .data.visium_hd import is_visium_hd_folder
 from .distributed import SINGLE, DistContext, all_sum, shard
 
 
@@ -26,6 +27,26 @@ class BatchOptions:
     batch_size: int = 256
     genes: list[str] | None = None
     formats: tuple[str, ...] = ("csv",)
+    bin_um: float | None = None  # Visium HD folders: 8 or 16 um bins (default 16)
+
+
+def check_batch_options(opts: BatchOptions, out_dir) -> None:
+    """Before any work: the output folder can be written in every format asked for, the bin size is allowed."""
+    from .data.export import check_output
+    from .data.visium_hd import check_bin_um
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SlideError(f"--out-dir {out} is a file, not a folder")
+    probe = out
+    while not probe.exists() and probe.parent != probe:  # predict_many makes the missing folders
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SlideError(f"--out-dir {out}: {probe} is a file, not a folder")
+    for fmt in opts.formats:
+        check_output(probe / f"napari-hggep-check.{fmt}")
+    if opts.bin_um is not None:
+        check_bin_um(opts.bin_um)
 
 
 @dataclass
@@ -43,11 +64,11 @@ def list_slides(inputs) -> list[tuple[str, Path]]:
         p = Path(raw)
         if not p.exists():
             raise SlideError(f"{p} does not exist")
-        if p.is_file() or is_visium_folder(p) or is_her2st_folder(p):
+        if p.is_file() or _is_slide_folder(p):
             found.append(p)
             continue
         inside = sorted(c for c in p.iterdir() if not c.name.startswith(".")
-                        and ((c.is_file() and is_image_path(c)) or is_visium_folder(c) or is_her2st_folder(c)))
+                        and ((c.is_file() and is_image_path(c)) or _is_slide_folder(c)))
         if not inside:
             raise SlideError(f"{p}: no slides in it (images, Space Ranger outs/ or HER2+ ST folders)")
         found.extend(inside)
@@ -59,6 +80,10 @@ def list_slides(inputs) -> list[tuple[str, Path]]:
                              "into different folders")
         named[name] = p
     return sorted(named.items())
+
+
+def _is_slide_folder(p: Path) -> bool:
+    return is_visium_folder(p) or is_visium_hd_folder(p) or is_her2st_folder(p)
 
 
 def outputs_for(out_dir: Path, name: str, formats) -> list[Path]:
@@ -77,23 +102,27 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
     report = BatchReport()
     todo = []
     for name, path in shard(slides, dist):
-        if all(f.is_file() for f in outputs_for(out_dir, name, opts.formats)):
+        if all(f.exists() for f in outputs_for(out_dir, name, opts.formats)):
             report.skipped.append(name)
         else:
             todo.append((name, path))
     if not todo:
         return report
     bundle = load_model(opts.model, opts.device)
+    from .data.export import check_genes
+
+    check_genes(bundle.genes, opts.genes)  # before any slide runs
     for name, path in todo:
         t0 = time.time()
         try:
+            hd = path.is_dir() and is_visium_hd_folder(path)
             slide = open_slide(path, grid=opts.grid and not path.is_dir(), um_per_px=opts.um_per_px,
-                               pitch_um=opts.pitch_um)
+                               pitch_um=opts.pitch_um, bin_um=opts.bin_um if hd else None)
             slide.validate()
             pred = predict_slide(bundle, slide, opts.batch_size,
                                  notify=lambda m, n=name: log(f"napari-hggep: {n}: notice: {m}"))
             for f in outputs_for(out_dir, name, opts.formats):
-                (pred.write_csv if f.suffix == ".csv" else pred.write_h5ad)(f, opts.genes)
+                pred.write(f, opts.genes)
         except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             report.failed[name] = msg

@@ -44,14 +44,29 @@ def _cmd_predict(a) -> int:
     if a.out_dir is not None or len(a.image) > 1:
         return _predict_many(a)
     a.image = a.image[0]
-    if a.output is None:
-        raise SystemExit("error: give -o OUTPUT.csv (or --out-dir DIR to predict many slides)")
     return _predict_one(a)
+
+
+def _predict_outputs(a) -> list[str]:
+    """Every output of a one-slide run (``-o`` any number of times, ``--h5ad`` its alias), checked
+    before any work: the format follows the file name, the folder must be writable."""
+    from .data.export import FORMATS, OutputError, check_outputs
+
+    for h in a.h5ad or []:
+        if not str(h).lower().endswith(".h5ad"):
+            raise OutputError(f"--h5ad writes AnnData: its file name must end in .h5ad, not {h!r} "
+                              "(or give it as -o with the extension of the format you want)")
+    outputs = list(a.output or []) + list(a.h5ad or [])
+    if not outputs:
+        raise SystemExit(f"error: give -o OUTPUT ({', '.join(FORMATS)}; -o may be given several times), "
+                         "or --out-dir DIR to predict many slides")
+    check_outputs(outputs)
+    return outputs
 
 
 @_distributed_command
 def _predict_many(a, dist, device) -> int:
-    from .batch import BatchOptions, list_slides, predict_many
+    from .batch import BatchOptions, check_batch_options, list_slides, predict_many
 
     if a.spots or a.visium or a.output or a.h5ad:
         raise SystemExit("error: with several slides or --out-dir, give slides (images with --grid, Visium "
@@ -61,7 +76,8 @@ def _predict_many(a, dist, device) -> int:
     slides = list_slides(a.image)
     opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=a.um_per_px, model=a.model,
                         device=str(device), batch_size=a.batch_size,
-                        genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats))
+                        genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats), bin_um=a.bin_um)
+    check_batch_options(opts, a.out_dir)
     if dist.is_main:
         where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
         print(f"{len(slides)} slides → {a.out_dir} on {where}", file=sys.stderr)
@@ -81,9 +97,10 @@ def _predict_one(a) -> int:
     if n_sources != 1 and not (n_sources == 0 and Path(a.image).is_dir()):
         raise SystemExit("error: give exactly one of --spots CSV, --visium DIR or --grid "
                          "(or pass a Visium outs/ or HER2+ ST folder as IMAGE)")
+    outputs = _predict_outputs(a)
     t0 = time.time()
     slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
-                       pitch_um=a.pitch_um)
+                       pitch_um=a.pitch_um, bin_um=a.bin_um)
     slide.validate()  # bad spots fail before the model is loaded
     from .data.quality import image_warnings, require_tissue
 
@@ -94,16 +111,18 @@ def _predict_one(a) -> int:
     for m in image_warnings(slide.image, slide.um_per_px):
         print(f"napari-hggep: warning: {m}", file=sys.stderr)
     bundle = load_model(a.model, a.device)
-    print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px; model on {bundle.device}",
-          file=sys.stderr)
+    from .data.export import check_genes
+
+    genes = check_genes(bundle.genes, a.genes)  # before the model runs
+    scale = slide.meta.get("image_scale", 1.0)
+    print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px"
+          + (f" on {Path(slide.meta.get('image_path', '')).name} ({scale:.4g} x full resolution)" if scale != 1 else "")
+          + f"; model on {bundle.device}", file=sys.stderr)
     pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"),
                          notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr))
-    genes = a.genes.split(",") if a.genes else None
-    pred.write_csv(a.output, genes)
-    if a.h5ad:
-        pred.write_h5ad(a.h5ad, genes)
-    print(f"wrote {a.output}" + (f" and {a.h5ad}" if a.h5ad else "") + f" in {time.time() - t0:.1f}s",
-          file=sys.stderr)
+    for out in outputs:
+        pred.write(out, genes)
+    print(f"wrote {', '.join(outputs)} in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0
 
 
@@ -364,12 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="checkpoint (default: the bundled model)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--genes", help="comma-separated genes to export (default: all)")
-    pr.add_argument("-o", "--output", help="output CSV (one slide)")
-    pr.add_argument("--h5ad", help="also write AnnData .h5ad (obsm['spatial']) (one slide)")
+    pr.add_argument("--bin-um", type=float, help="Visium HD: which bins to predict, 8 or 16 um (default 16; "
+                                                  "2 um bins are refused)")
+    pr.add_argument("--genes", help="comma-separated genes to export (default: all; checked before the model runs)")
+    pr.add_argument("-o", "--output", action="append",
+                    help="output file, format by extension: .csv, .h5ad (AnnData for scanpy/squidpy), .geojson "
+                         "(QuPath detections) or .zarr (SpatialData, optional extra); may be given several times")
+    pr.add_argument("--h5ad", action="append", help="same as -o FILE.h5ad")
     pr.add_argument("--out-dir", help="predict every slide given (or in the folders given) into this folder, "
                                       "one file per slide and format; slides already done are skipped")
-    pr.add_argument("--formats", nargs="+", choices=["csv", "h5ad"], default=["csv"],
+    pr.add_argument("--formats", nargs="+", choices=["csv", "h5ad", "geojson", "zarr"], default=["csv"],
                     help="with --out-dir: which files to write per slide (default csv)")
     pr.add_argument("--workers", type=int, default=1,
                     help="with --out-dir: local worker processes (under torchrun, the ranks share the slides)")

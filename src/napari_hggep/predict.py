@@ -15,16 +15,42 @@ from .data.slide import Slide
 
 @dataclass
 class Prediction:
-    """Predicted log-normalised expression, spots x genes, with where the spots are."""
+    """Predicted log-normalised expression, spots x genes, with where the spots are.
+
+    ``xy`` and ``um_per_px`` are in full-resolution pixels whichever image was predicted on: a
+    Visium hires / lowres PNG is ``image_scale`` (its ``tissue_*_scalef``) times smaller, and
+    :attr:`image_xy` gives the positions on it. ``image`` is the image predicted on (kept by
+    reference, for the downscaled copy an AnnData export carries); ``images`` may hold that copy
+    ready-made (``{"hires": (array, scalef), ...}``)."""
 
     spot_ids: np.ndarray
     xy: np.ndarray  # full-resolution pixel (x, y)
     genes: list[str]
     values: np.ndarray  # N x G float32
     array_rc: np.ndarray | None = None
-    um_per_px: float = 1.0
+    um_per_px: float = 1.0  # micrometres per full-resolution pixel
     name: str = "slide"
     meta: dict = field(default_factory=dict)
+    image_scale: float = 1.0  # pixels of the image predicted on per full-resolution pixel
+    spot_diameter_um: float | None = None
+    spot_shape: str = "circle"  # "square" for Visium HD bins
+    image: object = field(default=None, repr=False)
+    images: dict | None = field(default=None, repr=False)
+
+    @property
+    def image_xy(self) -> np.ndarray:
+        """Spot centres in pixels of the image predicted on."""
+        return np.asarray(self.xy, float) * self.image_scale
+
+    @property
+    def image_um_per_px(self) -> float:
+        return float(self.um_per_px) / float(self.image_scale)
+
+    def write(self, path, genes: list[str] | None = None) -> Path:
+        """Write to ``path`` in the format its name says (.csv, .h5ad, .geojson, .zarr)."""
+        from .data.export import write_prediction
+
+        return write_prediction(self, path, genes)
 
     def gene_index(self, gene: str) -> int:
         try:
@@ -131,15 +157,36 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     tn = bundle.target_norm or {}
     if "mean" in tn and "std" in tn:
         z = z * np.asarray(tn["std"], np.float32) + np.asarray(tn["mean"], np.float32)
+    # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
+    # further from any possible truth than the regression's raw output was
+    clipped = float((z < 0).mean()) if z.size else 0.0
+    z = np.maximum(z, 0.0)
+    return prediction_of(slide, list(bundle.genes), z.astype(np.float32),
+                         {"model": bundle.path, "patch_um": cfg.patch_um, "gene_pcc": bundle.gene_pcc(),
+                          "gene_pcc_protocol": bundle.gene_pcc_protocol(), "clipped_fraction": clipped})
+
+
+SLIDE_META = ("image_path", "library_id", "scalefactors", "image_files", "um_per_px_source", "bin_size_um")
+
+
+def prediction_of(slide: Slide, genes: list[str], values: np.ndarray, meta: dict | None = None) -> Prediction:
+    """A :class:`Prediction` for ``slide``'s spots, in full-resolution pixels."""
+    scale = float(slide.meta.get("image_scale", 1.0) or 1.0)
+    info = {k: slide.meta[k] for k in SLIDE_META if slide.meta.get(k) is not None}
+    info.setdefault("image_path", slide.source or None)
     return Prediction(
         spot_ids=slide.spot_ids.copy(),
-        xy=slide.xy.copy(),
-        genes=list(bundle.genes),
-        values=z.astype(np.float32),
+        xy=slide.xy / scale,
+        genes=list(genes),
+        values=values,
         array_rc=None if slide.array_rc is None else slide.array_rc.copy(),
-        um_per_px=slide.um_per_px,
+        um_per_px=float(slide.um_per_px) * scale,
         name=slide.name,
-        meta={"model": bundle.path, "patch_um": cfg.patch_um},
+        meta={**info, **(meta or {})},
+        image_scale=scale,
+        spot_diameter_um=float(slide.spot_diameter_um),
+        spot_shape=str(slide.meta.get("spot_shape", "circle")),
+        image=slide.image,
     )
 
 

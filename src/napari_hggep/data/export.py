@@ -1,13 +1,114 @@
-"""Export predictions to CSV and AnnData ``.h5ad``, atomically (temporary file + rename)."""
+"""Export predictions, atomically (temporary file + rename), in the format the file name says:
+
+* ``.csv``: ``spot_id,x,y[,array_row,array_col],<genes…>``;
+* ``.h5ad``: AnnData laid out as ``scanpy.read_visium`` lays it out (``obsm["spatial"]`` in
+  full-resolution pixels, ``uns["spatial"][library_id]`` with images and scale factors), each
+  gene's held-out PCC and reliability in ``var``;
+* ``.geojson``: QuPath detections, one polygon per spot (or square per Visium HD bin), the genes as
+  measurements, written row by row;
+* ``.zarr``: a SpatialData store (optional extra ``spatialdata``; see :mod:`.spatialdata_export`).
+
+Values everywhere are the model's prediction of ``log1p(counts / total x median total)``
+clipped at 0 (see :data:`VALUES`; ``predict_steps`` clips, and exports clip again anything handed
+to them)."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .._atomic import atomic_path
 
+FORMATS = {".csv": "CSV table", ".h5ad": "AnnData (scanpy, squidpy)", ".geojson": "QuPath GeoJSON detections",
+           ".zarr": "SpatialData store"}
+UNRELIABLE_PCC = 0.1  # genes below this held-out PCC are flagged unreliable (as in the widget)
+VALUES = ("predicted log1p(counts / total x median total), the model's training target; clipped at 0, "
+          "because that target is never negative: a clipped value is never further from any possible "
+          "true value than the raw regression output was")
+THUMB_SIDES = {"hires": 2000, "lowres": 600}  # the sizes of Space Ranger's PNGs
 
+
+class OutputError(ValueError):
+    """An output that cannot be written: the message says which and why (before any work is done)."""
+
+
+# ---------------------------------------------------------------- formats and checks
+def output_format(path) -> str:
+    """``csv``, ``h5ad``, ``geojson`` or ``zarr`` from the file name; anything else is an error."""
+    name = str(path).rstrip("/\\").lower()
+    for ext in FORMATS:
+        if name.endswith(ext):
+            return ext[1:]
+    suffix = Path(str(path).rstrip("/\\")).suffix or "no extension"
+    kinds = ", ".join(f"{e} ({what})" for e, what in FORMATS.items())
+    raise OutputError(f"{path}: the file name says which format to write, and {suffix!r} is not one of them: {kinds}")
+
+
+def spatialdata_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("spatialdata") is not None
+
+
+def check_output(path) -> str:
+    """The format of ``path``, or an :class:`OutputError` if it cannot be written there: an unknown
+    extension, a missing or read-only folder, a folder where a file goes, ``.zarr`` without the
+    ``spatialdata`` extra, or a ``.zarr`` path that holds something other than a store."""
+    fmt = output_format(path)
+    p = Path(str(path).rstrip("/\\"))
+    parent = p.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {p}: folder {parent} is not writable")
+    if fmt == "zarr":
+        if not spatialdata_available():
+            raise OutputError(f"cannot write {p}: SpatialData stores need the optional extra "
+                              "(pip install 'napari-hggep[spatialdata]')")
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"cannot write {p}: it exists and is a file, not a SpatialData store")
+        if p.is_dir() and any(p.iterdir()) and not any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs")):
+            raise OutputError(f"cannot write {p}: the folder exists and is not a zarr store; it is left alone")
+    elif p.is_dir():
+        raise OutputError(f"cannot write {p}: a folder has that name")
+    return fmt
+
+
+def check_outputs(paths) -> list[str]:
+    """:func:`check_output` for each path, and no path twice."""
+    seen: dict[Path, str] = {}
+    fmts = []
+    for path in paths:
+        fmts.append(check_output(path))
+        key = Path(os.path.abspath(str(path).rstrip("/\\")))
+        if key in seen:
+            raise OutputError(f"{path} is given twice as an output")
+        seen[key] = str(path)
+    return fmts
+
+
+def check_genes(available, genes) -> list[str] | None:
+    """``genes`` (a list, or a comma-separated string) checked against the model's genes."""
+    if genes is None:
+        return None
+    if isinstance(genes, str):
+        genes = [g.strip() for g in genes.split(",") if g.strip()]
+    if not genes:
+        raise OutputError("--genes is empty; give gene names separated by commas, or leave it out for all genes")
+    have = set(available)
+    missing = [g for g in genes if g not in have]
+    if missing:
+        raise OutputError(f"gene(s) {', '.join(map(repr, missing[:10]))}{' …' if len(missing) > 10 else ''} "
+                          f"are not among the model's {len(have)} genes")
+    dup = sorted({g for g in genes if genes.count(g) > 1})
+    if dup:
+        raise OutputError(f"gene(s) {dup[:10]} are listed twice in --genes")
+    return list(genes)
+
+
+# ---------------------------------------------------------------- values
 def _select(pred, genes):
     if genes is None:
         return list(pred.genes), pred.values
@@ -15,6 +116,41 @@ def _select(pred, genes):
     return [pred.genes[i] for i in idx], pred.values[:, idx]
 
 
+def export_values(values) -> np.ndarray:
+    """The values every export writes: the prediction clipped at 0 (see :data:`VALUES`)."""
+    v = np.asarray(values, np.float32)
+    if not np.isfinite(v).all():
+        raise ValueError("the prediction holds values that are not finite; nothing was written")
+    return np.maximum(v, 0.0, dtype=np.float32)
+
+
+def gene_table(pred, names):
+    """Each gene's held-out PCC (NaN where the model card has none) and ``reliable`` (PCC >= 0.1)."""
+    import pandas as pd
+
+    pcc = (pred.meta or {}).get("gene_pcc") or {}
+    p = np.array([float(pcc[g]) if pcc.get(g) is not None else np.nan for g in names], float)
+    var = pd.DataFrame(index=pd.Index([str(g) for g in names], name="gene"))
+    var["heldout_pcc"] = p
+    var["reliable"] = np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC
+    return var
+
+
+def spot_diameter_px(pred) -> float:
+    """The spot (or bin) side in full-resolution pixels; without a recorded size, half the
+    median distance between neighbouring spots."""
+    if pred.spot_diameter_um and pred.um_per_px:
+        return float(pred.spot_diameter_um) / float(pred.um_per_px)
+    xy = np.asarray(pred.xy, float)
+    if len(xy) < 2:
+        return 1.0
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(xy).query(xy, k=2)
+    return max(float(np.median(d[:, 1])) * 0.5, 1.0)
+
+
+# ---------------------------------------------------------------- CSV
 def prediction_frame(pred, genes=None):
     import pandas as pd
 
@@ -26,7 +162,7 @@ def prediction_frame(pred, genes=None):
     if pred.array_rc is not None:
         cols["array_row"], cols["array_col"] = pred.array_rc[:, 0], pred.array_rc[:, 1]
     front = pd.DataFrame(cols)
-    return pd.concat([front, pd.DataFrame(vals, columns=names)], axis=1)
+    return pd.concat([front, pd.DataFrame(export_values(vals), columns=names)], axis=1)
 
 
 def write_csv(pred, path, genes=None) -> Path:
@@ -36,22 +172,162 @@ def write_csv(pred, path, genes=None) -> Path:
     return Path(path)
 
 
-def write_h5ad(pred, path, genes=None) -> Path:
-    """AnnData with ``obsm['spatial']`` (full-resolution px) so scanpy/squidpy open it."""
+# ---------------------------------------------------------------- AnnData
+def _downscale(image, max_side: int) -> tuple[np.ndarray, float]:
+    """``image`` (possibly lazy, a pyramid) at most ``max_side`` px on its long side, area-averaged,
+    and the factor (thumbnail px per image px)."""
+    from PIL import Image
+
+    from .image import strided
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    f = min(1.0, max_side / max(h, w))
+    size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
+    coarse, _ = strided(image, max(1, int(1.0 / f)))
+    thumb = Image.fromarray(np.ascontiguousarray(np.asarray(coarse)[..., :3]).astype(np.uint8))
+    if thumb.size != size:
+        thumb = thumb.resize(size, Image.BOX)
+    return np.asarray(thumb), size[0] / w
+
+
+def spatial_images(pred) -> dict:
+    """``{"hires": (rgb uint8, scalef), "lowres": ...}`` for ``uns["spatial"]``: a Visium folder's
+    PNGs (at most 2,000 px; a larger HD hires PNG is downscaled and its scale factor with it), or a
+    downscaled copy of the image predicted on; ``scalef`` maps full-resolution pixels to the image."""
+    if pred.images is not None:
+        return dict(pred.images)
+    out = {}
+    files = (pred.meta or {}).get("image_files") or {}
+    sf = (pred.meta or {}).get("scalefactors") or {}
+    for kind, f in files.items():
+        try:
+            from .image import read_image
+
+            img = np.asarray(read_image(f))
+        except Exception:  # an unreadable PNG: the downscaled copy below stands in
+            continue
+        thumb, fac = _downscale(img, THUMB_SIDES["hires"])
+        out[kind] = (thumb, float(sf[f"tissue_{kind}_scalef"]) * fac)
+    if not out and pred.image is not None:
+        for kind, side in THUMB_SIDES.items():
+            thumb, fac = _downscale(pred.image, side)
+            out[kind] = (thumb, fac * float(pred.image_scale))
+    return out
+
+
+def to_anndata(pred, genes=None):
+    """AnnData as ``scanpy.read_visium`` makes it, so ``sc.pl.spatial(adata, color=gene)`` and
+    ``squidpy.pl.spatial_scatter`` draw it without extra arguments."""
     import anndata as ad
     import pandas as pd
 
     names, vals = _select(pred, genes)
-    obs = pd.DataFrame(index=pd.Index(pred.spot_ids.astype(str), name="spot_id"))
+    raw = np.asarray(vals, np.float32)
+    X = export_values(raw)
+    obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
+    obs["in_tissue"] = np.ones(len(obs), np.int64)
     if pred.array_rc is not None:
-        obs["array_row"], obs["array_col"] = pred.array_rc[:, 0], pred.array_rc[:, 1]
-    adata = ad.AnnData(X=np.asarray(vals, np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(names, name="gene")))
+        obs["array_row"], obs["array_col"] = np.asarray(pred.array_rc)[:, 0], np.asarray(pred.array_rc)[:, 1]
+    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names))
     adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
-    adata.uns["napari_hggep"] = {"um_per_px": float(pred.um_per_px), "slide": str(pred.name),
-                                 "values": "predicted log1p(counts / total x median total)"}
+    meta = pred.meta or {}
+    lib = str(meta.get("library_id") or pred.name or "slide")
+    images = spatial_images(pred)
+    diam = spot_diameter_px(pred)
+    sf = {k: float(v) for k, v in (meta.get("scalefactors") or {}).items()}
+    sf["spot_diameter_fullres"] = float(sf.get("spot_diameter_fullres", diam))
+    for kind, (_, s) in images.items():
+        sf[f"tissue_{kind}_scalef"] = float(s)
+    adata.uns["spatial"] = {lib: {
+        "images": {k: img for k, (img, _) in images.items()},
+        "scalefactors": sf,
+        "metadata": {"source_image_path": str(meta.get("image_path") or ""), "software": "napari-hggep"},
+    }}
+    info = {
+        "X": VALUES,
+        "clipped_fraction": float(meta.get("clipped_fraction", (raw < 0).mean() if raw.size else 0.0)),
+        "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
+        "um_per_px": float(pred.um_per_px),
+        "image_predicted_on": str(meta.get("image_path") or ""),
+        "image_scale": float(pred.image_scale),
+        "image_scale_means": "pixels of the image predicted on per full-resolution pixel",
+        "spot_shape": str(pred.spot_shape),
+        "spot_diameter_um": float(pred.spot_diameter_um or diam * pred.um_per_px),
+        "slide": str(pred.name),
+        "library_id": lib,
+        "reliable": f"held-out PCC >= {UNRELIABLE_PCC}; False where the model card has no PCC",
+    }
+    for k in ("model", "patch_um", "gene_pcc_protocol", "um_per_px_source", "bin_size_um"):
+        if meta.get(k) is not None:
+            info[k] = meta[k] if isinstance(meta[k], (int, float)) else str(meta[k])
+    adata.uns["napari_hggep"] = info
+    return adata
+
+
+def write_h5ad(pred, path, genes=None) -> Path:
+    adata = to_anndata(pred, genes)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return Path(path)
+
+
+# ---------------------------------------------------------------- QuPath GeoJSON
+def spot_outline(shape: str, diameter_px: float, n: int = 16) -> np.ndarray:
+    """The closed ring (k+1 x 2, first vertex repeated) around a spot centre: a 16-gon for a round
+    spot, a square of side ``diameter_px`` for a bin."""
+    r = diameter_px / 2.0
+    if shape == "square":
+        ring = np.array([[-r, -r], [r, -r], [r, r], [-r, r]])
+    else:
+        t = 2 * np.pi * np.arange(n) / n
+        ring = np.column_stack([r * np.cos(t), r * np.sin(t)])
+    return np.vstack([ring, ring[:1]])
+
+
+def write_geojson(pred, path, genes=None, chunk: int = 500) -> Path:
+    """A QuPath-readable FeatureCollection: one ``detection`` per spot, a closed polygon in
+    full-resolution pixels, the exported genes as ``measurements``. Written row by row to a
+    temporary file (memory does not grow with the slide), renamed when complete."""
+    import uuid
+
+    names, vals = _select(pred, genes)
+    vals = export_values(vals)
+    ring = spot_outline(pred.spot_shape, spot_diameter_px(pred))
+    fmt = ",".join(json.dumps(str(g)).replace("%", "%%") + ":%.6g" for g in names)
+    xy = np.asarray(pred.xy, float)
+    ids = np.asarray(pred.spot_ids).astype(str)
+    ns = uuid.uuid5(uuid.NAMESPACE_URL, f"napari-hggep/{pred.name}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write('{"type":"FeatureCollection","features":[\n')
+            for start in range(0, len(xy), chunk):
+                lines = []
+                for i in range(start, min(start + chunk, len(xy))):
+                    pts = xy[i] + ring
+                    coords = ",".join(f"[{x:.2f},{y:.2f}]" for x, y in pts)
+                    lines.append(
+                        '{"type":"Feature","id":"' + str(uuid.uuid5(ns, ids[i])) + '",'
+                        '"geometry":{"type":"Polygon","coordinates":[[' + coords + ']]},'
+                        '"properties":{"objectType":"detection","name":' + json.dumps(ids[i]) + ","
+                        '"measurements":{' + (fmt % tuple(vals[i].tolist()) if names else "") + "}}}")
+                f.write(("" if start == 0 else ",\n") + ",\n".join(lines))
+            f.write("\n]}\n")
+    return Path(path)
+
+
+# ---------------------------------------------------------------- any format
+def write_prediction(pred, path, genes=None) -> Path:
+    """Write ``pred`` to ``path`` in the format its name says."""
+    fmt = check_output(path)
+    if fmt == "csv":
+        return write_csv(pred, path, genes)
+    if fmt == "h5ad":
+        return write_h5ad(pred, path, genes)
+    if fmt == "geojson":
+        return write_geojson(pred, path, genes)
+    from .spatialdata_export import write_zarr
+
+    return write_zarr(pred, path, genes)
 
 
 def output_stem(name: str, fallback: str = "slide") -> str:

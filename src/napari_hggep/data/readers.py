@@ -219,6 +219,21 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
     return first, img, visium_image_scale(first.name, img.shape, xy, sf, sf_path), notice
 
 
+def visium_spatial_meta(folder: Path, spatial: Path, sf: dict, notice: str | None = None) -> dict:
+    """What an AnnData export needs to look like ``sc.read_visium``'s: the library id, the scale
+    factors as Space Ranger wrote them and the folder's hires / lowres PNGs (a PNG that the
+    fallback found blank, e.g. Space Ranger 1.0's black hires image, is left out)."""
+    files = {}
+    for kind in ("hires", "lowres"):
+        f = spatial / f"tissue_{kind}_image.png"
+        blank = notice is not None and (f"{f.name} shows no tissue" in notice or f"{f.name}: " in notice)
+        if f.is_file() and float(sf.get(f"tissue_{kind}_scalef", 0) or 0) > 0 and not blank:
+            files[kind] = str(f)
+    lib = folder.parent.name if folder.name == "outs" else folder.name
+    return {"library_id": lib or "slide", "scalefactors": {k: v for k, v in sf.items() if isinstance(v, (int, float))},
+            "image_files": files}
+
+
 def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
     """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image, or
     ``tissue_hires_image.png`` / ``tissue_lowres_image.png`` (recognised by name or size;
@@ -239,6 +254,10 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
         raise SlideError(f"{sf_path}: cannot read spot_diameter_fullres ({type(e).__name__}: {e})") from None
     if not (np.isfinite(diameter) and diameter > 0):
         raise SlideError(f"{sf_path}: spot_diameter_fullres must be a positive number, not {diameter}")
+    if "bin_size_um" in sf or "microns_per_pixel" in sf:  # a Visium HD bin folder: never the 55 um spot rule
+        from .visium_hd import read_hd_bins
+
+        return read_hd_bins(folder, image=image, with_counts=with_counts, genes=genes)
     for key in ("tissue_hires_scalef", "tissue_lowres_scalef"):
         try:
             v = float(sf.get(key, 0) or 0)
@@ -290,6 +309,7 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
         spot_diameter_um=VISIUM_SPOT_UM,
         source=src,
         meta={"image_path": src, "um_per_px_source": "spot_diameter_fullres in scalefactors_json.json",
+              "image_scale": float(scale), **visium_spatial_meta(folder, spatial, sf, notice),
               **({"notice": notice} if notice else {})},
     )
 
@@ -434,9 +454,19 @@ def grid_slide(image, um_per_px: float, pitch_um: float = DEFAULT_PITCH_UM, name
     )
 
 
-def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None, pitch_um=DEFAULT_PITCH_UM) -> Slide:
-    """One entry point: a HER2+ folder, a Visium folder, or an image with spots / a grid."""
+def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None, pitch_um=DEFAULT_PITCH_UM,
+               bin_um=None) -> Slide:
+    """One entry point: a HER2+ folder, a Visium or Visium HD folder (``bin_um``: 8 or 16, default
+    16), or an image with spots / a grid."""
+    from .visium_hd import is_visium_hd_folder, read_visium_hd
+
     path = Path(path)
+    hd = [f for f in (visium, path) if f is not None and is_visium_hd_folder(f)]
+    if bin_um is not None and not hd:
+        raise SlideError(f"--bin-um is for Visium HD folders (binned_outputs/square_008um, square_016um); "
+                         f"{visium or path} is not one")
+    if hd:
+        return read_visium_hd(hd[0], bin_um, image=path if visium is not None and path.is_file() else None)
     if visium is not None:
         return read_visium(visium, image=path if path.is_file() else None, with_counts=False)
     if path.is_dir():
@@ -447,7 +477,7 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
             if um_per_px:  # the user's figure over the one estimated from the 200 um spot pitch
                 slide.um_per_px = float(um_per_px)
             return slide
-        raise SlideError(f"{path} is neither a Space Ranger outs/ folder nor a HER2+ ST folder")
+        raise SlideError(f"{path} is neither a Space Ranger outs/ folder (Visium or Visium HD) nor a HER2+ ST folder")
     if not path.exists():
         raise SlideError(f"{path} does not exist")
     if not is_image_path(path):

@@ -101,7 +101,8 @@ class Slide:
         return Slide(image=img, um_per_px=float(um_per_px), spot_ids=self.spot_ids, xy=(self.xy + 0.5) * f - 0.5,
                      array_rc=self.array_rc, counts=self.counts, genes=self.genes,
                      name=f"{self.name}@{float(um_per_px):g}um", spot_diameter_um=self.spot_diameter_um,
-                     source=self.source, meta=dict(self.meta))
+                     source=self.source,
+                     meta={**self.meta, "image_scale": float(self.meta.get("image_scale", 1.0)) * f})
 
     def subset(self, keep: np.ndarray) -> "Slide":
         keep = np.asarray(keep)
