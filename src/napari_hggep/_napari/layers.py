@@ -9,10 +9,15 @@ from ..data.slide import Slide
 KEY = "hggep"  # metadata namespace on our layers
 
 
+SPATIAL_META = ("image_scale", "library_id", "scalefactors", "image_files", "image_path")  # for exports
+
+
 def image_layer_data(slide: Slide, um_per_px_source: str | None = None) -> tuple:
-    return image_data_tuple(slide.image, slide.um_per_px, slide.name, slide.source,
+    data = image_data_tuple(slide.image, slide.um_per_px, slide.name, slide.source,
                             um_per_px_source or slide.meta.get("um_per_px_source") or "the slide's files",
                             notice=slide.meta.get("notice"))
+    data[1]["metadata"][KEY].update({k: slide.meta[k] for k in SPATIAL_META if slide.meta.get(k) is not None})
+    return data
 
 
 def image_data_tuple(image, um_per_px: float | None, name: str, source: str = "",
@@ -43,8 +48,11 @@ def spot_features(slide_ids, array_rc=None):
 
 def spots_layer_data(slide: Slide, name: str | None = None) -> tuple:
     upp = float(slide.um_per_px)
-    meta = {KEY: {"kind": "spots", "um_per_px": upp, "spot_diameter_um": slide.spot_diameter_um}}
+    shape = slide.meta.get("spot_shape", "circle")
+    meta = {KEY: {"kind": "spots", "um_per_px": upp, "spot_diameter_um": slide.spot_diameter_um, "spot_shape": shape,
+                  "image_scale": float(slide.meta.get("image_scale", 1.0))}}
     kwargs = {
+        **({"symbol": "square"} if shape == "square" else {}),
         "name": name or f"{slide.name} spots",
         "scale": (upp, upp),
         "size": slide.spot_diameter_um / upp,
@@ -77,7 +85,7 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
     1st-99th percentile ``ranges`` and training s.d. ``gene_std``); the features table holds
     only the spot id and the gene shown, because napari's status bar lists every feature of
     the spot under the cursor."""
-    upp = float(pred.um_per_px)
+    upp = float(pred.image_um_per_px)  # the layer's pixels are those of the image predicted on
     values = np.asfortranarray(np.asarray(pred.values, dtype=np.float32))  # a gene is a contiguous column
     genes = [str(g) for g in pred.genes]
     meta = {KEY: {"kind": "prediction", "genes": genes, "values": values,
@@ -86,8 +94,13 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
                   "ranges": gene_ranges(values) if ranges is None else np.asarray(ranges, np.float32),
                   "gene_std": None if gene_std is None else np.asarray(gene_std, np.float32).reshape(-1),
                   "um_per_px": upp, "gene_pcc": dict(gene_pcc or {}), "gene_pcc_protocol": gene_pcc_protocol,
-                  "gene": None, "colormap": "viridis", "slide": pred.name}}
+                  "gene": None, "colormap": "viridis", "slide": pred.name,
+                  # for exports: full-resolution pixels = layer pixels / image_scale
+                  "image_scale": float(pred.image_scale), "spot_diameter_um": float(spot_diameter_um),
+                  "spot_shape": pred.spot_shape, "export_meta": _export_meta(pred),
+                  "spatial_images": pred.images}}
     kwargs = {
+        **({"symbol": "square"} if pred.spot_shape == "square" else {}),
         "name": name or f"{pred.name} genes",
         "scale": (upp, upp),
         "size": spot_diameter_um / upp,
@@ -96,7 +109,13 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
         "features": spot_features(pred.spot_ids),
         "metadata": meta,
     }
-    return (pred.xy[:, ::-1].copy(), kwargs, "points")
+    return (pred.image_xy[:, ::-1].copy(), kwargs, "points")
+
+
+def _export_meta(pred) -> dict:
+    keep = ("image_path", "library_id", "scalefactors", "image_files", "model", "patch_um", "um_per_px_source",
+            "bin_size_um", "clipped_fraction")
+    return {k: pred.meta[k] for k in keep if (pred.meta or {}).get(k) is not None}
 
 
 def gene_index(meta: dict) -> dict:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..data.image import TIFF_SUFFIXES
 from ..data.readers import is_her2st_folder, is_visium_folder, read_her2st, read_spots_csv, read_visium
+from ..data.visium_hd import DEFAULT_BIN_UM, is_visium_hd_folder, read_visium_hd
 from .layers import image_data_tuple, image_layer_data, spots_layer_data
 
 
@@ -14,7 +15,7 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
-    if p.is_dir() and (is_visium_folder(p) or is_her2st_folder(p)):
+    if p.is_dir() and (is_visium_folder(p) or is_visium_hd_folder(p) or is_her2st_folder(p)):
         return read_slide_folder
     if p.is_file() and p.name.lower().endswith(TIFF_SUFFIXES):
         return read_tiff
@@ -29,7 +30,11 @@ def get_reader(path):
 
 def read_slide_folder(path):
     path = Path(path[0] if isinstance(path, list) else path)
-    if is_visium_folder(path):
+    if is_visium_hd_folder(path):  # 16 um bins (the CLI's --bin-um 8 chooses finer ones), drawn as squares
+        slide = read_visium_hd(path, None)
+        where = (f"microns_per_pixel in scalefactors_json.json (Visium HD, {slide.spot_diameter_um:g} µm bins"
+                 + (f"; default {DEFAULT_BIN_UM} µm)" if slide.spot_diameter_um == DEFAULT_BIN_UM else ")"))
+    elif is_visium_folder(path):
         slide = read_visium(path, with_counts=False)
         where = "spot_diameter_fullres in scalefactors_json.json (Visium spots are 55 µm)"
     else:

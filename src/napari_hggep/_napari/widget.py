@@ -36,6 +36,7 @@ COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
 UNRELIABLE_PCC = 0.1
 PIXEL_FRAME = "image pixels"  # a spot table's coordinates: full-resolution pixels of the image it belongs to
 ASK_UM = "not in the file: enter the pixel size (µm per pixel of the full-resolution image)"
+EXPORT_FILTER = "*.csv *.h5ad *.geojson *.zarr"
 
 
 def image_px(points_layer, image_layer) -> np.ndarray:
@@ -146,7 +147,7 @@ class PredictWidget(Container):
         self.gene = ComboBox(label="Gene", choices=[])
         self.colormap = ComboBox(label="Colormap", choices=COLORMAPS, value="viridis")
         self.gene_info = Label(label="", value="")
-        self.export_file = FileEdit(label="Export to", mode="w", filter="*.csv *.h5ad")
+        self.export_file = FileEdit(label="Export to", mode="w", filter=EXPORT_FILTER)
         self.export_selected = CheckBox(text="only the selected gene", value=False)
         self.export_btn = PushButton(text="Export")
         self.extend([
@@ -328,8 +329,12 @@ class PredictWidget(Container):
         image = as_pyramid(img.data) if img.multiscale else img.data
         src = self.spots.value
         if src == GENERATE or src is None:
+            from .layers import SPATIAL_META
+
+            img_meta = img.metadata.get(KEY, {})
             return {"image": image, "um_per_px": upp, "grid_pitch": float(self.pitch_um.value), "name": img.name,
-                    "image_layer": img}
+                    "image_layer": img,
+                    "slide_meta": {k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None}}
         if is_pixel_table(src) and src.metadata[KEY].get("placed_on") != img.name:
             place_on_image(src, img)  # a spot table belongs to the image it is predicted on
         xy = image_px(src, img)
@@ -344,6 +349,11 @@ class PredictWidget(Container):
                       spot_diameter_um=float(diameter))
         slide.validate()  # fail fast, on the main thread, with a clear message
         slide.meta["notice"] = img.metadata.get(KEY, {}).get("notice")  # e.g. a folder without a tissue image
+        from .layers import SPATIAL_META
+
+        img_meta = img.metadata.get(KEY, {})  # a Visium PNG: its scale to full resolution, the folder's images
+        slide.meta.update({k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None})
+        slide.meta["spot_shape"] = src.metadata.get(KEY, {}).get("spot_shape", "circle")
         require_tissue(slide)  # a blank image under the spots is never predicted on
         slide.meta["tissue_checked"] = True
         return {"slide": slide, "image_layer": img}
@@ -554,22 +564,25 @@ class PredictWidget(Container):
 
     # -------------------------------------------------------------- export
     def export(self):
-        from .writer import write_points_csv, write_points_h5ad
+        """Write the result layer in the format the file name says: .csv, .h5ad (scanpy/squidpy),
+        .geojson (QuPath detections) or .zarr (SpatialData, optional extra)."""
+        from ..data.export import check_output
+        from .writer import write_points
 
         layer = self.result.value
         try:
             if layer is None:
                 raise ValueError("Nothing to export yet: run Predict first.")
             path = str(self.export_file.value or "")
-            if not path.lower().endswith((".csv", ".h5ad")):
-                raise ValueError("Choose an export file ending in .csv or .h5ad.")
+            if not path.strip() or path.strip() == ".":
+                raise ValueError("Choose an export file ending in .csv, .h5ad, .geojson or .zarr.")
+            check_output(path)  # unknown extension, unwritable folder: said before writing anything
             meta = {"features": layer.features, "metadata": layer.metadata, "name": layer.name}
             if self.export_selected.value:
                 if not self.gene.value:
                     raise ValueError("No gene is selected: pick one, or untick 'only the selected gene'.")
                 meta["genes"] = [self.gene.value]
-            writer = write_points_h5ad if path.lower().endswith(".h5ad") else write_points_csv
-            writer(path, layer.data, meta)
+            write_points(path, layer.data, meta)
             self.status.value = f"Exported {layer.name} to {path}"
         except Exception as e:
             self._fail(e)
@@ -620,6 +633,7 @@ def _predict_job_steps(req: dict, model_path, device: str):
     if slide is None:
         yield ("status", 0, 1, "Finding tissue…")
         slide = grid_slide(req["image"], req["um_per_px"], req["grid_pitch"], name=req["name"])
+        slide.meta.update(req.get("slide_meta") or {})
     notices: list[str] = []  # out-of-memory fallbacks, shown by the widget on the main thread
     gen = predict_steps(bundle, slide, notify=notices.append)
     while True:
@@ -630,6 +644,10 @@ def _predict_job_steps(req: dict, model_path, device: str):
             from .layers import gene_ranges
 
             sd = (bundle.target_norm or {}).get("std")  # each gene's spread in training: the colour floor
+            from ..data.export import spatial_images
+
+            pred.images = spatial_images(pred)  # the slide's small copies for an AnnData export, made here
+            pred.image = None
             return (pred, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
                     bundle.gene_pcc_protocol(), None if sd is None else np.asarray(sd, np.float32),
                     gene_ranges(pred.values))  # percentiles here, off the main thread

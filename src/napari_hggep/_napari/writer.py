@@ -1,4 +1,5 @@
-"""npe2 writers: a Points layer (predicted or plain spots) to CSV or AnnData, atomically."""
+"""npe2 writers: a Points layer (predicted or plain spots) to CSV, AnnData, QuPath GeoJSON or a
+SpatialData store, atomically; coordinates in full-resolution pixels of the slide."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,9 @@ from .layers import KEY
 
 
 def layer_prediction(data, meta):
-    """A :class:`~napari_hggep.predict.Prediction` from a Points layer's data and attributes."""
+    """A :class:`~napari_hggep.predict.Prediction` from a Points layer's data and attributes.
+    A prediction layer's pixels are those of the image predicted on; ``image_scale`` in its
+    metadata takes them back to full-resolution pixels."""
     import pandas as pd
 
     from ..predict import Prediction
@@ -28,9 +31,22 @@ def layer_prediction(data, meta):
         genes = [g for g in (wanted or info.get("genes", [])) if g in feats.columns]
         values = feats[genes].to_numpy(np.float32) if genes else np.zeros((len(data), 0), np.float32)
     data = np.asarray(data, dtype=float)
-    return Prediction(spot_ids=ids, xy=data[:, ::-1][:, :2] if len(data) else np.zeros((0, 2)), genes=genes,
-                      values=np.asarray(values, np.float32), array_rc=rc,
-                      um_per_px=float(info.get("um_per_px", 1.0)), name=meta.get("name", "spots"))
+    scale = float(info.get("image_scale", 1.0) or 1.0)
+    xy = data[:, ::-1][:, :2] / scale if len(data) else np.zeros((0, 2))
+    extra = dict(info.get("export_meta") or {})
+    if info.get("gene_pcc"):
+        extra["gene_pcc"] = dict(info["gene_pcc"])
+    if info.get("gene_pcc_protocol"):
+        extra["gene_pcc_protocol"] = info["gene_pcc_protocol"]
+    return Prediction(spot_ids=ids, xy=xy, genes=genes, values=np.asarray(values, np.float32), array_rc=rc,
+                      um_per_px=float(info.get("um_per_px", 1.0)) * scale, name=meta.get("name", "spots"),
+                      meta=extra, image_scale=scale, spot_diameter_um=info.get("spot_diameter_um"),
+                      spot_shape=info.get("spot_shape", "circle"), images=info.get("spatial_images"))
+
+
+def write_points(path, data, meta):
+    """Any format, by the file name's extension (.csv, .h5ad, .geojson, .zarr)."""
+    return [str(layer_prediction(data, meta).write(path))]
 
 
 def write_points_csv(path, data, meta):
@@ -39,3 +55,11 @@ def write_points_csv(path, data, meta):
 
 def write_points_h5ad(path, data, meta):
     return [str(layer_prediction(data, meta).write_h5ad(path))]
+
+
+def write_points_geojson(path, data, meta):
+    return write_points(path, data, meta)
+
+
+def write_points_zarr(path, data, meta):
+    return write_points(path, data, meta)

@@ -1,0 +1,110 @@
+"""The viewer's side of issue 18, with real viewers (Xvfb), real files and the bundled model: the
+export offers every format by file name, coordinates go out in full-resolution pixels whichever
+image was predicted on, AnnData carries the slide's images, Visium HD folders open with square bins."""
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import he_like_image, write_visium, write_visium_hd
+from napari_hggep._napari.layers import KEY
+from napari_hggep._napari.widget import EXPORT_FILTER, PredictWidget
+
+pytest.importorskip("napari")
+
+GENES = ["GNAS", "FN1"]
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def wait_predict(qtbot, w, timeout=180_000):
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+
+
+def _export(w, path, only_gene=False):
+    w.export_file.value = str(path)
+    w.export_selected.value = only_gene
+    w.export()
+    return w.status.value
+
+
+def test_visium_hires_prediction_exports_full_resolution_in_every_format(viewer, qtbot, tmp_path):
+    full = he_like_image(500, 420)
+    v = write_visium(tmp_path / "lib1" / "outs", full)
+    Image.fromarray(full[::10, ::10]).save(v / "spatial" / "tissue_lowres_image.png")
+    img, pts = viewer.open(str(v), plugin="napari-hggep")
+    assert img.metadata[KEY]["image_scale"] == 0.5  # the hires PNG
+    w = PredictWidget(viewer)
+    assert all(f"*{e}" in EXPORT_FILTER for e in (".csv", ".h5ad", ".geojson", ".zarr"))
+    wait_predict(qtbot, w)
+    assert w.status.value.startswith("Predicted 785 genes for 64 spots"), w.status.value
+    layer = w.result.value
+    pos = pd.read_csv(v / "spatial" / "tissue_positions.csv").set_index("barcode")
+    want = lambda ids: pos.loc[ids, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)  # noqa: E731
+    # the layer sits on the hires image, in its pixels
+    np.testing.assert_allclose(layer.data[:, ::-1], want(layer.metadata[KEY]["spot_ids"]) * 0.5)
+    assert _export(w, tmp_path / "p.csv").startswith("Exported"), w.status.value
+    df = pd.read_csv(tmp_path / "p.csv")
+    np.testing.assert_allclose(df[["x", "y"]].to_numpy(), want(df.spot_id), atol=1e-9)
+    assert df[layer.metadata[KEY]["genes"]].to_numpy().min() >= 0
+    assert _export(w, tmp_path / "p.h5ad").startswith("Exported"), w.status.value
+    a = ad.read_h5ad(tmp_path / "p.h5ad")
+    np.testing.assert_allclose(a.obsm["spatial"], want(a.obs_names))
+    sp = a.uns["spatial"]["lib1"]
+    assert set(sp["images"]) == {"hires", "lowres"} and sp["scalefactors"]["tissue_hires_scalef"] == 0.5
+    assert sp["scalefactors"]["spot_diameter_fullres"] == 20.0
+    assert a.var.loc["GNAS", "reliable"] and a.var.loc["GNAS", "heldout_pcc"] > 0.4
+    assert a.uns["napari_hggep"]["image_scale"] == 0.5
+    w.gene.value = "GNAS"
+    assert _export(w, tmp_path / "p.geojson", only_gene=True).startswith("Exported"), w.status.value
+    doc = json.load(open(tmp_path / "p.geojson"))
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == 64
+    f = doc["features"][0]
+    assert f["properties"]["objectType"] == "detection" and list(f["properties"]["measurements"]) == ["GNAS"]
+    ring = np.asarray(f["geometry"]["coordinates"][0])
+    np.testing.assert_allclose(ring[:-1].mean(axis=0), want([f["properties"]["name"]])[0], atol=0.01)
+    np.testing.assert_allclose(np.hypot(*(ring[0] - ring[:-1].mean(axis=0))), 10.0, atol=0.01)  # 55 um spot
+    # the npe2 writer (File > Save Selected Layers) follows the name too
+    viewer.layers.selection = {layer}
+    viewer.layers.save(str(tmp_path / "s.geojson"), selected=True, plugin="napari-hggep")
+    assert len(json.load(open(tmp_path / "s.geojson"))["features"]) == 64
+    # an unknown extension is said, and nothing is written; a good file is kept
+    good = (tmp_path / "p.csv").read_bytes()
+    status = _export(w, tmp_path / "p.xlsx")
+    assert status.startswith("Error") and "'.xlsx' is not one of them" in status
+    assert not (tmp_path / "p.xlsx").exists()
+    status = _export(w, tmp_path / "p.csv" / "x.csv")
+    assert status.startswith("Error") and (tmp_path / "p.csv").read_bytes() == good
+
+
+def test_visium_hd_folder_opens_with_square_bins_and_predicts(viewer, qtbot, tmp_path):
+    img_full = he_like_image(640, 800)
+    outs = write_visium_hd(tmp_path / "hdA", img_full, mpp=0.5, bins=(8, 16))
+    img, pts = viewer.open(str(outs), plugin="napari-hggep")
+    assert img.metadata[KEY]["um_per_px"] == pytest.approx(0.5 / 0.25)  # microns_per_pixel / hires scale
+    assert "microns_per_pixel" in img.metadata[KEY]["um_per_px_source"]
+    assert img.scale[-1] == pytest.approx(2.0)
+    assert pts.symbol[0].value == "square" and pts.size[0] == pytest.approx(16 / 2.0)  # a 16 um bin
+    w = PredictWidget(viewer)
+    assert "microns_per_pixel" in w.um_source.value
+    wait_predict(qtbot, w)
+    assert w.status.value.startswith("Predicted 785 genes for"), w.status.value
+    layer = w.result.value
+    assert layer.symbol[0].value == "square" and layer.size[0] == pytest.approx(8.0)
+    assert _export(w, tmp_path / "hd.geojson").startswith("Exported"), w.status.value
+    doc = json.load(open(tmp_path / "hd.geojson"))
+    ring = np.asarray(doc["features"][0]["geometry"]["coordinates"][0])
+    assert len(ring) == 5 and np.ptp(ring, axis=0) == pytest.approx([32.0, 32.0], abs=0.02)
+    pos = pd.read_parquet(outs / "binned_outputs" / "square_016um" / "spatial" / "tissue_positions.parquet")
+    pos = pos[pos.in_tissue == 1].set_index("barcode")
+    assert len(doc["features"]) == len(pos)
+    name = doc["features"][0]["properties"]["name"]
+    np.testing.assert_allclose(ring[:-1].mean(axis=0), pos.loc[name, ["pxl_col_in_fullres", "pxl_row_in_fullres"]]
+                               .to_numpy(float), atol=0.01)
