@@ -318,6 +318,10 @@ def test_spatialdata_store_round_trip(tmp_path, visium):
     pos = visium["pos"]
     um = np.asarray(tr.to_affine_matrix(("x", "y"), ("x", "y")))[:2, :2].diagonal()
     np.testing.assert_allclose(um, 55.0 / 20.0)
+    he = s.images["he"]  # multiscale, in micrometres: the full-resolution image at 55 / 20 um per pixel
+    assert list(he.keys())[:2] == ["scale0", "scale1"] and he["scale0"]["image"].shape == (3, 500, 420)
+    img_um = np.asarray(get_transformation(he, "global").to_affine_matrix(("y", "x"), ("y", "x")))[:2, :2].diagonal()
+    np.testing.assert_allclose(img_um, 55.0 / 20.0)
     sid = str(shapes.index[0])
     np.testing.assert_allclose([shapes.geometry.iloc[0].x, shapes.geometry.iloc[0].y],
                                pos.loc[sid, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float))

@@ -108,3 +108,27 @@ def test_visium_hd_folder_opens_with_square_bins_and_predicts(viewer, qtbot, tmp
     name = doc["features"][0]["properties"]["name"]
     np.testing.assert_allclose(ring[:-1].mean(axis=0), pos.loc[name, ["pxl_col_in_fullres", "pxl_row_in_fullres"]]
                                .to_numpy(float), atol=0.01)
+
+
+def test_widget_exports_a_spatialdata_store(viewer, qtbot, tmp_path):
+    sd = pytest.importorskip("spatialdata")
+    from spatialdata.transformations import get_transformation
+
+    v = write_visium(tmp_path / "lib2" / "outs", he_like_image(500, 420))
+    viewer.open(str(v), plugin="napari-hggep")
+    w = PredictWidget(viewer)
+    wait_predict(qtbot, w)
+    assert _export(w, tmp_path / "p.zarr").startswith("Exported"), w.status.value
+    s = sd.read_zarr(tmp_path / "p.zarr")
+    t, shapes = s.tables["table"], s.shapes["spots"]
+    assert t.n_obs == len(shapes) == 64 and t.n_vars == 785 and "heldout_pcc" in t.var
+    # the image is the hires copy the layer carries: 5.5 um per pixel; the spots 2.75 (full resolution)
+    he = s.images["he"]
+    img = he["scale0"]["image"] if hasattr(he, "keys") else he
+    assert img.shape == (3, 250, 210)
+    um = np.asarray(get_transformation(he, "global").to_affine_matrix(("y", "x"), ("y", "x")))[:2, :2].diagonal()
+    np.testing.assert_allclose(um, 5.5)
+    pos = pd.read_csv(v / "spatial" / "tissue_positions.csv").set_index("barcode")
+    sid = str(shapes.index[0])
+    np.testing.assert_allclose([shapes.geometry.iloc[0].x, shapes.geometry.iloc[0].y],
+                               pos.loc[sid, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float))
