@@ -147,3 +147,16 @@ def test_hd_h5ad_drawn_by_sc_pl_spatial(hd, tmp_path):
     ax = sc.pl.spatial(a, color="GNAS", show=False)[0]
     assert len(ax.images) == 1
     plt.close("all")
+
+
+def test_hd_folders_in_a_cohort(hd, tmp_path, capsys):
+    outs, full, img = hd
+    out = tmp_path / "preds"
+    assert main(["predict", str(outs.parent), "--out-dir", str(out), "--bin-um", "16", "--formats", "h5ad",
+                 "--genes", GENES]) == 0
+    (h5,) = out.glob("*.h5ad")
+    a = ad.read_h5ad(h5)
+    assert a.n_obs == len(_positions(outs, 16)) and a.uns["napari_hggep"]["spot_shape"] == "square"
+    rc = main(["predict", str(outs.parent), "--out-dir", str(tmp_path / "p2"), "--bin-um", "2"])
+    assert rc == 2 and "2 µm bins are refused" in capsys.readouterr().err
+    assert not (tmp_path / "p2").exists()
