@@ -331,3 +331,37 @@ def test_spatialdata_store_round_trip(tmp_path, visium):
     assert list(sd.read_zarr(z).tables["table"].var_names) == ["GNAS"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
     assert os.path.isdir(z)
+
+
+def test_a_spatialdata_store_is_a_slide_to_predict_on(tmp_path, visium, capsys):
+    """Our own store read back as a slide: the same spots, the same pixel size, the same values;
+    a store without an image, or with no stated pixel size, is refused with the reason."""
+    sd = pytest.importorskip("spatialdata")
+    from napari_hggep.data.readers import open_slide
+
+    z = tmp_path / "s.zarr"
+    csv = tmp_path / "a.csv"
+    assert main(["predict", str(visium["fullres"]), "--visium", str(visium["sr2"]), "-o", str(z), "-o", str(csv),
+                 "--genes", GENES]) == 0
+    s = open_slide(z)
+    assert s.um_per_px == pytest.approx(55.0 / 20.0) and s.spot_diameter_um == pytest.approx(55.0)
+    assert s.shape == (500, 420) and s.image[10:20, 30:35].shape == (10, 5, 3)
+    again = tmp_path / "b.csv"
+    assert main(["predict", str(z), "-o", str(again), "--genes", GENES]) == 0
+    a, b = pd.read_csv(csv).set_index("spot_id"), pd.read_csv(again).set_index("spot_id")
+    b = b.loc[a.index]
+    np.testing.assert_allclose(b[["x", "y"]], a[["x", "y"]], atol=1e-6)
+    np.testing.assert_allclose(b[GENES.split(",")], a[GENES.split(",")], atol=1e-4)
+    # no image: refused; another tool's store: the pixel size is asked for
+    st = sd.read_zarr(z)
+    bare = sd.SpatialData(shapes=dict(st.shapes), tables=dict(st.tables))
+    bare.write(tmp_path / "bare.zarr")
+    rc = main(["predict", str(tmp_path / "bare.zarr"), "-o", str(tmp_path / "c.csv")])
+    assert rc == 2 and "no RGB image" in capsys.readouterr().err
+    del st.tables["table"]
+    st.write(tmp_path / "other.zarr")
+    rc = main(["predict", str(tmp_path / "other.zarr"), "-o", str(tmp_path / "c.csv")])
+    assert rc == 2 and "--um-per-px" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "other.zarr"), "--um-per-px", "2.75", "-o", str(tmp_path / "c.csv"),
+                 "--genes", GENES]) == 0
+    assert len(pd.read_csv(tmp_path / "c.csv")) == 64

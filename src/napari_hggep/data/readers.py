@@ -477,7 +477,12 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
             if um_per_px:  # the user's figure over the one estimated from the 200 um spot pitch
                 slide.um_per_px = float(um_per_px)
             return slide
-        raise SlideError(f"{path} is neither a Space Ranger outs/ folder (Visium or Visium HD) nor a HER2+ ST folder")
+        from .spatialdata_export import is_spatialdata_store, read_spatialdata
+
+        if is_spatialdata_store(path):  # an H&E image and spot shapes in a SpatialData store
+            return read_spatialdata(path, um_per_px)
+        raise SlideError(f"{path} is neither a Space Ranger outs/ folder (Visium or Visium HD), a HER2+ ST folder "
+                         "nor a SpatialData store (.zarr)")
     if not path.exists():
         raise SlideError(f"{path} does not exist")
     if not is_image_path(path):
