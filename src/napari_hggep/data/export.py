@@ -199,12 +199,12 @@ def spatial_images(pred) -> dict:
     out = {}
     files = (pred.meta or {}).get("image_files") or {}
     sf = (pred.meta or {}).get("scalefactors") or {}
+    from .image import read_image
+
     for kind, f in files.items():
         try:
-            from .image import read_image
-
             img = np.asarray(read_image(f))
-        except Exception:  # an unreadable PNG: the downscaled copy below stands in
+        except (OSError, ValueError):  # a PNG gone or unreadable since: the downscaled copy below stands in
             continue
         thumb, fac = _downscale(img, THUMB_SIDES["hires"])
         out[kind] = (thumb, float(sf[f"tissue_{kind}_scalef"]) * fac)
