@@ -124,11 +124,12 @@ def main() -> int:
                "--out", str(out), *a.extra]
         t0 = time.time()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        with open(root / "train.log", "w") as log:  # the command's own progress and timings
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
         wall = time.time() - t0
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         if r.returncode:
-            print(r.stderr[-3000:], file=sys.stderr)
+            print((root / "train.log").read_text()[-3000:], file=sys.stderr)
             return 1
         card = json.loads(out.with_suffix(".json").read_text())
         m = card["metrics"]

@@ -81,8 +81,8 @@ def test_blank_image_genes_not_found_and_missing_inputs_are_clear(visium_study, 
     assert rc == 2 and "--samples" in capsys.readouterr().err
     pd.DataFrame({"section": ["X"], "folder": ["nowhere"]}).to_csv(tmp_path / "bad.csv", index=False)
     rc = main(["train", "--samples", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "m.pt")])
-    assert rc == 2 and "section X" in capsys.readouterr().err and "does not exist" in capsys.readouterr().err + \
-        "does not exist"
+    err = capsys.readouterr().err
+    assert rc == 2 and "section X" in err and "does not exist" in err
 
 
 def test_gene_list_by_ensembl_id_or_symbol(visium_study):
@@ -184,3 +184,17 @@ def test_cancel_keeps_no_model_and_resume_finishes(visium_study, tmp_path):
     bundle = study.run(ck, progress=lambda ev: seen.append(ev.fold), resume=True)  # same object: no re-reading
     assert "V1" not in seen and ck.exists() and len(bundle.genes) == 20
     assert set(json.loads(ck.with_suffix(".json").read_text())["metrics"]["heldout_sections"]) == {"V1", "V2", "V3"}
+
+
+def test_bundled_model_as_backbone_for_the_expert_recipe(tmp_path):
+    from helpers import write_tiny_dataset
+    from napari_hggep._bundled import bundled_checkpoint
+
+    data = write_tiny_dataset(tmp_path / "d")
+    ck = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--backbone", str(bundled_checkpoint()),
+                 "--freeze-backbone", "--device", "cpu", "--out", str(ck)]) == 0
+    card = json.loads(ck.with_suffix(".json").read_text())
+    assert card["extra"]["pretrained_backbone"]["from_checkpoint"] == "hggep_compact_her2st.pt"
+    assert card["extra"]["pretrained_backbone"]["method"] == "SimCLR (NT-Xent)"  # the bundled one's provenance
+    assert not (tmp_path / "m.pt.state").exists()

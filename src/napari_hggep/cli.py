@@ -185,7 +185,7 @@ def _study(a, log):
     from .training.study import Study, StudyOptions
 
     if a.samples and a.data:
-        raise SystemExit("error: give --samples TABLE.csv or --data DIR, not both")
+        raise ValueError("give --samples TABLE.csv or --data DIR, not both")
     if a.samples:
         rows = read_samples_table(a.samples)
         if a.sections:
@@ -193,14 +193,14 @@ def _study(a, log):
     elif a.data:
         rows = rows_from_data_dir(a.data, a.sections)
     else:
-        raise SystemExit("error: give --samples TABLE.csv (columns section,folder,image,patient) or --data DIR "
+        raise ValueError("give --samples TABLE.csv (columns section,folder,image,patient) or --data DIR "
                          "(a folder of section folders)")
     if a.hvg and a.genes:
-        raise SystemExit("error: give --hvg N or --genes FILE, not both")
+        raise ValueError("give --hvg N or --genes FILE, not both")
     opts = StudyOptions(hvg=a.hvg, genes_file=a.genes,
                         default_genes_file=str(Path(a.data) / "genes.txt") if a.data else None,
                         from_scratch=a.from_scratch, finetune=a.finetune, branches=a.branches,
-                        train=_train_config(a, epochs=12), minutes=getattr(a, "minutes", None),
+                        train=_train_config(a, epochs=12), minutes=getattr(a, "minutes", None) or None,
                         heldout=not getattr(a, "no_heldout", False), stats_res_copies=a.stats_res_copies or 0,
                         cache=a.cache, keep_state=getattr(a, "keep_state", False),
                         preset=a.preset)
@@ -245,8 +245,11 @@ class _StudyBar:
 
 @_distributed_command
 def _cmd_train_expert(a, dist, device) -> int:
+    from .model.pretrained import read_backbone
     from .training.train import train_model
 
+    if a.backbone:
+        read_backbone(a.backbone)  # a wrong file fails now, not after the sections are read
     secs, genes, cfg = _sections(a)
     if dist.active:
         print(f"rank {dist.rank} of {dist.world} on {device}", file=sys.stderr)
@@ -448,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--out", required=True, help="checkpoint to write")
             t.add_argument("--resume", action="store_true", help="resume from OUT.state (and OUT.study.json)")
             t.add_argument("--keep-state", action="store_true", help="keep the resumable state after success")
-            t.add_argument("--minutes", type=float, help="time budget for all trainings (held-out folds and the model)")
+            t.add_argument("--minutes", type=float, default=8.0,
+                           help="time budget from the start of a study's run to its model, shared by the held-out "
+                                "trainings and the final one; each keeps its best epoch so far (default 8; 0: none)")
             t.add_argument("--no-heldout", action="store_true",
                            help="skip the held-out folds (no per-gene PCC in the model card)")
             t.add_argument("--card-metrics", help="expert: loo.json from `evaluate` to store in the model card "

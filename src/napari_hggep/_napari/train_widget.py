@@ -145,7 +145,7 @@ class TrainWidget(Container):
         self.panel = ComboBox(label="Genes", choices=[HVG, GENE_FILE], value=HVG)
         self.hvg = SpinBox(label="Number of genes", value=500, min=10, max=5000, step=50)
         self.genes_file = FileEdit(label="Gene list", mode="r", filter="*.txt *.csv", visible=False)
-        self.minutes = FloatSpinBox(label="Time budget (min)", value=10.0, min=0.5, max=600.0, step=1.0)
+        self.minutes = FloatSpinBox(label="Time budget (min)", value=8.0, min=0.5, max=600.0, step=1.0)
         self.epochs = SpinBox(label="Epochs per training", value=12, min=1, max=400)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.out_file = FileEdit(label="Save model to", mode="w", filter="*.pt")
@@ -359,7 +359,8 @@ class TrainWidget(Container):
             self.status.value = "Cancelled: no model was written. Press Resume to continue where it stopped."
             self.train_btn.text = "Resume"
             return
-        self._forget_study() if not isinstance(err, (OSError, MemoryError)) else None
+        if not isinstance(err, (OSError, MemoryError)):  # bad input: the next run reads the sections again
+            self._forget_study()
         self._fail(err)
 
     def _fail(self, err):

@@ -34,8 +34,19 @@ def read_backbone(path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as e:  # truncated, not a torch file, or pickled code
         raise CheckpointError(f"{path}: not a readable backbone file ({type(e).__name__}); "
                               "make one with `napari-hggep pretrain`") from None
+    if isinstance(obj, dict) and {"meta_json", "state_dict", "sha256"} <= set(obj):
+        # a whole napari-hggep checkpoint (e.g. the bundled model): its image path, verified
+        from .checkpoint import read_checkpoint
+
+        meta, state = read_checkpoint(path)
+        keep = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(PREFIXES)}
+        if not keep:
+            raise CheckpointError(f"{path}: this model has no image path (statistics only); it cannot give a backbone")
+        return keep, {"from_checkpoint": path.name, "sections": meta.get("sections"),
+                      **(meta.get("extra", {}).get("pretrained_backbone") or {})}
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a napari-hggep pretrained backbone (made by `napari-hggep pretrain`)")
+        raise CheckpointError(f"{path}: neither a pretrained backbone (made by `napari-hggep pretrain`) nor a "
+                              "napari-hggep model checkpoint")
     return obj["state"], obj.get("meta", {})
 
 

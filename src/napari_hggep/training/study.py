@@ -80,7 +80,10 @@ class Study:
             _check_stop(should_stop)
             _emit(progress, StudyEvent("read", f"Reading section {row.section} ({i + 1}/{len(self.rows)})…",
                                        0.05 * i / len(self.rows)))
+            t = time.time()
             labelled.append(read_labelled_section(row))
+            self.log(f"read {row.section}: {labelled[-1].slide.n_spots} spots, {labelled[-1].counts.shape[1]} genes "
+                     f"in {time.time() - t:.1f}s")
         self.labelled = labelled
         if o.genes_file:
             self.panel = panel_from_list(read_genes(o.genes_file), labelled, "file")
@@ -102,7 +105,9 @@ class Study:
             _check_stop(should_stop)
             _emit(progress, StudyEvent("read", f"Patches and tissue statistics of {lab.name} "
                                                f"({lab.slide.n_spots} spots)…", 0.05 + 0.1 * i / len(labelled)))
+            t = time.time()
             secs.append(self._section(lab))
+            self.log(f"{lab.name}: patches and tissue statistics in {time.time() - t:.1f}s")
         self.sections = secs
         for lab in labelled:  # the sparse counts of every gene are no longer needed
             lab.counts = None
@@ -204,7 +209,11 @@ class Study:
         elif study_state.is_file():
             study_state.unlink()
         n_train = len(folds) + 1
-        per_minutes = None if o.minutes is None else max(o.minutes * 0.8 / n_train, 0.05)
+
+        def share(left: int) -> float | None:  # the time budget left, shared by the trainings left
+            if o.minutes is None:
+                return None
+            return max((o.minutes - (time.time() - t0) / 60) / max(left, 1), 0.05)
         if len(self.sections) < 2:
             self.log("one section only: the model is trained, but there is no held-out PCC (give two or more "
                      "sections to measure how well each gene is predicted)")
@@ -217,11 +226,14 @@ class Study:
                 continue
             label = f"held-out {k + 1}/{len(folds)}: test {key}"
             self.log(f"[{protocol}] {label}, training on {[names[i] for i in tr]}")
-            tcfg = self.train_config(per_minutes)
+            left = 1 + sum("+".join(names[i] for i in te2) not in done for _, te2 in folds[k:])
+            tcfg = self.train_config(share(left))
             lo, hi = frac0 + 0.85 * k / n_train, frac0 + 0.85 * (k + 1) / n_train
-            bundle, _ = train_model([self.sections[i] for i in tr], self.config, genes, tcfg,
+            t_fold = time.time()
+            bundle, hist = train_model([self.sections[i] for i in tr], self.config, genes, tcfg,
                                     progress=_epoch_events(progress, "fold", label, key, lo, hi, tcfg.epochs),
                                     should_stop=should_stop)
+            self.log(f"  trained in {time.time() - t_fold:.0f}s ({len(hist)} epochs)")
             tn = bundle.target_norm
             dev = resolve_device(o.train.device)
             res = {}
@@ -237,7 +249,7 @@ class Study:
                                                            for t, v in res.items()}}))
             atomic_write_bytes(study_state, json.dumps({"fingerprint": fingerprint, "folds": done}).encode())
         metrics = self._metrics(protocol, done, genes)
-        tcfg = self.train_config(None if o.minutes is None else max(o.minutes - (time.time() - t0) / 60, 0.05))
+        tcfg = self.train_config(share(1))
         lo = frac0 + 0.85 * len(folds) / n_train
         self.log(f"training the model on all {len(names)} sections")
         card = {"study": {"samples": [{"section": r.section, "folder": str(r.folder),

@@ -62,8 +62,11 @@ class TrainConfig:
     # for a few flipped/rotated/rescaled views, and only the slide-level part (attention,
     # hypergraph, fusion, heads) trains; the cheap way to use a pretrained image path on a CPU
     freeze_encoder: bool = False
-    encoder_views: int = 4
+    encoder_views: int = 2
     max_minutes: float | None = None  # time budget for the epochs (the best model so far is kept)
+    # a section with more spots trains window by window (overlapping spatial windows, the loss on
+    # each window's core), gradients accumulated into the section's step: bounded memory
+    train_window_spots: int = 2048
 
 
 def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> np.ndarray:
@@ -133,11 +136,27 @@ def _stats_tensor(sec: SectionData, device):
 @torch.no_grad()
 def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.ndarray, device,
                     views: int = 1) -> np.ndarray:
+    """A section's predicted expression; patches are encoded in batches of 256 (memory stays
+    bounded on a section of thousands of spots), then attention and the hypergraph run over
+    the whole section."""
     model.eval()
-    x = to_tensor(sec.patches).to(device) if model.config.image_path else None
+    tokens = None
+    if model.config.image_path:
+        colour = None
+        if model.config.colour_norm == "slide":  # the section's own colour statistics, as one batch would give
+            s1, s2, n = np.zeros(3), np.zeros(3), 0
+            for i in range(0, sec.n_spots, 256):
+                p = sec.patches[i:i + 256].reshape(-1, 3).astype(np.float64) / 255.0
+                s1, s2, n = s1 + p.sum(0), s2 + (p * p).sum(0), n + len(p)
+            mu = s1 / n
+            sd = np.sqrt(np.maximum(s2 - n * mu * mu, 0) / max(n - 1, 1))
+            colour = (torch.tensor(mu, dtype=torch.float32, device=device),
+                      torch.tensor(np.maximum(sd, 1e-3), dtype=torch.float32, device=device))
+        tokens = torch.cat([model.encode_views(to_tensor(sec.patches[i:i + 256]).to(device), colour, views=views)
+                            for i in range(0, sec.n_spots, 256)])
     c = torch.from_numpy(sec.coords_um).to(device)
     st = _stats_tensor(sec, device) if model.config.stats_features else None
-    z = model(x, c, st, views=views)["expr"].float().cpu().numpy()
+    z = model.forward_tokens(tokens, c, st)["expr"].float().cpu().numpy()
     return z * std + mean
 
 
@@ -241,7 +260,9 @@ def train_model(
     epochs = tcfg.epochs if config.image_path else 0  # a statistics-only model is fitted in closed form
     frozen, kind = None, None
     if epochs and tcfg.freeze_encoder:
+        t_tok = time.time()
         frozen, kind = _frozen_token_views(model, sections, tcfg, device), "tokens"
+        provenance["token_views_seconds"] = round(time.time() - t_tok, 1)
     elif epochs and tcfg.freeze_backbone:
         frozen, kind = _frozen_trunk_views(model, sections, g, tcfg, device), "maps"
     # what makes a run repeatable: the same sections, genes and config, then every random stream
@@ -257,10 +278,13 @@ def train_model(
         torch.set_rng_state(st["torch_rng"])
         start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
         best_state = st["best_state"]
+    windows = [_train_windows(s, tcfg.train_window_spots, device) for s in sections]
     t_start = time.time()
     stopped_early = False
     for epoch in range(start_epoch, epochs):
-        if tcfg.max_minutes is not None and epoch > start_epoch and time.time() - t_start > 60 * tcfg.max_minutes:
+        per_epoch = (time.time() - t_start) / max(epoch - start_epoch, 1)
+        if tcfg.max_minutes is not None and epoch > start_epoch and \
+                time.time() - t_start + per_epoch > 60 * tcfg.max_minutes:  # the next epoch would not fit
             stopped_early = True
             break
         t0 = time.time()
@@ -289,6 +313,7 @@ def train_model(
             for n_done, (i, gen) in enumerate(step):
                 sec = sections[i]
                 z, counts, mask, coords, st = tensors[i]
+                wins = windows[i]
                 with _rng_scope(group > 1, gen, device):
                     if frozen is not None:  # one of the precomputed views for every spot
                         views = frozen[i]
@@ -296,17 +321,37 @@ def train_model(
                         spots = torch.arange(sec.n_spots, device=device)
                         inputs = [v[pick, spots] for v in views]
                         inputs = inputs[0] if kind == "tokens" else inputs
-                    else:
+                    elif len(wins) == 1:
                         inputs = train_augment(to_tensor(sec.patches), gen, tcfg.jitter, config.patch_um / config.patch_px,
                                                config.patch_um, tcfg.res_range).to(device)
+                    else:
+                        inputs = None  # augmented window by window (memory)
                     if torch.rand(1, generator=gen).item() < 0.5:  # mirror the slide layout too
                         coords = coords * torch.tensor([-1.0, 1.0], device=device)
-                    last = n_done == len(step) - 1
-                    with (contextlib.nullcontext() if last or not dist.active else step_net.no_sync()):
-                        out_ = step_net(inputs, coords, st)
-                        loss = hggep_loss(out_, z, counts, tcfg.zinb_weight, mask)
-                        (loss / len(step)).backward()
-                losses.append(loss.item())
+                    sec_loss = 0.0
+                    for n_win, (idx, core) in enumerate(wins):
+                        # a large section trains window by window (attention within each, as in
+                        # prediction), gradients accumulated: memory stays bounded
+                        m_w = mask if idx is None else mask[idx] & core
+                        share = float(m_w.sum()) / max(float(mask.sum()), 1.0)
+                        if share == 0:
+                            continue
+                        if idx is None:
+                            x = inputs
+                        elif inputs is None:
+                            x = train_augment(to_tensor(sec.patches[idx.cpu().numpy()]), gen, tcfg.jitter,
+                                              config.patch_um / config.patch_px, config.patch_um,
+                                              tcfg.res_range).to(device)
+                        else:
+                            x = [v[idx] for v in inputs] if isinstance(inputs, list) else inputs[idx]
+                        sel = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])  # noqa: E731
+                        last = n_done == len(step) - 1 and n_win == len(wins) - 1
+                        with (contextlib.nullcontext() if last or not dist.active else step_net.no_sync()):
+                            out_ = step_net(x, sel(coords), sel(st))
+                            loss = hggep_loss(out_, sel(z), sel(counts), tcfg.zinb_weight, m_w)
+                            (loss * share / len(step)).backward()
+                        sec_loss += loss.item() * share
+                losses.append(sec_loss)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
@@ -498,8 +543,11 @@ def _frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch
     same in every fold that trains on it, and cached on the section for the same encoder."""
     import hashlib
 
+    from ..model.hggep import use_fast_inference_layout
+
     was = model.training
     model.eval()
+    use_fast_inference_layout(model)  # the frozen encoder only runs here, without gradients: ~2x on a CPU
     cfg = model.config
     enc = hashlib.sha1()
     for k, v in model.state_dict().items():
@@ -521,10 +569,23 @@ def _frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch
                 x = dihedral_view(to_tensor(sec.patches[i:i + batch]), k)
                 if k % 2:
                     x = resolution_jitter(x, gen, cfg.patch_um / cfg.patch_px, cfg.patch_um, *tcfg.res_range)
-                toks.append(model.encode(x.contiguous().to(device)))
+                toks.append(model.encode(x.to(device).contiguous(memory_format=torch.channels_last)))
             views.append(torch.cat(toks))
         entry = [torch.stack(views)]
         sec._token_cache = (key, entry)
         out.append(entry)
     model.train(was)
+    return out
+
+
+def _train_windows(sec: SectionData, max_spots: int, device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """``[(spot indices, core mask)]`` of a section's training windows; ``[(None, None)]``
+    (the whole section at once) when it has at most ``max_spots`` spots."""
+    from ..model.windows import spatial_windows
+
+    if sec.n_spots <= max_spots:
+        return [(None, None)]
+    out = []
+    for idx, w in spatial_windows(sec.coords_um, max_spots):
+        out.append((torch.from_numpy(idx).to(device), torch.from_numpy(w >= 1.0 - 1e-9).to(device)))
     return out
