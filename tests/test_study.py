@@ -10,7 +10,7 @@ from scipy import sparse
 
 from helpers import he_like_image, study_counts, write_her2st, write_visium_study_section
 from napari_hggep.cli import main
-from napari_hggep.data.samples import SampleRow, read_10x_h5_sparse, read_labelled_section, read_samples_table
+from napari_hggep.data.samples import read_10x_h5_sparse, read_labelled_section, read_samples_table
 from napari_hggep.training.panel import panel_from_list, select_hvg
 
 

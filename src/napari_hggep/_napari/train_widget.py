@@ -42,13 +42,20 @@ def register_predict_widget(widget) -> None:
     """A Predict widget joins the session: it is offered every model trained so far, and later ones."""
     _PREDICT_WIDGETS.add(widget)
     for path, label in TRAINED_MODELS.items():
-        widget.add_model(path, label)
+        _offer(widget, path, label)
 
 
 def model_trained(path: str, label: str) -> None:
     TRAINED_MODELS[str(path)] = label
     for w in list(_PREDICT_WIDGETS):
-        w.add_model(str(path), label)
+        _offer(w, str(path), label)
+
+
+def _offer(widget, path: str, label: str) -> None:
+    try:
+        widget.add_model(path, label)
+    except RuntimeError:  # its Qt side was deleted (the viewer closed): forget it
+        _PREDICT_WIDGETS.discard(widget)
 
 
 class CurvePlot(QWidget):

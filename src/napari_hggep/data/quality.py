@@ -61,6 +61,8 @@ def tissue_under_spots(image, xy: np.ndarray, spot_diameter_px: float, max_side:
     xy = xy[np.isfinite(xy).all(axis=1)]
     if len(xy) > 4000:  # enough to judge
         xy = xy[np.linspace(0, len(xy) - 1, 4000).round().astype(int)]
+    if len(xy) == 0:  # no spot with a position: nothing under them
+        return TissueReport(0.0, 0.0, 0)
     h, w = thumb.shape[:2]
     r = max(1, int(round(spot_diameter_px / 2 / step)))
     c = np.clip((xy / step).round().astype(int), 0, [w - 1, h - 1])

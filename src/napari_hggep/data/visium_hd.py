@@ -45,9 +45,10 @@ def is_bin_folder(path) -> bool:
         return True
     if sf.is_file():
         try:
-            return "bin_size_um" in json.loads(sf.read_bytes().decode("utf-8-sig"))
+            d = json.loads(sf.read_bytes().decode("utf-8-sig"))
         except (ValueError, UnicodeError):
             return False
+        return isinstance(d, dict) and "bin_size_um" in d
     return False
 
 
@@ -111,6 +112,8 @@ def read_hd_scalefactors(spatial: Path) -> tuple[dict, Path]:
         sf = json.loads(sf_path.read_bytes().decode("utf-8-sig"))
     except (ValueError, UnicodeError) as e:
         raise SlideError(f"{sf_path}: not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(sf, dict):
+        raise SlideError(f"{sf_path}: not a JSON object of scale factors")
     for key in ("bin_size_um", "microns_per_pixel"):
         try:
             v = float(sf[key])
