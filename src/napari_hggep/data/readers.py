@@ -234,6 +234,17 @@ def visium_spatial_meta(folder: Path, spatial: Path, sf: dict, notice: str | Non
             "image_files": files}
 
 
+def visium_named_image(image, xy_fullres: np.ndarray, sf: dict, sf_path) -> tuple[Path, object, float]:
+    """The image a user named for a Space Ranger folder (full-resolution, hires or lowres), read,
+    with its scale to full-resolution pixels: ``(path, image, scale)``."""
+    image = Path(image)
+    if not image.is_file():
+        raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
+                         "or tissue_lowres_image.png")
+    img = read_image(image)
+    return image, img, visium_image_scale(image.name, img.shape, xy_fullres, sf, sf_path)
+
+
 def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
     """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image, or
     ``tissue_hires_image.png`` / ``tissue_lowres_image.png`` (recognised by name or size;
@@ -273,12 +284,7 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     if image is None:  # the hires PNG, or another of the folder's images when it shows no tissue
         image, img, scale, notice = visium_image_with_tissue(folder, spatial, xy, sf, sf_path, diameter)
     else:
-        image = Path(image)
-        if not image.is_file():
-            raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
-                             "or tissue_lowres_image.png")
-        img = read_image(image)
-        scale = visium_image_scale(image.name, img.shape, xy, sf, sf_path)
+        image, img, scale = visium_named_image(image, xy, sf, sf_path)
     xy, um_per_px, src = xy * scale, um_per_px / scale, str(image)
     counts = gene_names = None
     h5 = folder / "filtered_feature_bc_matrix.h5"

@@ -130,8 +130,7 @@ def read_hd_scalefactors(spatial: Path) -> tuple[dict, Path]:
 
 def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> Slide:
     """One bin folder (``binned_outputs/square_016um``): every in-tissue bin as a square spot."""
-    from .readers import read_visium_positions, visium_image_scale, visium_image_with_tissue, visium_spatial_meta
-    from .image import read_image
+    from .readers import read_visium_positions, visium_image_with_tissue, visium_named_image, visium_spatial_meta
 
     folder = Path(folder)
     spatial = folder / "spatial"
@@ -159,12 +158,7 @@ def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> S
         image, img, scale, notice = visium_image_with_tissue(outs if img_spatial != spatial else folder, img_spatial,
                                                              xy, sf, sf_path, side_px)
     else:
-        image = Path(image)
-        if not image.is_file():
-            raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
-                             "or tissue_lowres_image.png")
-        img = read_image(image)
-        scale = visium_image_scale(image.name, img.shape, xy, sf, sf_path)
+        image, img, scale = visium_named_image(image, xy, sf, sf_path)
         img_spatial = spatial
     lib = outs.parent.name if outs.name == "outs" else outs.name
     meta_sp = visium_spatial_meta(outs, img_spatial, sf, notice)
