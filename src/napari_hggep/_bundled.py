@@ -27,3 +27,11 @@ def load_model(path=None, device: str = "auto"):
                 "train one with `napari-hggep train` and pass its path"
             )
     return load_checkpoint(path, device)
+
+
+def bundled_card() -> dict:
+    """The bundled model's card (the JSON beside its weights), or {} when none is bundled."""
+    import json
+
+    card = WEIGHTS_DIR / f"{BUNDLED_NAME}.json"
+    return json.loads(card.read_text()) if card.is_file() else {}

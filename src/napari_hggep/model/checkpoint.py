@@ -44,6 +44,24 @@ class ModelBundle:
         """Held-out (leave-one-out) PCC per gene, when the card has it."""
         return dict(self.meta.get("metrics", {}).get("gene_pcc", {}))
 
+    def heldout_basis(self) -> str | None:
+        """What the held-out PCC rests on, in words: e.g. "5 held-out sections of 2 patients
+        (leave-one-patient-out)"."""
+        m = self.meta.get("metrics", {})
+        pats = (m.get("protocol") or {}).get("patients") or {}
+        if not pats and (m.get("extra") or {}).get("study"):
+            pats = {}
+        if not pats:
+            return None
+        n_p = len(set(pats.values()))
+        return (f"{len(pats)} held-out section{'s' * (len(pats) != 1)} of {n_p} patient{'s' * (n_p != 1)}"
+                + (f" ({self.gene_pcc_protocol()})" if self.gene_pcc_protocol() else ""))
+
+    def reliability(self) -> dict | None:
+        """The card's calibration of the per-slide reliability and the "unlike the training
+        tissue" score (see :mod:`napari_hggep.reliability`), or None for an older card."""
+        return self.meta.get("metrics", {}).get("reliability") or None
+
     def gene_pcc_protocol(self) -> str | None:
         """How :meth:`gene_pcc` was measured: ``leave-one-patient-out`` (new patients) or
         ``leave-one-section-out``."""

@@ -78,6 +78,27 @@ def _fit_predict(train, tests, config, genes, tcfg, log, progress):
     return preds, best, bundle
 
 
+def _calibration_row(m: dict, pred: np.ndarray, fold, test: SectionData, train: list[SectionData]) -> dict:
+    """One held-out section's per-gene material for the per-slide reliability: the true PCC and
+    the prediction's spread relative to the fold's training variation."""
+    from ..reliability import prediction_spread
+
+    r4 = lambda a: [None if not np.isfinite(v) else round(float(v), 4) for v in a]  # noqa: E731
+    return {"train": [s.name for s in train], "pcc": r4(m["gene_pcc"]),
+            "spread": r4(prediction_spread(pred, fold.target_norm))}
+
+
+def _signatures(sections, resampled) -> dict:
+    """Each section's tissue-statistics signature (and its resampled copies'), for calibrating
+    the "unlike the training tissue" score."""
+    from ..reliability import slide_signature
+
+    out = {s.name: slide_signature(s.stats).tolist() for s in sections if s.stats is not None}
+    for um, secs in (resampled or {}).items():
+        out.update({f"{n}@{um:g}um": slide_signature(r.stats).tolist() for n, r in secs.items() if r.stats is not None})
+    return out
+
+
 def evaluate(
     sections: list[SectionData],
     config: HGGEPConfig,
@@ -102,16 +123,18 @@ def evaluate(
     names = list(by_name)
     feats = {s.name: colour_features(s.patches) for s in sections} if baseline else {}
     per_section, gene_pccs, res_out, lopo_genes = {}, {}, {}, {}
+    calib = {"leave-one-section-out": {}, "leave-one-patient-out": {}}
     for held in sections:
         train = [s for s in sections if s is not held]
         log(f"[leave-one-section-out {held.name}] training on {[s.name for s in train]}")
         extra_tests = [r[held.name] for r in (resampled or {}).values() if held.name in r]
-        preds, best, _ = _fit_predict(train, [held, *extra_tests], config, genes,
-                                      _fold_tcfg(tcfg, config, [held], backbones, patients),
-                                      log, progress)
+        preds, best, fold = _fit_predict(train, [held, *extra_tests], config, genes,
+                                         _fold_tcfg(tcfg, config, [held], backbones, patients),
+                                         log, progress)
         lab = None if labels is None else labels.get(held.name)
         m = slide_metrics(preds[held.name], held.target, lab)
         gene_pccs[held.name] = m["gene_pcc"]
+        calib["leave-one-section-out"][held.name] = _calibration_row(m, preds[held.name], fold, held, train)
         row = {"hggep": _summary(m), "published_hggep_pcc": PUBLISHED_PCC.get(held.name), "best_epoch": best}
         if baseline:
             ridge = RidgeBaseline().fit(np.concatenate([feats[s.name] for s in train]),
@@ -131,13 +154,17 @@ def evaluate(
         if len(train_names) == len(names) - 1:  # one test section: the same split as leave-one-section-out
             lopo[key] = {t: per_section[t]["hggep"] for t in test_names}
             lopo_genes.update({t: gene_pccs[t] for t in test_names})
+            calib["leave-one-patient-out"].update({t: calib["leave-one-section-out"][t] for t in test_names})
             continue
         log(f"[leave-one-patient-out] training on {train_names}, testing {test_names}")
         tests = [by_name[n] for n in test_names]
-        preds, _, _ = _fit_predict([by_name[n] for n in train_names], tests, config, genes,
-                                   _fold_tcfg(tcfg, config, tests, backbones, patients),
-                                   log, progress)
+        preds, _, fold = _fit_predict([by_name[n] for n in train_names], tests, config, genes,
+                                      _fold_tcfg(tcfg, config, tests, backbones, patients),
+                                      log, progress)
         ms = {t: slide_metrics(preds[t], by_name[t].target) for t in test_names}
+        for t in test_names:
+            calib["leave-one-patient-out"][t] = _calibration_row(ms[t], preds[t], fold, by_name[t],
+                                                                 [by_name[n] for n in train_names])
         lopo[key] = {t: _summary(m) for t, m in ms.items()}
         lopo_genes.update({t: m["gene_pcc"] for t, m in ms.items()})
         log("  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
@@ -181,6 +208,10 @@ def evaluate(
         # per gene, mean over the held-out sections: leave-one-section-out, and leave-one-patient-out
         "gene_pcc": per_gene(gene_pccs.values()),
         "gene_pcc_lopo": per_gene(lopo_genes.values()) if lopo_genes else None,
+        # per held-out section and gene: the true PCC, and what the prediction alone shows (its
+        # spread over the slide relative to the gene's training variation); the material the
+        # per-slide reliability is calibrated on (training/reliability.py)
+        "calibration": {"genes": list(genes), **calib, "signatures": _signatures(sections, resampled)},
     }
 
 

@@ -20,6 +20,7 @@ from ..data.samples import LabelledSection, SampleRow, read_labelled_section
 from ..data.slide import SlideError
 from ..devices import resolve_device
 from .dataset import SectionData, build_section, read_genes
+from ..reliability import prediction_spread
 from .metrics import gene_pcc
 from .panel import DEFAULT_HVG, Panel, panel_counts, panel_from_list, select_hvg
 from .train import TrainConfig, TrainingCancelled, predict_section, train_model
@@ -199,10 +200,12 @@ class Study:
         fingerprint = json.loads(json.dumps({"sections": names, "genes": genes, "options": opts}, default=str))
         study_state = Path(str(out) + ".study.json")
         done: dict = {}
+        spreads: dict = {}  # held-out section -> each gene's prediction spread (for the reliability)
         if resume and study_state.is_file():
             st = json.loads(study_state.read_text())
             if st.get("fingerprint") == fingerprint:
                 done = st.get("folds", {})
+                spreads = st.get("spreads", {})
                 self.log(f"resuming: {len(done)} of {len(folds)} held-out folds already done")
             else:
                 self.log(f"{study_state} belongs to another run; starting afresh")
@@ -241,14 +244,18 @@ class Study:
                 sec = self.sections[i]
                 pred = predict_section(bundle.model, sec, np.asarray(tn["mean"]), np.asarray(tn["std"]), dev)
                 res[sec.name] = [None if not np.isfinite(v) else round(float(v), 4) for v in gene_pcc(pred, sec.target)]
+                spreads[sec.name] = [round(float(v), 4) for v in prediction_spread(pred, tn)]
             done[key] = res
             summary = ", ".join(f"{t} {np.nanmean(np.array(v, dtype=float)):.3f}" for t, v in res.items())
             self.log(f"  mean PCC over {len(genes)} genes: {summary}")
             _emit(progress, StudyEvent("fold", f"{label}: mean PCC {summary}", hi, fold=key,
                                        extra={"fold_pcc": {t: float(np.nanmean(np.array(v, dtype=float)))
                                                            for t, v in res.items()}}))
-            atomic_write_bytes(study_state, json.dumps({"fingerprint": fingerprint, "folds": done}).encode())
+            atomic_write_bytes(study_state, json.dumps({"fingerprint": fingerprint, "folds": done,
+                                                        "spreads": spreads}).encode())
         metrics = self._metrics(protocol, done, genes)
+        if done:
+            metrics.update(self._reliability(protocol, done, spreads, genes))
         tcfg = self.train_config(share(1))
         lo = frac0 + 0.85 * len(folds) / n_train
         self.log(f"training the model on all {len(names)} sections")
@@ -272,6 +279,31 @@ class Study:
         self.log(f"wrote {out} in {time.time() - t0:.0f}s")
         _emit(progress, StudyEvent("done", f"Wrote {out.name}", 1.0, extra={"metrics": metrics}))
         return bundle
+
+    def _reliability(self, protocol: str, done: dict, spreads: dict, genes: list[str]) -> dict:
+        """The per-slide reliability calibrated on the study's own held-out folds (see
+        training/calibrate.py); the slide score uses the statistics the bundled card chose as
+        stable under resampling. Nothing when the folds cannot calibrate it."""
+        from ..reliability import slide_signature
+        from .calibrate import calibrate
+
+        rows = {t: {"pcc": v, "spread": spreads[t]} for fold in done.values() for t, v in fold.items() if t in spreads}
+        if len(rows) < 2:
+            return {}
+        patients = {r.section: (r.patient or r.section) for r in self.rows}
+        ev = {"calibration": {"genes": genes, protocol: rows,
+                              "signatures": {s.name: slide_signature(s.stats).tolist()
+                                             for s in self.sections if s.stats is not None}},
+              "protocol": {"patients": patients}}
+        try:
+            from .._bundled import bundled_card
+
+            feats = ((bundled_card().get("metrics") or {}).get("reliability") or {}).get("slide", {}).get("features")
+            return {"reliability": calibrate(ev, self.sections, patients, features=feats),
+                    "protocol": {"patients": patients}}
+        except ValueError as e:
+            self.log(f"per-slide reliability not calibrated: {e}")
+            return {}
 
     def _metrics(self, protocol: str, done: dict, genes: list[str]) -> dict:
         if not done:

@@ -1,0 +1,100 @@
+"""How far a prediction on *this* slide can be trusted, from what is known without its labels.
+
+Two figures, both calibrated by leave-one-section-out and leave-one-patient-out folds (see
+``training/calibrate.py``) and stored in the model card under ``metrics.reliability``:
+
+* per gene, ``slide_reliability``: an estimate of the gene's PCC on this slide, from the card's
+  held-out PCC (how well the gene was predicted on sections the model never saw) and the
+  prediction's own spread over the slide relative to the gene's variation in training (a map
+  that barely varies on this slide carries little);
+* per slide, ``unfamiliar``: how far the slide's tissue statistics (colour, stain densities,
+  nuclei, texture: medians over its spots, before the within-slide z-scoring the model uses) lie
+  from those of the nearest training section, in units of the distances between training
+  sections of one patient. Above the card's threshold the slide is unlike the training tissue
+  and the held-out figures may not hold on it.
+
+No Qt and no torch here: numpy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def prediction_spread(pred: np.ndarray, target_norm: dict | None) -> np.ndarray:
+    """Per gene: the standard deviation of the prediction over the slide's spots divided by the
+    gene's standard deviation in training (the model's target normalisation)."""
+    pred = np.asarray(pred, np.float64)
+    sd = pred.std(axis=0) if len(pred) > 1 else np.zeros(pred.shape[1])
+    ref = np.asarray((target_norm or {}).get("std", np.ones(pred.shape[1])), np.float64)
+    return sd / np.maximum(ref, 1e-6)
+
+
+def slide_signature(stats: np.ndarray) -> np.ndarray:
+    """A slide's tissue statistics summarised: the median over its spots of every raw statistic
+    (the ``tissue_features`` columns, before z-scoring)."""
+    stats = np.asarray(stats, np.float64)
+    if stats.ndim != 2 or not len(stats):
+        raise ValueError("a slide signature needs the statistics of at least one spot")
+    return np.nanmedian(stats, axis=0)
+
+
+def _spread_feature(spread: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(spread, np.float64), 1e-3, None))
+
+
+def gene_reliability(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.ndarray:
+    """The estimated PCC of each gene on a slide: ``a + b * prior + c * log(spread)``, clipped to
+    [-1, 1]; ``prior`` is the card's held-out PCC (NaN where unknown: the fold mean is used)."""
+    prior = np.asarray(prior, np.float64)
+    prior = np.where(np.isfinite(prior), prior, float(coef.get("prior_fill", 0.0)))
+    est = coef["a"] + coef["b"] * prior + coef["c"] * _spread_feature(spread)
+    return np.clip(est, -1.0, 1.0).astype(np.float32)
+
+
+def unfamiliar_score(signature: np.ndarray, calib: dict) -> float:
+    """Distance of a slide's signature from the nearest training section's, over the card's
+    chosen statistics each scaled by its spread within one patient, divided by the typical
+    distance between sections of one patient."""
+    idx = np.asarray(calib["features"], int)
+    scale = np.asarray(calib["feature_scale"], np.float64)
+    s = np.asarray(signature, np.float64)[idx] / scale
+    train = np.asarray(calib["train_signatures"], np.float64)[:, idx] / scale
+    d = np.sqrt(np.mean((train - s) ** 2, axis=1))
+    return float(d.min() / calib["distance_scale"])
+
+
+def assess(pred_values: np.ndarray, stats: np.ndarray | None, genes: list[str], card_pcc: dict,
+           target_norm: dict | None, calib: dict | None) -> dict:
+    """Everything the outputs carry: per-gene ``spread`` and ``slide_reliability`` (when the card
+    is calibrated), and the slide's ``unfamiliar_score`` / ``unfamiliar``."""
+    spread = prediction_spread(pred_values, target_norm)
+    out: dict = {"spread": spread.astype(np.float32)}
+    if not calib:
+        return out
+    if calib.get("gene"):
+        prior = np.array([np.nan if card_pcc.get(g) is None else card_pcc[g] for g in genes], np.float64)
+        out["slide_reliability"] = gene_reliability(prior, spread, calib["gene"])
+    slide = calib.get("slide")
+    if slide and stats is not None and len(stats):
+        score = unfamiliar_score(slide_signature(stats), slide)
+        out["unfamiliar_score"] = score
+        out["unfamiliar"] = bool(score > slide["threshold"])
+    return out
+
+
+def slide_verdict(pred) -> list[str]:
+    """Plain sentences for the CLI and the widget: the "unlike the training tissue" warning, and
+    how many genes this slide's reliability puts at or above 0.1."""
+    meta = pred.meta or {}
+    out = []
+    if meta.get("unfamiliar"):
+        out.append(f"warning: this slide is unlike the tissue the model was trained on (score "
+                   f"{meta['unfamiliar_score']:.2f}, threshold {meta.get('unfamiliar_threshold', float('nan')):.2f}): "
+                   "its colour, stain or tissue make-up lie outside what the held-out figures were measured on, "
+                   "so the genes' reliability figures may not hold here")
+    rel = meta.get("slide_reliability")
+    if rel is not None and len(rel):
+        rel = np.asarray(rel)
+        out.append(f"slide reliability: {int((rel >= 0.1).sum())} of {len(rel)} genes are expected at PCC >= 0.1 "
+                   f"on this slide (median {float(np.median(rel)):.2f})")
+    return out

@@ -1,0 +1,192 @@
+"""Calibrating the per-slide reliability and the "unlike the training tissue" score (see
+:mod:`napari_hggep.reliability`) on an evaluation's held-out folds.
+
+Material: ``evaluate``'s ``calibration`` block (per held-out section and gene, the true PCC and
+the prediction's spread; each section's tissue-statistics signature, also resampled to coarser
+scan resolutions) and the training sections' raw statistics. Nothing is fitted on a section
+that is then scored with the same fit: the Spearman figures reported per fold use coefficients
+fitted on the other folds.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from ..reliability import _spread_feature, gene_reliability, slide_signature, unfamiliar_score
+
+# a statistic enters the slide score only if resampling a training section to a coarser scan
+# resolution moves its median by at most this fraction of its spread within a slide: a slide
+# must not look unfamiliar because it was scanned at another resolution
+MAX_RESOLUTION_SHIFT = 0.25
+
+
+def _arr(v) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in v], np.float64)
+
+
+def _patient(name: str, patients: dict) -> str:
+    return patients.get(name.split("@")[0], name)
+
+
+def _spearman(a, b) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return None
+    r = spearmanr(a[ok], b[ok]).statistic
+    return None if not np.isfinite(r) else round(float(r), 4)
+
+
+def gene_rows(calib: dict, patients: dict) -> list[dict]:
+    """One row per held-out section: its true per-gene PCC, spread, and a prior that plays the
+    card's part: the mean held-out PCC of each gene on the *other* sections of the same protocol
+    (leave-one-patient-out: on the other patients' sections)."""
+    loso = {k: (_arr(v["pcc"]), _arr(v["spread"])) for k, v in calib.get("leave-one-section-out", {}).items()}
+    lopo = {k: (_arr(v["pcc"]), _arr(v["spread"])) for k, v in calib.get("leave-one-patient-out", {}).items()}
+    rows = []
+
+    def prior(table, name, same_patient_out):
+        others = [p for n, (p, _) in table.items() if n != name
+                  and (not same_patient_out or _patient(n, patients) != _patient(name, patients))]
+        if not others:
+            return None
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return np.nanmean(np.stack(others), axis=0)
+
+    for name, (pcc, spread) in lopo.items():
+        pr = prior(lopo, name, True)
+        if pr is not None:
+            rows.append({"fold": "leave-one-patient-out", "section": name, "pcc": pcc, "spread": spread, "prior": pr})
+    for name, (pcc, spread) in loso.items():
+        if name in lopo and np.allclose(np.nan_to_num(lopo[name][0]), np.nan_to_num(pcc)):
+            continue  # the same split (one section is the whole patient): counted once
+        pr = prior(loso, name, False)
+        if pr is not None:
+            rows.append({"fold": "leave-one-section-out", "section": name, "pcc": pcc, "spread": spread, "prior": pr})
+    return rows
+
+
+def _design(row) -> tuple[np.ndarray, np.ndarray]:
+    x = np.column_stack([np.ones_like(row["prior"]), row["prior"], _spread_feature(row["spread"])])
+    ok = np.isfinite(x).all(axis=1) & np.isfinite(row["pcc"])
+    return x[ok], row["pcc"][ok]
+
+
+def fit_gene_coef(rows: list[dict], ridge: float = 1e-3) -> dict:
+    """Least squares of the true PCC on (1, prior, log spread), pooled over ``rows``."""
+    xs, ys = zip(*(_design(r) for r in rows))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    a, b, c = np.linalg.solve(x.T @ x + ridge * np.eye(3) * len(y), x.T @ y)
+    fill = float(np.nanmean(np.concatenate([r["prior"] for r in rows])))
+    return {"a": float(a), "b": float(b), "c": float(c), "prior_fill": fill, "n_rows": len(rows), "n_points": int(len(y))}
+
+
+def gene_report(rows: list[dict]) -> list[dict]:
+    """Per fold: Spearman of the true per-gene PCC with the card-like prior alone, the spread
+    alone, and the reliability with coefficients fitted on the other folds."""
+    out = []
+    for i, r in enumerate(rows):
+        others = [o for j, o in enumerate(rows) if j != i]
+        coef = fit_gene_coef(others) if others else fit_gene_coef(rows)
+        est = gene_reliability(r["prior"], r["spread"], coef)
+        out.append({"fold": r["fold"], "section": r["section"],
+                    "spearman_card": _spearman(r["prior"], r["pcc"]),
+                    "spearman_spread": _spearman(r["spread"], r["pcc"]),
+                    "spearman_reliability": _spearman(est.astype(float), r["pcc"]),
+                    "mean_abs_error": round(float(np.nanmean(np.abs(est - r["pcc"]))), 4)})
+    return out
+
+
+def slide_calibration(sections, signatures: dict, patients: dict, features=None) -> dict:
+    """The "unlike the training tissue" score: which statistics, their scales, the training
+    signatures, the distance scale and the threshold, with the fold distances it was set on."""
+    names = [s.name for s in sections]
+    sig = {s.name: slide_signature(s.stats) for s in sections}
+    for k, v in signatures.items():
+        sig.setdefault(k, np.asarray(v, np.float64))
+    # each statistic's spread within a slide (robust), the median over the training sections
+    spreads = []
+    for s in sections:
+        q75, q25 = np.nanpercentile(s.stats, [75, 25], axis=0)
+        spreads.append((q75 - q25) / 1.349)
+    scale = np.nanmedian(np.stack(spreads), axis=0)
+    shift = np.zeros_like(scale)
+    for k, v in sig.items():
+        if "@" in k and k.split("@")[0] in sig:
+            shift = np.maximum(shift, np.abs(v - sig[k.split("@")[0]]))
+    ok = np.isfinite(scale) & (scale > 1e-6) & np.isfinite(shift)
+    if features is not None:  # chosen elsewhere (the bundled card: same statistics pipeline)
+        keep = np.array([i for i in features if i < len(scale) and ok[i]], int)
+    else:
+        keep = np.flatnonzero(ok & (shift <= MAX_RESOLUTION_SHIFT * np.where(ok, scale, 1)))
+    if len(keep) < 3:
+        raise ValueError("fewer than 3 tissue statistics are stable under resampling; cannot score familiarity")
+    base = {"features": keep.tolist(), "feature_scale": scale[keep].tolist()}
+
+    def dist(a, b) -> float:
+        return float(np.sqrt(np.mean(((sig[a] - sig[b])[keep] / scale[keep]) ** 2)))
+
+    pat = {n: _patient(n, patients) for n in names}
+    same = [dist(a, b) for i, a in enumerate(names) for b in names[i + 1:] if pat[a] == pat[b]]
+    pairs = same or [dist(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    dscale = float(np.median(pairs)) if pairs else 1.0
+    folds = []
+
+    def score(test, train):
+        calib = {**base, "train_signatures": [sig[t].tolist() for t in train], "distance_scale": dscale}
+        return unfamiliar_score(sig[test], calib)
+
+    for n in names:
+        p = pat[n]
+        siblings = [m for m in names if m != n and pat[m] == p]
+        others = [m for m in names if m != n]
+        other_patients = [m for m in names if pat[m] != p]
+        copies = [k for k in sig if k.startswith(n + "@")]
+        if siblings:  # a new section of a training patient: familiar (also when resampled)
+            for t in [n, *copies]:
+                folds.append({"test": t, "train": "all other sections", "expected": "familiar",
+                              "score": round(score(t, others), 3)})
+        if other_patients:  # a patient the training never saw: unfamiliar (also when resampled)
+            for t in [n, *copies]:
+                folds.append({"test": t, "train": "other patients' sections", "expected": "unfamiliar",
+                              "score": round(score(t, other_patients), 3)})
+    fam = [f["score"] for f in folds if f["expected"] == "familiar"]
+    unf = [f["score"] for f in folds if f["expected"] == "unfamiliar"]
+    if fam and unf:
+        hi, lo = max(fam), min(unf)
+        threshold = float(np.sqrt(hi * lo)) if lo > hi else float((np.median(fam) + np.median(unf)) / 2)
+    else:
+        threshold = 2.0  # no folds to calibrate on: twice the distance between sections of one patient
+    for f in folds:
+        f["flagged"] = bool(f["score"] > threshold)
+    correct = sum(f["flagged"] == (f["expected"] == "unfamiliar") for f in folds)
+    return {**base, "train_signatures": [sig[n].tolist() for n in names], "train_sections": names,
+            "distance_scale": dscale, "threshold": round(threshold, 4), "folds": folds,
+            "folds_correct": f"{correct} of {len(folds)}",
+            "max_resolution_shift": MAX_RESOLUTION_SHIFT,
+            "statistics": None}
+
+
+def calibrate(ev: dict, sections, patients: dict | None = None, features=None) -> dict:
+    """The card's ``metrics.reliability`` from an evaluation result ``ev`` (with its
+    ``calibration`` block) and the model's training sections (raw statistics)."""
+    from ..data.features import feature_names
+
+    calib = ev.get("calibration")
+    if not calib:
+        raise ValueError("the evaluation has no calibration block; rerun `napari-hggep evaluate --loo`")
+    patients = patients or ev.get("protocol", {}).get("patients") or {}
+    rows = gene_rows(calib, patients)
+    out: dict = {"method": "napari_hggep.reliability; training/calibrate.py"}
+    if rows:
+        out["gene"] = fit_gene_coef(rows)
+        out["gene_folds"] = gene_report(rows)
+    if all(s.stats is not None for s in sections) and len(sections) >= 2:
+        slide = slide_calibration(sections, calib.get("signatures", {}), patients, features)
+        names = feature_names()
+        slide["statistics"] = [names[i] for i in slide["features"]] if len(names) > max(slide["features"]) else None
+        out["slide"] = slide
+    return out
