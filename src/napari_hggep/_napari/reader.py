@@ -1,12 +1,16 @@
-"""npe2 reader: a Visium outs/ folder, a HER2+ ST folder, or a spots CSV."""
+"""npe2 reader: a Visium or Visium HD outs/ folder, a HER2+ ST folder, a SpatialData .zarr with an
+H&E image and spots, or a spots CSV."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..data.image import TIFF_SUFFIXES
 from ..data.readers import is_her2st_folder, is_visium_folder, read_her2st, read_spots_csv, read_visium
-from ..data.visium_hd import DEFAULT_BIN_UM, is_visium_hd_folder, read_visium_hd
-from .layers import image_data_tuple, image_layer_data, spots_layer_data
+from ..data.spatialdata_export import is_spatialdata_store
+from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
+from .layers import KEY, image_data_tuple, image_layer_data, spots_layer_data
+
+PIXEL_FRAME = "image pixels"  # as the widget's: coordinates in pixels of the image they belong to
 
 
 def get_reader(path):
@@ -17,6 +21,10 @@ def get_reader(path):
     p = Path(path)
     if p.is_dir() and (is_visium_folder(p) or is_visium_hd_folder(p) or is_her2st_folder(p)):
         return read_slide_folder
+    if p.is_dir() and bins_root(p) is not None:  # an HD outs/ without bin folders: read_slide_folder says why
+        return read_slide_folder
+    if p.is_dir() and p.name.lower().endswith(".zarr") and is_spatialdata_store(p):
+        return read_spatialdata_store
     if p.is_file() and p.name.lower().endswith(TIFF_SUFFIXES):
         return read_tiff
     if p.suffix.lower() == ".csv" and p.is_file():
@@ -30,21 +38,68 @@ def get_reader(path):
 
 def read_slide_folder(path):
     path = Path(path[0] if isinstance(path, list) else path)
-    if is_visium_hd_folder(path):  # 16 um bins (the CLI's --bin-um 8 chooses finer ones), drawn as squares
-        slide = read_visium_hd(path, None)
-        where = (f"microns_per_pixel in scalefactors_json.json (Visium HD, {slide.spot_diameter_um:g} µm bins"
-                 + (f"; default {DEFAULT_BIN_UM} µm)" if slide.spot_diameter_um == DEFAULT_BIN_UM else ")"))
-    elif is_visium_folder(path):
-        slide = read_visium(path, with_counts=False)
-        where = "spot_diameter_fullres in scalefactors_json.json (Visium spots are 55 µm)"
+    if is_visium_hd_folder(path) or is_visium_folder(path) or bins_root(path) is not None:
+        layers, slide = space_ranger_layers(path)
     else:
         slide = read_her2st(path, with_counts=False)
-        where = "the 200 µm pitch of the ST spots"
+        layers = [image_layer_data(slide, "the 200 µm pitch of the ST spots"), spots_layer_data(slide)]
     if slide.meta.get("notice"):  # e.g. a blank hires PNG replaced by the lowres one
         from napari.utils.notifications import show_warning
 
         show_warning(f"HGGEP: {slide.meta['notice']}")
-    return [image_layer_data(slide, where), spots_layer_data(slide)]
+    return layers
+
+
+def space_ranger_layers(folder, image=None, bin_um=None) -> tuple[list, object]:
+    """The image and spots layers of a Space Ranger folder, and its slide. ``image``: the image to
+    predict on (the full-resolution file, ``tissue_hires_image.png`` or ``tissue_lowres_image.png``;
+    default the hires PNG); ``bin_um``: Visium HD bins (8 or 16, default 16; 2 is refused with the
+    reason). Both layers are in micrometres, so spots drawn over any of these images line up with it."""
+    from ..data.slide import SlideError
+
+    folder = Path(folder)
+    if is_visium_hd_folder(folder) or bins_root(folder) is not None:  # squares of the bin size
+        slide = read_visium_hd(folder, bin_um, image=image)
+        where = (f"microns_per_pixel in scalefactors_json.json (Visium HD, {slide.spot_diameter_um:g} µm bins"
+                 + (f"; default {DEFAULT_BIN_UM} µm)" if slide.spot_diameter_um == DEFAULT_BIN_UM else ")"))
+    elif is_visium_folder(folder):
+        if bin_um is not None:
+            raise SlideError(f"{folder} is a Visium folder (55 µm spots); bins are for Visium HD folders")
+        slide = read_visium(folder, image=image, with_counts=False)
+        where = "spot_diameter_fullres in scalefactors_json.json (Visium spots are 55 µm)"
+    else:
+        raise SlideError(f"{folder} is not a Space Ranger outs/ folder (Visium or Visium HD)")
+    layers = [image_layer_data(slide, where), spots_layer_data(slide)]
+    sr = {**slide.meta["space_ranger"], "image": str(slide.meta["image_path"])}
+    for _, kwargs, _ in layers:
+        kwargs["metadata"][KEY]["space_ranger"] = dict(sr)
+    return layers, slide
+
+
+def read_spatialdata_store(path):
+    """A SpatialData ``.zarr`` holding an H&E image and spot shapes: the image and its spots, ready
+    to predict. A store napari-hggep wrote is in micrometres; for another store the pixel size is
+    not known, so both layers are in the image's pixels and the Predict widget asks for µm per
+    pixel. Needs the optional extra (``pip install "napari-hggep[spatialdata]"``)."""
+    import numpy as np
+
+    from ..data.spatialdata_export import read_spatialdata
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    slide = read_spatialdata(path, pixel_size_needed=False)
+    if slide.shape[0] * slide.shape[1] <= 64e6 and not getattr(slide.image, "levels", None):
+        slide.image = np.asarray(slide.image)  # a small image in memory, as napari shows it best
+    unknown = bool(slide.meta.get("um_per_px_unknown"))
+    if not unknown:
+        return [image_layer_data(slide, slide.meta.get("um_per_px_source")), spots_layer_data(slide)]
+    img = image_data_tuple(slide.image, None, slide.name, source=slide.meta.get("image_path", str(path)))
+    img[1]["metadata"][KEY]["image_path"] = slide.meta.get("image_path")  # store.zarr::element, said at Predict
+    data, kwargs, kind = spots_layer_data(slide)  # in pixels (um_per_px 1 stands for "not known")
+    meta = kwargs["metadata"][KEY]
+    for k in ("um_per_px", "spot_diameter_um"):  # the widget sizes the spots from µm per pixel entered
+        meta.pop(k, None)
+    meta.update(frame=PIXEL_FRAME, source=str(path))
+    return [img, (data, kwargs, kind)]
 
 
 def read_tiff(path):

@@ -37,6 +37,32 @@ UNRELIABLE_PCC = 0.1
 PIXEL_FRAME = "image pixels"  # a spot table's coordinates: full-resolution pixels of the image it belongs to
 ASK_UM = "not in the file: enter the pixel size (µm per pixel of the full-resolution image)"
 EXPORT_FILTER = "*.csv *.h5ad *.geojson *.zarr"
+OTHER_FULLRES = "Another full-resolution image…"  # a Space Ranger folder's image chosen by file
+IMAGE_KINDS = {"hires": "hires PNG", "lowres": "lowres PNG", "fullres": "full resolution"}
+BIN_CHOICES = ["16 µm", "8 µm", "2 µm"]
+
+
+def image_kind(path) -> str:
+    """``hires``, ``lowres`` or ``fullres`` for one of a Space Ranger folder's images, by its name."""
+    from pathlib import Path
+
+    name = Path(str(path)).name.lower()
+    return next((k for k in ("hires", "lowres") if f"tissue_{k}_image" in name), "fullres")
+
+
+def image_used_text(meta: dict) -> str:
+    """Which image a layer shows (and Predict uses), and its scale to Space Ranger's full resolution."""
+    from pathlib import Path
+
+    path, scale = meta.get("image_path"), float(meta.get("image_scale", 1.0) or 1.0)
+    if not path:
+        return ""
+    file, _, element = str(path).partition("::")  # a SpatialData store's image element: store.zarr::he
+    name = Path(file).name + (f"::{element}" if element else "")
+    if not meta.get("space_ranger"):
+        return name if scale == 1 else f"{name} ({scale:.4g} × full resolution)"
+    kind = image_kind(path)
+    return f"{name} ({IMAGE_KINDS[kind]}" + (f", {scale:.4g} × full resolution)" if kind != "fullres" else ")")
 
 
 def image_px(points_layer, image_layer) -> np.ndarray:
@@ -126,7 +152,17 @@ class PredictWidget(Container):
         self._models: dict[str, str] = {}  # checkpoints added by add_model: label -> path
         self._gene_lists: dict[int, _GeneList] = {}
         self._shown_genes: list[str] = []
+        self.open_path = FileEdit(label="Open folder", mode="d")
+        self.open_btn = PushButton(text="Open Space Ranger / Visium HD / SpatialData folder")
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
+        # a Space Ranger folder: which of its images to predict on, and Visium HD bins
+        self._sr_choices: list = []  # (label, path) of the folder's images; a callable survives reset_choices
+        self.sr_image = ComboBox(label="Predict on", choices=lambda _=None: self._sr_choices, visible=False)
+        self.sr_fullres = FileEdit(label="Full-res image", mode="r", visible=False,
+                                   filter="Images (*.tif *.tiff *.ome.tif *.svs *.ndpi *.jpg *.jpeg *.png)")
+        self.bins = ComboBox(label="Bins", choices=BIN_CHOICES, value=BIN_CHOICES[0], visible=False)
+        self.image_used = Label(label="", value="", visible=False)
+        self._syncing = False
         self.spots = ComboBox(label="Spots", choices=self._spot_sources)
         self.pitch_um = FloatSpinBox(label="Grid pitch (µm)", value=200.0, min=20.0, max=2000.0, step=10.0)
         self.um_per_px = LineEdit(label="µm per pixel", value="")
@@ -151,13 +187,19 @@ class PredictWidget(Container):
         self.export_selected = CheckBox(text="only the selected gene", value=False)
         self.export_btn = PushButton(text="Export")
         self.extend([
-            self.image_layer, self.spots, self.pitch_um, self.um_per_px, self.um_source, self.image_warning,
+            self.open_path, self.open_btn,
+            self.image_layer, self.sr_image, self.sr_fullres, self.bins, self.image_used,
+            self.spots, self.pitch_um, self.um_per_px, self.um_source, self.image_warning,
             self.model_choice, self.model_file,
             self.device, self.device_info, self.predict_btn, self.cancel_btn, self.progress, self.status,
             self.result, self.gene_filter, self.sort_by_pcc, self.gene, self.colormap, self.gene_info,
             self.export_file, self.export_selected, self.export_btn,
         ])
         self.image_layer.changed.connect(self._on_image)
+        self.open_btn.clicked.connect(self.open_folder)
+        self.sr_image.changed.connect(self._on_sr_image)
+        self.sr_fullres.changed.connect(self._on_sr_fullres)
+        self.bins.changed.connect(self._on_bins)
         self.spots.changed.connect(self._on_spots)
         self.um_per_px.changed.connect(self._on_um_per_px)
         self.model_choice.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHECKPOINT))
@@ -173,7 +215,8 @@ class PredictWidget(Container):
         self.native.setMaximumWidth(460)  # leave the canvas most of the window
         self.um_per_px.native.setPlaceholderText("required: µm per pixel")
         self.image_warning.native.setStyleSheet("color: #f0a030;")
-        for lab in (self.status, self.gene_info, self.device_info, self.um_source, self.image_warning):
+        for lab in (self.status, self.gene_info, self.device_info, self.um_source, self.image_warning,
+                    self.image_used):
             lab.native.setWordWrap(True)
         self._setup_gene_box()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -232,6 +275,7 @@ class PredictWidget(Container):
 
     def _on_image(self, layer):
         if layer is None:
+            self._sync_space_ranger(None)
             return
         meta = layer.metadata.get(KEY, {})
         upp, where = meta.get("um_per_px"), meta.get("um_per_px_source")
@@ -252,6 +296,156 @@ class PredictWidget(Container):
             if is_pixel_table(ly) and "placed_on" not in ly.metadata.get(KEY, {}):
                 place_on_image(ly, layer)
         self._update_warnings()
+        self._sync_space_ranger(layer)
+
+    # -------------------------------------------------------------- Space Ranger folders
+    def _sync_space_ranger(self, layer=None):
+        """Show, for an image opened from a Space Ranger folder, which of the folder's images it is
+        (the one Predict uses) and the others to choose from; for Visium HD, the bin size."""
+        from pathlib import Path
+
+        from ..data.readers import space_ranger_images
+
+        meta = {} if layer is None else layer.metadata.get(KEY, {})
+        sr = meta.get("space_ranger")
+        self._syncing = True
+        try:
+            for w in (self.sr_image, self.image_used):
+                w.visible = sr is not None
+            self.bins.visible = sr is not None and sr.get("kind") == "hd"
+            self.sr_fullres.visible = False
+            if sr is None:
+                return
+            try:
+                cands = space_ranger_images(sr["folder"])
+            except OSError:
+                cands = []
+            cur, kind = Path(sr["image"]), image_kind(sr["image"])
+            choices = [(f"{p.name} ({IMAGE_KINDS[k]})", str(p)) for k, p in cands]
+            same = [str(p) for k, p in cands if p.resolve() == cur.resolve()]
+            same = same or [str(p) for k, p in cands if k == kind and kind != "fullres"]
+            if not same:  # a full-resolution file chosen from elsewhere
+                choices.insert(0, (f"{cur.name} ({IMAGE_KINDS[kind]})", str(cur)))
+                same = [str(cur)]
+            self._sr_choices = choices + [(OTHER_FULLRES, OTHER_FULLRES)]
+            self.sr_image.reset_choices()
+            self.sr_image.value = same[0]
+            if sr.get("kind") == "hd":
+                self.bins.value = f"{int(sr['bin_um'])} µm"
+            self.image_used.value = "Predicts on " + image_used_text(meta)
+        finally:
+            self._syncing = False
+
+    def _on_sr_image(self, value):
+        if self._syncing or value is None:
+            return
+        if value == OTHER_FULLRES:
+            self.sr_fullres.visible = True
+            self.status.value = "Choose the slide's full-resolution image file (Space Ranger does not copy it in)."
+            return
+        self.sr_fullres.visible = False
+        self._reopen(image=value)
+
+    def _on_sr_fullres(self, value):
+        if self._syncing or not value or str(value).strip() in ("", "."):
+            return
+        self._reopen(image=str(value))
+
+    def _on_bins(self, value):
+        if self._syncing or value is None:
+            return
+        self._reopen(bin_um=int(str(value).split()[0]))
+
+    def _reopen(self, image=None, bin_um=None):
+        """Read the image's Space Ranger folder again with another of its images (or other Visium HD
+        bins) and put the new image and spots layers where the old ones were: both are in micrometres,
+        so they line up with each other and with results already drawn."""
+        from .reader import space_ranger_layers
+
+        layer = self.image_layer.value
+        try:
+            if self.worker is not None:
+                raise RuntimeError("Wait for the prediction to finish (or cancel it) before changing the image.")
+            sr = dict(layer.metadata[KEY]["space_ranger"])
+            hd = sr.get("kind") == "hd"
+            if image is None:
+                image = sr["image"]  # other bins over the same image
+            layers, slide = space_ranger_layers(sr["folder"], image=image,
+                                                bin_um=(bin_um or sr.get("bin_um")) if hd else None)
+        except Exception as e:
+            msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+            self._fail(ValueError(msg.replace("Use --bin-um 8 or 16.", "Choose 8 or 16 µm bins.")))
+            self._sync_space_ranger(layer)  # the choices show what is open again
+            return
+        self._replace_space_ranger_layers(layer, layers)
+        what = f"{len(slide.spot_ids):,} {'bins' if hd else 'spots'}"
+        self.status.value = (f"Showing {what} on {image_used_text(self.image_layer.value.metadata[KEY])}; "
+                             "press Predict.")
+
+    def _add_layers(self, layers, at: int | None = None) -> list:
+        from napari.layers import Layer
+
+        added = []
+        for k, t in enumerate(layers):
+            ly = Layer.create(*t)
+            if at is None:
+                self.viewer.layers.append(ly)
+            else:
+                self.viewer.layers.insert(at + k, ly)
+            added.append(ly)
+        return added
+
+    def _replace_space_ranger_layers(self, old_image, layers):
+        folder = old_image.metadata[KEY]["space_ranger"]["folder"]
+        vl = self.viewer.layers
+        old_spots = [ly for ly in vl if ly.__class__.__name__ == "Points"
+                     and ly.metadata.get(KEY, {}).get("kind") == "spots"
+                     and ly.metadata.get(KEY, {}).get("space_ranger", {}).get("folder") == folder]
+        at = vl.index(old_image)
+        for ly in [old_image, *old_spots]:
+            vl.remove(ly)
+        img, pts = self._add_layers(layers, at=min(at, len(vl)))
+        self.image_layer.value = img
+        self.spots.value = pts
+
+    def open_folder(self):
+        """Open a Space Ranger outs/ folder (Visium or Visium HD, 16 µm bins), a SpatialData .zarr or a
+        HER2+ ST folder from the widget; what is wrong with it is said in the status line."""
+        from pathlib import Path
+
+        from ..data.slide import SlideError
+        from .reader import get_reader, read_spatialdata_store
+
+        path = str(self.open_path.value or "").strip()
+        try:
+            if not path or path == ".":
+                raise SlideError("Choose a Space Ranger outs/ folder (Visium or Visium HD) or a SpatialData "
+                                 ".zarr store to open.")
+            p = Path(path)
+            if not p.is_dir():
+                raise SlideError(f"{p} is not a folder")
+            if p.name.lower().endswith(".zarr"):  # whatever is in it: read_spatialdata says what is missing
+                layers = read_spatialdata_store(p)
+            else:
+                reader = get_reader(str(p))
+                if reader is None:
+                    raise SlideError(f"{p} is neither a Space Ranger outs/ folder (Visium or Visium HD), a "
+                                     "SpatialData .zarr store nor a HER2+ ST folder")
+                layers = reader(str(p))
+        except Exception as e:
+            self._fail(e)
+            return
+        added = self._add_layers(layers)
+        img = next(ly for ly in added if ly.__class__.__name__ == "Image")
+        self.image_layer.value = img
+        pts = [ly for ly in added if ly.__class__.__name__ == "Points"]
+        if pts:
+            self.spots.value = pts[0]
+        used = image_used_text(img.metadata.get(KEY, {}))
+        self.status.value = (f"Opened {img.name}: {len(pts[0].data) if pts else 0:,} spots"
+                             + (f" on {used}" if used else "") + "."
+                             + ("" if img.metadata.get(KEY, {}).get("um_per_px") else
+                                " Enter µm per pixel, then press Predict."))
 
     def _on_um_per_px(self, _=None):
         img = self.image_layer.value
@@ -436,7 +630,20 @@ class PredictWidget(Container):
         self.result.reset_choices()
         self.result.value = layer
         self._refresh_genes()
-        self.status.value = f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots on {device}."
+        used = image_used_text({**image_layer.metadata.get(KEY, {}), "image_path": (pred.meta or {}).get("image_path"),
+                                "image_scale": pred.image_scale})
+        if used:  # which image was predicted on (exports stay in full-resolution pixels whichever it is)
+            layer.metadata[KEY]["image_path"] = (pred.meta or {}).get("image_path")
+        self.status.value = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots on {device}"
+                             + (f", from {used}." if used else "."))
+        from ..reliability import slide_verdict
+
+        for m in slide_verdict(pred):
+            if m.startswith("warning"):
+                from napari.utils.notifications import show_warning
+
+                self.status.value += " ⚠ Unlike the training tissue: reliability figures may not hold."
+                show_warning(f"HGGEP: {m}")
         self.device_info.value = f"{self.device.value} → {device}"
 
     def _fail(self, err):

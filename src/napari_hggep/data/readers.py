@@ -234,6 +234,37 @@ def visium_spatial_meta(folder: Path, spatial: Path, sf: dict, notice: str | Non
             "image_files": files}
 
 
+def space_ranger_images(folder) -> list[tuple[str, Path]]:
+    """The images a Space Ranger folder (Visium ``outs/``, an HD ``outs/`` or one of its bin folders)
+    offers to predict on, as ``(kind, path)``: ``hires`` / ``lowres`` for the PNGs in ``spatial/``, then
+    ``fullres`` for each image file in the folder or beside ``outs/`` (where the full-resolution
+    image usually is: Space Ranger does not copy it in)."""
+    from .image import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    spatials = [folder / "spatial", folder / "outs" / "spatial"]
+    if folder.parent.name == "binned_outputs":  # a bin folder: its PNGs, then those of the whole HD run
+        spatials.append(folder.parent.parent / "spatial")
+    out, seen = [], set()
+    for kind in ("hires", "lowres"):
+        f = next((sp / f"tissue_{kind}_image.png" for sp in spatials if (sp / f"tissue_{kind}_image.png").is_file()),
+                 None)
+        if f is not None:
+            out.append((kind, f))
+    outs = folder if folder.name == "outs" or not (folder / "outs").is_dir() else folder / "outs"
+    if outs.parent.name == "binned_outputs":
+        outs = outs.parent.parent
+    for d in (outs, outs.parent if outs.name == "outs" else None):
+        if d is None or not d.is_dir():
+            continue
+        for f in sorted(d.iterdir()):
+            if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES) and f.resolve() not in seen \
+                    and not f.name.lower().startswith(("tissue_hires_image", "tissue_lowres_image")):
+                seen.add(f.resolve())
+                out.append(("fullres", f))
+    return out
+
+
 def visium_named_image(image, xy_fullres: np.ndarray, sf: dict, sf_path) -> tuple[Path, object, float]:
     """The image a user named for a Space Ranger folder (full-resolution, hires or lowres), read,
     with its scale to full-resolution pixels: ``(path, image, scale)``."""
@@ -316,6 +347,7 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
         source=src,
         meta={"image_path": src, "um_per_px_source": "spot_diameter_fullres in scalefactors_json.json",
               "image_scale": float(scale), **visium_spatial_meta(folder, spatial, sf, notice),
+              "space_ranger": {"folder": str(folder), "kind": "visium"},  # to predict on another of its images
               **({"notice": notice} if notice else {})},
     )
 

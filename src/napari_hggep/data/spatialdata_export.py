@@ -160,12 +160,13 @@ def _affine_xy(tr) -> np.ndarray:
     return np.asarray(tr.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), float)
 
 
-def read_spatialdata(path, um_per_px: float | None = None):
+def read_spatialdata(path, um_per_px: float | None = None, pixel_size_needed: bool = True):
     """A SpatialData store holding an H&E image and spot shapes, as a :class:`Slide`: the first RGB
     image element, the first shapes element (circles, or polygons such as Visium HD squares, taken
     by their centres) placed on the image through a coordinate system both share. Micrometres per
     pixel come from a store napari-hggep wrote (its coordinate system is in micrometres), else from
-    ``um_per_px`` (never guessed)."""
+    ``um_per_px`` (never guessed). ``pixel_size_needed=False`` (napari, where the widget asks for it):
+    an unknown pixel size gives a slide in pixels (``um_per_px`` 1, ``meta["um_per_px_unknown"]``)."""
     from .slide import Slide, SlideError
 
     path = Path(path)
@@ -174,7 +175,7 @@ def read_spatialdata(path, um_per_px: float | None = None):
         from spatialdata.transformations import get_transformation
     except ImportError:
         raise SlideError(f"{path}: reading a SpatialData store needs the optional extra "
-                         "(pip install 'napari-hggep[spatialdata]')") from None
+                         "(pip install \"napari-hggep[spatialdata]\")") from None
     try:
         s = sd.read_zarr(path)
     except Exception as e:  # not a store, a store from an incompatible version, ...
@@ -210,10 +211,13 @@ def read_spatialdata(path, um_per_px: float | None = None):
     px = (np.linalg.inv(mi) @ world.T).T[:, :2]
     cs_per_px = abs(mi[0, 0])
     ours = any("napari_hggep" in t.uns for t in s.tables.values())
+    unknown = False
     if um_per_px:
         upp = float(um_per_px)
     elif ours:
         upp = cs_per_px  # napari-hggep writes its coordinate system in micrometres
+    elif not pixel_size_needed:
+        upp, unknown = 1.0, True  # pixels; the user gives the size before predicting
     else:
         raise SlideError(f"{path}: the store does not say the pixel size of image {ikey!r}; give micrometres per "
                          "pixel (--um-per-px)")
@@ -225,4 +229,5 @@ def read_spatialdata(path, um_per_px: float | None = None):
                  spot_diameter_um=d_um, source=str(path),
                  meta={"image_path": f"{path}::{ikey}", "spot_shape": shape,
                        "um_per_px_source": "the store's micrometre coordinates (written by napari-hggep)"
-                       if not um_per_px and ours else "given"})
+                       if not um_per_px and ours else "given",
+                       **({"um_per_px_unknown": True} if unknown else {})})

@@ -174,6 +174,7 @@ def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> S
         source=str(image),
         meta={"image_path": str(image), "um_per_px_source": f"microns_per_pixel in {sf_path.name} (Visium HD)",
               "image_scale": float(scale), "spot_shape": "square", "bin_size_um": bin_um, **meta_sp,
+              "space_ranger": {"folder": str(outs), "kind": "hd", "bin_um": int(bin_um)},  # other bins / images
               **({"notice": notice} if notice else {})},
     )
 
