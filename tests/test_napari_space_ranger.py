@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import he_like_image, write_visium, write_visium_hd
 from PIL import Image
 
-from helpers import he_like_image, write_visium, write_visium_hd
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.widget import OTHER_FULLRES, PredictWidget
 
@@ -57,7 +57,7 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
     assert w.sr_image.value.endswith("tissue_hires_image.png")
     assert "tissue_hires_image.png (hires PNG, 0.5 × full resolution)" in w.image_used.value
     spots_um = world(pts)
-    want_px = lambda ids: pos.loc[ids, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)  # noqa: E731
+    want_px = lambda ids: pos.loc[ids, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
 
     # lowres: the image and its spots are replaced, in the lowres pixels, at the same place in µm
     w.sr_image.value = next(c for c in w.sr_image.choices if str(c).endswith("tissue_lowres_image.png"))
@@ -105,7 +105,7 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
 def test_visium_hires_screenshot_lines_up(make_napari_viewer, qtbot, tmp_path):
     """A screenshot after predicting on the hires PNG (looked at by a person: /tmp/hggep_visium_hires.png)."""
     viewer = make_napari_viewer(show=True)
-    outs, pos = write_visium_with_images(tmp_path)
+    outs, _ = write_visium_with_images(tmp_path)
     viewer.open(str(outs), plugin="napari-hggep")
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w, name="HGGEP")
@@ -177,9 +177,9 @@ def test_open_folder_says_what_is_wrong(viewer, qtbot, tmp_path, monkeypatch):
     sf = nobins.parent.parent / "nosize" / "outs"
     shutil.copytree(outs, sf)
     f = sf / "binned_outputs" / "square_016um" / "spatial" / "scalefactors_json.json"
-    d = json.load(open(f))
+    d = json.loads(f.read_text())
     del d["bin_size_um"]
-    json.dump(d, open(f, "w"))
+    f.write_text(json.dumps(d))
     st = opened(sf)
     assert st.startswith("Error:") and "bin_size_um is missing" in st, st
     assert len(viewer.layers) == 0
@@ -227,7 +227,7 @@ def _store(tmp_path, name, img=None, shapes_xy=None, radius=10.0):
 def test_spatialdata_store_opens_ready_to_predict(viewer, qtbot, tmp_path):
     pytest.importorskip("spatialdata")
     full = he_like_image(500, 420)
-    xy = [(60 + c * 20, 60 + r * 34) for r in range(2, 10) for c in range(0, 16) if (r + c) % 2 == 0]
+    xy = [(60 + c * 20, 60 + r * 34) for r in range(2, 10) for c in range(16) if (r + c) % 2 == 0]
     z = _store(tmp_path, "other.zarr", full, xy)
     img, pts = viewer.open(str(z), plugin="napari-hggep")
     assert img.data.shape[:2] == (500, 420) and img.metadata[KEY]["um_per_px"] is None
