@@ -98,7 +98,13 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
                   # for exports: full-resolution pixels = layer pixels / image_scale
                   "image_scale": float(pred.image_scale), "spot_diameter_um": float(spot_diameter_um),
                   "spot_shape": pred.spot_shape, "export_meta": _export_meta(pred),
-                  "spatial_images": pred.images}}
+                  "spatial_images": pred.images,
+                  # this slide's own figures (napari_hggep.reliability): gene -> expected PCC here
+                  "slide_reliability": _per_gene(pred, "slide_reliability"),
+                  "heldout_basis": (pred.meta or {}).get("heldout_basis"),
+                  "unfamiliar": (pred.meta or {}).get("unfamiliar"),
+                  "unfamiliar_score": (pred.meta or {}).get("unfamiliar_score"),
+                  "unfamiliar_threshold": (pred.meta or {}).get("unfamiliar_threshold")}}
     kwargs = {
         **({"symbol": "square"} if pred.spot_shape == "square" else {}),
         "name": name or f"{pred.name} genes",
@@ -112,9 +118,17 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
     return (pred.image_xy[:, ::-1].copy(), kwargs, "points")
 
 
+def _per_gene(pred, key: str) -> dict:
+    v = (pred.meta or {}).get(key)
+    if v is None or len(v) != len(pred.genes):
+        return {}
+    return {str(g): float(x) for g, x in zip(pred.genes, np.asarray(v, float))}
+
+
 def _export_meta(pred) -> dict:
     keep = ("image_path", "library_id", "scalefactors", "image_files", "model", "patch_um", "um_per_px_source",
-            "bin_size_um", "clipped_fraction")
+            "bin_size_um", "clipped_fraction", "slide_reliability", "spread", "unfamiliar", "unfamiliar_score",
+            "unfamiliar_threshold")
     return {k: pred.meta[k] for k in keep if (pred.meta or {}).get(k) is not None}
 
 

@@ -95,11 +95,32 @@ def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat:
     return text
 
 
-def gene_label(gene: str, pcc: float | None) -> str:
-    """The gene selector's entry: the name and its held-out PCC (the colour range is on the info line)."""
+def gene_label(gene: str, pcc: float | None, here: float | None = None) -> str:
+    """The gene selector's entry: the name, its held-out PCC and, where the prediction carries it,
+    the expected PCC on this slide (the colour range is on the info line)."""
+    slide = "" if here is None else f" · here {here:.2f}"
     if pcc is None:
-        return f"{gene}   (PCC n/a)"
-    return f"{gene}   (PCC {pcc:.2f}" + (", ⚠ unreliable)" if pcc < UNRELIABLE_PCC else ")")
+        return f"{gene}   (PCC n/a{slide})"
+    low = pcc < UNRELIABLE_PCC or (here is not None and here < UNRELIABLE_PCC)
+    return f"{gene}   (PCC {pcc:.2f}{slide}" + (", ⚠ unreliable)" if low else ")")
+
+
+SORT_CHOICES = ["held-out PCC", "this slide's reliability", "name"]
+
+
+def selector_tooltip(meta: dict) -> str:
+    """What the gene selector's figures rest on, in words (the model card's evaluation)."""
+    basis = meta.get("heldout_basis") or "the model card's evaluation"
+    text = (f"PCC: each gene's held-out PCC, measured on {basis}. It ranks genes well for tissue like the "
+            "training sections, less so for a new patient: on a third HER2+ patient's slide (another lab's "
+            "image at 3.2 µm/px) the bundled model reached mean PCC 0.01 and its card's ranking of the genes "
+            "Spearman 0.04 (0.28 on a new section of a training patient).")
+    if meta.get("slide_reliability"):
+        text += (" 'here': the gene's expected PCC on this slide, from its held-out PCC and how much its "
+                 "prediction varies over this slide; calibrated on held-out folds (README, 'How far to trust').")
+    if meta.get("unfamiliar"):
+        text += " ⚠ This slide is unlike the training tissue: these figures may not hold on it."
+    return text
 
 
 def parse_um_per_px(text) -> float:
@@ -125,17 +146,25 @@ class _GeneList:
     def __init__(self, layer):
         meta = layer.metadata[KEY]
         pcc = meta.get("gene_pcc") or {}
+        here = meta.get("slide_reliability") or {}
         self.genes = list(meta["genes"])
         self.upper = [g.upper() for g in self.genes]
-        self.labels = [gene_label(g, pcc.get(g)) for g in self.genes]
+        self.labels = [gene_label(g, pcc.get(g), here.get(g)) for g in self.genes]
         p = np.array([pcc[g] if pcc.get(g) is not None else -np.inf for g in self.genes], float)
+        r = np.array([here[g] if here.get(g) is not None else -np.inf for g in self.genes], float)
         self.has_pcc = bool(np.isfinite(p).any())
+        self.has_here = bool(np.isfinite(r).any())
         self.by_pcc = np.argsort(-p, kind="stable")
+        self.by_here = np.argsort(-r, kind="stable")
         self.by_name = np.arange(len(self.genes))
         self.longest = max(self.labels, key=len) if self.labels else ""
 
-    def select(self, text: str, sort: bool) -> list[int]:
-        order = self.by_pcc if sort and self.has_pcc else self.by_name
+    def select(self, text: str, sort) -> list[int]:
+        """Indices of the genes whose name contains ``text``, in the order ``sort`` names (one of
+        :data:`SORT_CHOICES`; True means held-out PCC, False the name)."""
+        sort = SORT_CHOICES[0] if sort is True else SORT_CHOICES[2] if sort is False else sort
+        order = (self.by_pcc if sort == SORT_CHOICES[0] and self.has_pcc else
+                 self.by_here if sort == SORT_CHOICES[1] and self.has_here else self.by_name)
         if not text:
             return order.tolist()
         up = self.upper
@@ -179,7 +208,7 @@ class PredictWidget(Container):
         # result section
         self.result = ComboBox(label="Result layer", choices=self._prediction_layers)
         self.gene_filter = LineEdit(label="Find gene", value="")
-        self.sort_by_pcc = CheckBox(text="sort by held-out PCC", value=True)
+        self.sort_by = ComboBox(label="Sort genes by", choices=SORT_CHOICES, value=SORT_CHOICES[0])
         self.gene = ComboBox(label="Gene", choices=[])
         self.colormap = ComboBox(label="Colormap", choices=COLORMAPS, value="viridis")
         self.gene_info = Label(label="", value="")
@@ -192,7 +221,7 @@ class PredictWidget(Container):
             self.spots, self.pitch_um, self.um_per_px, self.um_source, self.image_warning,
             self.model_choice, self.model_file,
             self.device, self.device_info, self.predict_btn, self.cancel_btn, self.progress, self.status,
-            self.result, self.gene_filter, self.sort_by_pcc, self.gene, self.colormap, self.gene_info,
+            self.result, self.gene_filter, self.sort_by, self.gene, self.colormap, self.gene_info,
             self.export_file, self.export_selected, self.export_btn,
         ])
         self.image_layer.changed.connect(self._on_image)
@@ -208,7 +237,7 @@ class PredictWidget(Container):
         self.cancel_btn.clicked.connect(self.cancel)
         self.result.changed.connect(self._refresh_genes)
         self.gene_filter.changed.connect(self._refresh_genes)
-        self.sort_by_pcc.changed.connect(self._refresh_genes)
+        self.sort_by.changed.connect(self._refresh_genes)
         self.gene.changed.connect(self._on_gene)
         self.colormap.changed.connect(self._recolor)
         self.export_btn.clicked.connect(self.export)
@@ -695,7 +724,6 @@ class PredictWidget(Container):
         if labels:  # the popup shows whole labels however narrow the dock is
             fm = box.view().fontMetrics()
             box.view().setMinimumWidth(fm.horizontalAdvance(max(labels, key=len)) + 40)
-        box.setToolTip(labels[current] if labels else "")
 
     def _refresh_genes(self, _=None):
         layer = self.result.value
@@ -707,7 +735,8 @@ class PredictWidget(Container):
         meta = layer.metadata[KEY]
         gl = self._gene_list(layer)
         text = (self.gene_filter.value or "").strip().upper()
-        idx = gl.select(text, self.sort_by_pcc.value)
+        idx = gl.select(text, self.sort_by.value)
+        self.gene.native.setToolTip(selector_tooltip(meta))
         genes = [gl.genes[i] for i in idx]
         if not genes:
             self._fill_gene_box([], [], -1)
@@ -740,8 +769,15 @@ class PredictWidget(Container):
         where = meta.get("gene_pcc_protocol") == "leave-one-patient-out"
         note = ("no held-out PCC for this model" if pcc is None else
                 f"held-out PCC {pcc:.2f}" + (" on patients not trained on" if where else ""))
+        here = (meta.get("slide_reliability") or {}).get(gene)
+        if here is not None:
+            note += f"; expected PCC on this slide {here:.2f}"
         if pcc is not None and pcc < UNRELIABLE_PCC:
             note += " — the model does not predict this gene; do not trust its map"
+        elif here is not None and here < UNRELIABLE_PCC:
+            note += " — too little signal on this slide; do not trust its map"
+        if meta.get("unfamiliar"):
+            note += ". ⚠ This slide is unlike the training tissue: these figures may not hold"
         i = meta["_gene_index"][gene]
         r_lo, r_hi = (float(x) for x in meta["ranges"][i])
         if meta.get("flat"):
@@ -752,7 +788,6 @@ class PredictWidget(Container):
         else:
             rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
         self.gene_info.value = f"{gene}: {rng}; {note}"
-        self.gene.native.setToolTip(self.gene.native.currentText())
         self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat"))))
 
     def _caption(self, text: str | None):
