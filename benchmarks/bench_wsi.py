@@ -36,7 +36,7 @@ def _pattern(y0: int, x0: int, h: int, w: int, scale: float) -> np.ndarray:
     return np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8)
 
 
-def write_slide(path: Path, side: int, levels: int = 4) -> None:
+def write_slide(path: Path, side: int, levels: int = 4, um: float = UM) -> None:
     import tifffile
 
     def tiles(k):
@@ -49,7 +49,7 @@ def write_slide(path: Path, side: int, levels: int = 4) -> None:
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for k in range(levels):
             n = -(-side // 2 ** k)
-            kw = {"subifds": levels - 1, "metadata": {"axes": "YXS", "PhysicalSizeX": UM, "PhysicalSizeY": UM}} if k == 0 \
+            kw = {"subifds": levels - 1, "metadata": {"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeY": um}} if k == 0 \
                 else {"subfiletype": 1}
             tw.write(tiles(k), shape=(n, n, 3), dtype=np.uint8, tile=(TILE, TILE), compression="zlib",
                      photometric="rgb", **kw)

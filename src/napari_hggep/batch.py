@@ -28,6 +28,7 @@ class BatchOptions:
     genes: list[str] | None = None
     formats: tuple[str, ...] = ("csv",)
     bin_um: float | None = None  # Visium HD folders: 8 or 16 um bins (default 16)
+    shared_trunk: str = "auto"  # dense grids: the shared trunk ("auto", "on", "off"; see predict_steps)
 
 
 def check_batch_options(opts: BatchOptions, out_dir) -> None:
@@ -120,7 +121,8 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
                                pitch_um=opts.pitch_um, bin_um=opts.bin_um if hd else None)
             slide.validate()
             pred = predict_slide(bundle, slide, opts.batch_size,
-                                 notify=lambda m, n=name: log(f"napari-hggep: {n}: notice: {m}"))
+                                 notify=lambda m, n=name: log(f"napari-hggep: {n}: notice: {m}"),
+                                 shared_trunk=opts.shared_trunk)
             for f in outputs_for(out_dir, name, opts.formats):
                 pred.write(f, opts.genes)
         except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:

@@ -76,7 +76,8 @@ def _predict_many(a, dist, device) -> int:
     slides = list_slides(a.image)
     opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=a.um_per_px, model=a.model,
                         device=str(device), batch_size=a.batch_size,
-                        genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats), bin_um=a.bin_um)
+                        genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats), bin_um=a.bin_um,
+                        shared_trunk=a.shared_trunk)
     check_batch_options(opts, a.out_dir)
     if dist.is_main:
         where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
@@ -119,7 +120,8 @@ def _predict_one(a) -> int:
           + (f" on {Path(slide.meta.get('image_path', '')).name} ({scale:.4g} x full resolution)" if scale != 1 else "")
           + f"; model on {bundle.device}", file=sys.stderr)
     pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"),
-                         notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr))
+                         notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr),
+                         shared_trunk=a.shared_trunk)
     for out in outputs:
         pred.write(out, genes)
     print(f"wrote {', '.join(outputs)} in {time.time() - t0:.1f}s", file=sys.stderr)
@@ -386,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="checkpoint (default: the bundled model)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--shared-trunk", choices=["auto", "on", "off"], default="auto",
+                    help="encode the tissue once and take each spot's features from the shared maps (on), or every "
+                         "spot's patch on its own (off); auto (default): shared when the spots are closer than the "
+                         "model's patch (Visium HD bins, fine grids)")
     pr.add_argument("--bin-um", type=float, help="Visium HD: which bins to predict, 8 or 16 um (default 16; "
                                                   "2 um bins are refused)")
     pr.add_argument("--genes", help="comma-separated genes to export (default: all; checked before the model runs)")

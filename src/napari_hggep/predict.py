@@ -75,8 +75,13 @@ class Prediction:
 
 
 def predict_steps(bundle, slide: Slide, batch_size: int = 256,
-                  notify: Callable[[str], None] | None = None) -> Generator[tuple[int, int], None, Prediction]:
+                  notify: Callable[[str], None] | None = None,
+                  shared_trunk: str = "auto") -> Generator[tuple[int, int], None, Prediction]:
     """Generator: yields ``(spots_done, total)`` after each batch, returns a :class:`Prediction`.
+
+    ``shared_trunk``: ``"auto"`` encodes spots closer than the model's patch with the shared
+    convolutional trunk (:mod:`napari_hggep.dense`: the tissue once, not every patch), ``"on"``
+    / ``"off"`` force it either way.
 
     Stop iterating to cancel; nothing is left half-written. Out of memory on a GPU, a batch is
     retried in halves, then on the CPU; each fallback is passed to ``notify`` (default: a warning).
@@ -85,7 +90,10 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
 
     from .devices import MemoryGuard
 
+    from .dense import use_shared_trunk
+
     slide.validate()
+    shared = use_shared_trunk(slide, bundle.config, shared_trunk)  # also checks the mode
     if not slide.meta.get("tissue_checked"):  # never predict silently on a blank image
         from .data.quality import require_tissue
 
@@ -121,19 +129,15 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
 
                     sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
                     colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
+                if shared:  # spots closer than a patch: the trunk runs once over tissue tiles
+                    from .dense import iter_shared_tokens
+
+                    encoded = iter_shared_tokens(model, slide, guard, colour, fast)
+                else:
+                    encoded = _patch_tokens(model, slide, guard, colour, fast, batch_size)
                 done = 0
-                for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
-                    x_all = to_tensor(patches)
-
-                    def encode(i, j, x_all=x_all):
-                        dev = guard.device
-                        x = x_all[i:j].to(dev)
-                        if fast and dev.type == "cpu":
-                            x = x.contiguous(memory_format=torch.channels_last)
-                        c = None if colour is None else tuple(t.to(dev) for t in colour)
-                        return model.encode_views(x, c).cpu()
-
-                    tokens[torch.from_numpy(idx)] = torch.cat(guard.run(encode, len(idx)))
+                for idx, tok in encoded:
+                    tokens[torch.from_numpy(idx)] = tok
                     done += len(idx)
                     yield done, n
             stats_z = None
@@ -156,14 +160,35 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
             pool.shutdown(wait=False, cancel_futures=True)
     tn = bundle.target_norm or {}
     if "mean" in tn and "std" in tn:
-        z = z * np.asarray(tn["std"], np.float32) + np.asarray(tn["mean"], np.float32)
+        z *= np.asarray(tn["std"], np.float32)  # in place: a slide's values are never held twice
+        z += np.asarray(tn["mean"], np.float32)
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
     # further from any possible truth than the regression's raw output was
     clipped = float((z < 0).mean()) if z.size else 0.0
-    z = np.maximum(z, 0.0)
-    return prediction_of(slide, list(bundle.genes), z.astype(np.float32),
+    np.maximum(z, 0.0, out=z)
+    return prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False),
                          {"model": bundle.path, "patch_um": cfg.patch_um, "gene_pcc": bundle.gene_pcc(),
+                          "image_encoding": ("shared trunk" if shared else "per patch") if cfg.image_path else None,
                           "gene_pcc_protocol": bundle.gene_pcc_protocol(), "clipped_fraction": clipped})
+
+
+def _patch_tokens(model, slide: Slide, guard, colour, fast: bool, batch_size: int):
+    """Yield ``(indices, tokens)``: every spot's own patch encoded on its own, batch by batch."""
+    import torch
+
+    cfg = model.config
+    for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
+        x_all = to_tensor(patches)
+
+        def encode(i, j, x_all=x_all):
+            dev = guard.device
+            x = x_all[i:j].to(dev)
+            if fast and dev.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            c = None if colour is None else tuple(t.to(dev) for t in colour)
+            return model.encode_views(x, c).cpu()
+
+        yield idx, torch.cat(guard.run(encode, len(idx)))
 
 
 SLIDE_META = ("image_path", "library_id", "scalefactors", "image_files", "um_per_px_source", "bin_size_um")
@@ -192,9 +217,10 @@ def prediction_of(slide: Slide, genes: list[str], values: np.ndarray, meta: dict
 
 def predict_slide(model, slide: Slide, batch_size: int = 256,
                   progress: Callable[[int, int], None] | None = None,
-                  notify: Callable[[str], None] | None = None) -> Prediction:
-    """Predict every gene of ``model`` (a bundle from :func:`load_model`) for every spot."""
-    gen = predict_steps(model, slide, batch_size, notify)
+                  notify: Callable[[str], None] | None = None, shared_trunk: str = "auto") -> Prediction:
+    """Predict every gene of ``model`` (a bundle from :func:`load_model`) for every spot;
+    ``shared_trunk`` as in :func:`predict_steps`."""
+    gen = predict_steps(model, slide, batch_size, notify, shared_trunk)
     while True:
         try:
             done, total = next(gen)

@@ -116,12 +116,18 @@ def _select(pred, genes):
     return [pred.genes[i] for i in idx], pred.values[:, idx]
 
 
-def export_values(values) -> np.ndarray:
-    """The values every export writes: the prediction clipped at 0 (see :data:`VALUES`)."""
+def export_values(values, rows: int = 16384) -> np.ndarray:
+    """The values every export writes: the prediction clipped at 0 (see :data:`VALUES`). Values
+    already clipped (as ``predict_steps`` returns them) come back as they are, not copied: a
+    slide's values are never held twice. Checked ``rows`` rows at a time (no slide-sized mask)."""
     v = np.asarray(values, np.float32)
-    if not np.isfinite(v).all():
-        raise ValueError("the prediction holds values that are not finite; nothing was written")
-    return np.maximum(v, 0.0, dtype=np.float32)
+    negative = False
+    for i in range(0, len(v), rows):
+        part = v[i:i + rows]
+        if not np.isfinite(part).all():
+            raise ValueError("the prediction holds values that are not finite; nothing was written")
+        negative = negative or bool((part < 0).any())
+    return np.maximum(v, 0.0, dtype=np.float32) if negative else v
 
 
 def gene_table(pred, names):
@@ -165,10 +171,28 @@ def prediction_frame(pred, genes=None):
     return pd.concat([front, pd.DataFrame(export_values(vals), columns=names)], axis=1)
 
 
-def write_csv(pred, path, genes=None) -> Path:
-    df = prediction_frame(pred, genes)
+def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
+    """The table of :func:`prediction_frame`, written ``chunk`` rows at a time (memory does not
+    grow with the slide; the same text as the whole frame's ``to_csv``)."""
+    import pandas as pd
+
+    names = list(pred.genes) if genes is None else [pred.genes[pred.gene_index(g)] for g in genes]
+    clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
+    if clash:
+        raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
+    idx = None if genes is None else [pred.gene_index(g) for g in genes]
+    n = len(pred.spot_ids)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)  # shortest exact text: float32 values and float64 x, y read back equal
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            for start in range(0, max(n, 1), chunk):
+                sl = slice(start, start + chunk)
+                cols = {"spot_id": pred.spot_ids[sl], "x": pred.xy[sl, 0], "y": pred.xy[sl, 1]}
+                if pred.array_rc is not None:
+                    cols["array_row"], cols["array_col"] = pred.array_rc[sl, 0], pred.array_rc[sl, 1]
+                vals = pred.values[sl] if idx is None else pred.values[sl][:, idx]
+                df = pd.concat([pd.DataFrame(cols), pd.DataFrame(export_values(vals), columns=names)], axis=1)
+                # shortest exact text: float32 values and float64 x, y read back equal
+                df.to_csv(f, index=False, header=start == 0, lineterminator="\n")
     return Path(path)
 
 
@@ -291,7 +315,7 @@ def write_geojson(pred, path, genes=None, chunk: int = 500) -> Path:
     import uuid
 
     names, vals = _select(pred, genes)
-    vals = export_values(vals)
+    vals = export_values(vals)  # not a copy where the values are already clipped
     ring = spot_outline(pred.spot_shape, spot_diameter_px(pred))
     fmt = ",".join(json.dumps(str(g)).replace("%", "%%") + ":%.6g" for g in names)
     xy = np.asarray(pred.xy, float)

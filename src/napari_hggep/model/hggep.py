@@ -162,9 +162,9 @@ class HGGEP(nn.Module):
                 for idx, w in windows:
                     i = torch.from_numpy(idx).to(tokens.device)
                     wt = torch.from_numpy(w).to(tokens.device, tokens.dtype)[:, None]
-                    h = h.index_add(0, i, wt * self._fuse(tokens[i], coords_um[i]))
-                    wsum = wsum.index_add(0, i, wt)
-                h = h / wsum.clamp_min(1e-12)
+                    h.index_add_(0, i, wt * self._fuse(tokens[i], coords_um[i]))  # in place: no N x d copy per window
+                    wsum.index_add_(0, i, wt)
+                h = h.div_(wsum.clamp_min(1e-12))
             pcs = self.head(h)
             out["embedding"] = h
             if cfg.zinb:

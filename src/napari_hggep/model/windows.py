@@ -23,16 +23,26 @@ def spatial_windows(coords_um: np.ndarray, max_spots: int, overlap: float = 0.25
     t = np.sqrt(max_spots / (n / area)) / (1 + 2 * overlap)
     m = overlap * t
     nx, ny = (np.floor((hi - lo) / t).astype(int) + 1)
-    out = []
-    for i in range(nx):
-        for j in range(ny):
-            c0 = lo + np.array([i, j]) * t  # core [c0, c0 + t)
-            inside = np.all((xy >= c0 - m) & (xy < c0 + t + m), axis=1)
-            idx = np.nonzero(inside)[0]
-            if not len(idx):
-                continue
-            # tent weights: 1 across the core, falling to 0 at the outer edge of the margin
-            d = np.minimum(xy[idx] - (c0 - m), (c0 + t + m) - xy[idx]).min(axis=1)
-            w = np.clip(d / max(m, 1e-9), 1e-6, 1.0)
-            out.append((idx, w))
-    return out
+    # each spot lies in at most two windows per axis: test its few candidates (the same
+    # comparisons as a scan of every window over every spot, in linear time)
+    base = np.floor((xy - lo) / t).astype(np.int64)  # the window whose core holds the spot (about)
+    cand = []
+    for di in (-1, 0, 1):  # i > (x - lo) / t - 1.25 and i <= (x - lo) / t + 0.25
+        for dj in (-1, 0, 1):
+            ij = base + np.array([di, dj])
+            ok = np.all((ij >= 0) & (ij < np.array([nx, ny])), axis=1)
+            spots = np.nonzero(ok)[0]
+            ij = ij[ok]
+            c0 = lo + ij * t  # core [c0, c0 + t)
+            inside = np.all((xy[spots] >= c0 - m) & (xy[spots] < c0 + t + m), axis=1)
+            cand.append((ij[inside, 0] * ny + ij[inside, 1], spots[inside]))
+    win = np.concatenate([c[0] for c in cand])
+    spot = np.concatenate([c[1] for c in cand])
+    order = np.lexsort((spot, win))  # window by window (i major, as the grid runs), spots ascending
+    win, spot = win[order], spot[order]
+    c0 = lo + np.stack([win // ny, win % ny], axis=1) * t
+    # tent weights: 1 across the core, falling to 0 at the outer edge of the margin
+    d = np.minimum(xy[spot] - (c0 - m), (c0 + t + m) - xy[spot]).min(axis=1)
+    w = np.clip(d / max(m, 1e-9), 1e-6, 1.0)
+    cut = np.flatnonzero(win[1:] != win[:-1]) + 1
+    return list(zip(np.split(spot, cut), np.split(w, cut)))
