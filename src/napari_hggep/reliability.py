@@ -42,12 +42,22 @@ def _spread_feature(spread: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(spread, np.float64), 1e-3, None))
 
 
-def gene_reliability(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.ndarray:
-    """The estimated PCC of each gene on a slide: ``a + b * prior + c * log(spread)``, clipped to
-    [-1, 1]; ``prior`` is the card's held-out PCC (NaN where unknown: the fold mean is used)."""
+def reliability_score(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.ndarray:
+    """The two signals standardised by their spread over the calibration folds' genes and
+    averaged with ``coef["w_prior"]`` / ``1 - w_prior`` (equal weights in shipped cards)."""
     prior = np.asarray(prior, np.float64)
     prior = np.where(np.isfinite(prior), prior, float(coef.get("prior_fill", 0.0)))
-    est = coef["a"] + coef["b"] * prior + coef["c"] * _spread_feature(spread)
+    zp = (prior - coef["prior_mean"]) / coef["prior_sd"]
+    zs = (_spread_feature(spread) - coef["spread_mean"]) / coef["spread_sd"]
+    w = float(coef.get("w_prior", 0.5))
+    return w * zp + (1 - w) * zs
+
+
+def gene_reliability(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.ndarray:
+    """The estimated PCC of each gene on a slide: ``a + b * score`` (see
+    :func:`reliability_score`), clipped to [-1, 1]. ``prior`` is the card's held-out PCC (NaN
+    where unknown: the folds' mean is used), ``spread`` the prediction's spread on this slide."""
+    est = coef["a"] + coef["b"] * reliability_score(prior, spread, coef)
     return np.clip(est, -1.0, 1.0).astype(np.float32)
 
 

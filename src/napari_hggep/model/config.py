@@ -49,6 +49,10 @@ class HGGEPConfig:
     # low-rank output: both branches predict the top ``pca_k`` principal components of the
     # (standardised) training expression; the basis is a buffer saved with the weights. None: genes.
     pca_k: int | None = None
+    # the genes in consecutive blocks (sizes summing to n_genes), each with its own pca_k
+    # components: a panel widened with more genes keeps the first block's output as it was
+    # (the added genes' variance cannot take over its components). None: one block.
+    pca_blocks: tuple[int, ...] | None = None
     # blend each spot's prediction with the mean of its nearest ring of neighbours (0: off)
     smooth_weight: float = 0.0
     # attention and the hypergraph run within overlapping spatial windows of about this many
@@ -56,10 +60,28 @@ class HGGEPConfig:
     window_spots: int = 4096
     zinb: bool = True
 
+    def __post_init__(self):
+        if self.pca_blocks is not None:
+            if self.pca_k is None:
+                raise ValueError("pca_blocks needs pca_k (components per block)")
+            if sum(self.pca_blocks) != self.n_genes or min(self.pca_blocks) < 1:
+                raise ValueError(f"pca_blocks {list(self.pca_blocks)} must be positive and sum to n_genes={self.n_genes}")
+
+    @property
+    def n_components(self) -> int | None:
+        """Width of the low-rank output: ``pca_k`` per gene block (None: the genes directly)."""
+        if self.pca_k is None:
+            return None
+        return self.pca_k * (len(self.pca_blocks) if self.pca_blocks else 1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pos_wavelength_um"] = list(self.pos_wavelength_um)
         d["context_um"] = list(self.context_um)
+        if self.pca_blocks is None:
+            d.pop("pca_blocks")  # cards of one-block models read as before
+        else:
+            d["pca_blocks"] = list(self.pca_blocks)
         return d
 
     @classmethod
@@ -73,6 +95,8 @@ class HGGEPConfig:
             d["pos_wavelength_um"] = tuple(d["pos_wavelength_um"])
         if "context_um" in d:
             d["context_um"] = tuple(d["context_um"])
+        if d.get("pca_blocks") is not None:
+            d["pca_blocks"] = tuple(int(b) for b in d["pca_blocks"])
         return cls(**d)
 
     def replace(self, **changes) -> "HGGEPConfig":

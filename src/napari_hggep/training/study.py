@@ -124,7 +124,7 @@ class Study:
             from .._bundled import bundled_checkpoint
 
             card = json.loads(bundled_checkpoint().with_suffix(".json").read_text())
-            cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes)
+            cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes, pca_blocks=None)
         if o.branches == "stats":
             cfg = cfg.replace(image_path=False)
         elif o.branches == "image":

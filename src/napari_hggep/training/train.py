@@ -83,8 +83,17 @@ def gene_stats(sections: list[SectionData], masks: list[np.ndarray]) -> tuple[np
     return y.mean(0), np.maximum(y.std(0), 1e-3)
 
 
-def pca_basis(z: np.ndarray, k: int) -> np.ndarray:
-    """The top ``k`` principal axes (``k x G``, orthonormal rows) of standardised targets."""
+def pca_basis(z: np.ndarray, k: int, blocks=None) -> np.ndarray:
+    """The top ``k`` principal axes (``k x G``, orthonormal rows) of standardised targets; with
+    ``blocks`` (gene counts of consecutive blocks), ``k`` axes per block, each zero outside its
+    block (``k * len(blocks) x G``)."""
+    if blocks:
+        out = np.zeros((k * len(blocks), z.shape[1]), np.float32)
+        start = 0
+        for b, n in enumerate(blocks):
+            out[b * k:(b + 1) * k, start:start + n] = pca_basis(z[:, start:start + n], k)
+            start += n
+        return out
     _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     basis = np.zeros((k, z.shape[1]), np.float32)
     basis[: min(k, len(vt))] = vt[:k]  # fewer axes than k when there are few genes or spots
@@ -225,7 +234,8 @@ def train_model(
         provenance["pretrained_backbone"] = load_backbone_into(model, tcfg.backbone)
     z_targets = [((t - mean) / std).astype(np.float32) for t in fit_targets]
     if config.pca_k is not None:
-        basis = pca_basis(np.concatenate([z[m] for z, m in zip(z_targets, train_masks)]), config.pca_k)
+        basis = pca_basis(np.concatenate([z[m] for z, m in zip(z_targets, train_masks)]), config.pca_k,
+                          config.pca_blocks)
         model.pca_basis.copy_(torch.from_numpy(basis))
     if config.stats_features:
         provenance["ridge_alpha"] = init_stats_branch(model, sections, z_targets, train_masks, tcfg.ridge_alpha)
