@@ -23,8 +23,15 @@ import numpy as np
 def prediction_spread(pred: np.ndarray, target_norm: dict | None) -> np.ndarray:
     """Per gene: the standard deviation of the prediction over the slide's spots divided by the
     gene's standard deviation in training (the model's target normalisation)."""
-    pred = np.asarray(pred, np.float64)
-    sd = pred.std(axis=0) if len(pred) > 1 else np.zeros(pred.shape[1])
+    pred = np.asarray(pred)
+    n, g = pred.shape
+    s1, s2 = np.zeros(g), np.zeros(g)
+    shift = pred[0].astype(np.float64) if n else np.zeros(g)  # shifted sums: no cancellation
+    for i in range(0, n, 8192):  # in row chunks: a whole slide is never copied
+        part = pred[i:i + 8192].astype(np.float64) - shift
+        s1 += part.sum(axis=0)
+        s2 += (part * part).sum(axis=0)
+    sd = np.sqrt(np.maximum(s2 / max(n, 1) - (s1 / max(n, 1)) ** 2, 0)) if n > 1 else np.zeros(g)
     ref = np.asarray((target_norm or {}).get("std", np.ones(pred.shape[1])), np.float64)
     return sd / np.maximum(ref, 1e-6)
 

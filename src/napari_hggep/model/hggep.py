@@ -58,12 +58,12 @@ class HGGEP(nn.Module):
         super().__init__()
         self.config = config
         d = config.dim
-        out = config.pca_k or config.n_genes  # width of what both branches predict
+        out = config.n_components or config.n_genes  # width of what both branches predict
         if not (config.image_path or config.stats_features):
             raise ValueError("a model needs the image path, the statistics branch, or both")
         if config.pca_k is not None:
             # the low-rank output basis (k x G), set from the training expression and saved with it
-            self.register_buffer("pca_basis", torch.zeros(config.pca_k, config.n_genes))
+            self.register_buffer("pca_basis", torch.zeros(config.n_components, config.n_genes))
         if config.stats_features:
             self.stats_head = nn.Linear(config.stats_features, out)
             nn.init.zeros_(self.stats_head.weight)
