@@ -190,3 +190,13 @@ def write_visium_hd(root: Path, img_full: np.ndarray, mpp: float = 0.5, bins=(2,
         for kind, im in pngs.items():
             im.save(sp / f"tissue_{kind}_image.png")
     return outs
+
+
+def _bundled_gene_count() -> int:
+    """How many genes the bundled model predicts (from its card; 0 when none is bundled)."""
+    from napari_hggep._bundled import bundled_card
+
+    return len(bundled_card().get("genes", []))
+
+
+N_BUNDLED = _bundled_gene_count()

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from helpers import he_like_image, write_her2st, write_visium
+from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED
 from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
 from napari_hggep._napari.widget import GENERATE, PredictWidget
@@ -69,9 +69,9 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     assert float(w.um_per_px.value) == pytest.approx(sample_viewer.layers[0].metadata[KEY]["um_per_px"], abs=1e-3)
     wait_predict(qtbot, w)
     n = len(sample_viewer.layers[1].data)
-    assert w.status.value.startswith(f"Predicted 785 genes for {n} spots"), w.status.value
+    assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for {n} spots"), w.status.value
     layer = sample_viewer.layers["HER2+ B4 genes"]
-    assert layer.metadata[KEY]["values"].shape == (n, 785) and w.result.value is layer
+    assert layer.metadata[KEY]["values"].shape == (n, N_BUNDLED) and w.result.value is layer
     assert w.predict_btn.enabled and not w.cancel_btn.enabled
     # gene selector: filter by typing, labels show PCC and range
     w.gene_filter.value = "KRT"
@@ -101,7 +101,7 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.export_file.value = str(out)
     w.export()
     df = pd.read_csv(out)
-    assert df.shape == (n, 3 + 2 + 785)
+    assert df.shape == (n, 3 + 2 + N_BUNDLED)
     np.testing.assert_allclose(df[layer.metadata[KEY]["genes"]].to_numpy(), layer.metadata[KEY]["values"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(df[["y", "x"]].to_numpy(), layer.data, atol=1e-3)  # CSV keeps 4 decimals of a pixel
     h5 = tmp_path / "pred.h5ad"

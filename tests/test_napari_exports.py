@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import he_like_image, write_visium, write_visium_hd
+from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.widget import EXPORT_FILTER, PredictWidget
 
@@ -44,7 +44,7 @@ def test_visium_hires_prediction_exports_full_resolution_in_every_format(viewer,
     w = PredictWidget(viewer)
     assert all(f"*{e}" in EXPORT_FILTER for e in (".csv", ".h5ad", ".geojson", ".zarr"))
     wait_predict(qtbot, w)
-    assert w.status.value.startswith("Predicted 785 genes for 64 spots"), w.status.value
+    assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for 64 spots"), w.status.value
     layer = w.result.value
     pos = pd.read_csv(v / "spatial" / "tissue_positions.csv").set_index("barcode")
     want = lambda ids: pos.loc[ids, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)  # noqa: E731
@@ -95,7 +95,7 @@ def test_visium_hd_folder_opens_with_square_bins_and_predicts(viewer, qtbot, tmp
     w = PredictWidget(viewer)
     assert "microns_per_pixel" in w.um_source.value
     wait_predict(qtbot, w)
-    assert w.status.value.startswith("Predicted 785 genes for"), w.status.value
+    assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for"), w.status.value
     layer = w.result.value
     assert layer.symbol[0].value == "square" and layer.size[0] == pytest.approx(8.0)
     assert _export(w, tmp_path / "hd.geojson").startswith("Exported"), w.status.value
@@ -121,7 +121,7 @@ def test_widget_exports_a_spatialdata_store(viewer, qtbot, tmp_path):
     assert _export(w, tmp_path / "p.zarr").startswith("Exported"), w.status.value
     s = sd.read_zarr(tmp_path / "p.zarr")
     t, shapes = s.tables["table"], s.shapes["spots"]
-    assert t.n_obs == len(shapes) == 64 and t.n_vars == 785 and "heldout_pcc" in t.var
+    assert t.n_obs == len(shapes) == 64 and t.n_vars == N_BUNDLED and "heldout_pcc" in t.var
     # the image is the hires copy the layer carries: 5.5 um per pixel; the spots 2.75 (full resolution)
     he = s.images["he"]
     img = he["scale0"]["image"] if hasattr(he, "keys") else he

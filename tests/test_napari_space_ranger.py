@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import he_like_image, write_visium, write_visium_hd
+from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED
 from PIL import Image
 
 from napari_hggep._napari.layers import KEY
@@ -78,7 +78,7 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
     np.testing.assert_allclose(world(pts3), spots_um)
     assert "lib1_fullres.tif (full resolution)" in w.image_used.value
     wait_predict(qtbot, w)
-    assert w.status.value.startswith("Predicted 785 genes for 64 spots"), w.status.value
+    assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for 64 spots"), w.status.value
     assert "from lib1_fullres.tif (full resolution)" in w.status.value
     res = w.result.value
     assert res.metadata[KEY]["image_scale"] == 1.0 and res.metadata[KEY]["image_path"].endswith("lib1_fullres.tif")
@@ -239,7 +239,7 @@ def test_spatialdata_store_opens_ready_to_predict(viewer, qtbot, tmp_path):
     assert w.status.value.startswith("Error: Enter µm per pixel")
     w.um_per_px.value = "2.75"
     wait_predict(qtbot, w)
-    assert w.status.value.startswith(f"Predicted 785 genes for {len(xy)} spots"), w.status.value
+    assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for {len(xy)} spots"), w.status.value
     assert "other.zarr::he" in w.status.value
     res = w.result.value
     np.testing.assert_allclose(world(res), world(pts))

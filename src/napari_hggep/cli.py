@@ -91,6 +91,7 @@ def _predict_many(a, dist, device) -> int:
 
 def _predict_one(a) -> int:
     from ._bundled import load_model
+    from .reliability import slide_verdict
     from .data.readers import open_slide
     from .predict import predict_slide
 
@@ -122,6 +123,8 @@ def _predict_one(a) -> int:
     pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"),
                          notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr),
                          shared_trunk=a.shared_trunk)
+    for m in slide_verdict(pred):
+        print(f"napari-hggep: {m}", file=sys.stderr)
     for out in outputs:
         pred.write(out, genes)
     print(f"wrote {', '.join(outputs)} in {time.time() - t0:.1f}s", file=sys.stderr)
@@ -145,6 +148,8 @@ def _model_config(a, genes):
         over["ham_rule"] = a.ham_rule
     if a.colour_norm:
         over["colour_norm"] = a.colour_norm
+    if getattr(a, "pca_blocks", None):
+        over["pca_blocks"] = tuple(a.pca_blocks)
     cfg = preset(a.preset, **over)
     if a.branches == "stats":
         cfg = cfg.replace(image_path=False)
@@ -267,6 +272,10 @@ def _cmd_train_expert(a, dist, device) -> int:
                    "protocol": ev.get("protocol"), "gene_pcc_loo": ev.get("gene_pcc"), "gene_pcc_lopo": lopo,
                    "gene_pcc": lopo or ev.get("gene_pcc"),
                    "gene_pcc_protocol": "leave-one-patient-out" if lopo else "leave-one-section-out"}
+        if ev.get("calibration"):  # the per-slide reliability and the "unlike the training tissue" score
+            from .training.calibrate import calibrate
+
+            metrics["reliability"] = calibrate(ev, secs)
     epochs = a.epochs or 30
     train_model(secs, cfg, genes, _train_config(a, device), out=a.out, resume=a.resume,
                 progress=_epoch_printer(epochs) if dist.is_main else None, metrics=metrics, dist=dist,
@@ -424,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "fine-tuning is slow without a GPU)")
         t.add_argument("--preset", default="compact", choices=["compact", "paper"])
         t.add_argument("--ham-rule", choices=["nearest", "largest"])
+        t.add_argument("--pca-blocks", type=int, nargs="+", metavar="N",
+                       help="expert: the gene list in consecutive blocks of these sizes, each with its own "
+                            "16 output components (a widened panel keeps its first block's output as it was)")
         t.add_argument("--colour-norm", choices=["imagenet", "slide"], help="input colour standardisation")
         t.add_argument("--epochs", type=int, help="epochs per training (default: 12 for a study, 30 for the "
                                                    "expert recipe)")

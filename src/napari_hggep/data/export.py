@@ -24,6 +24,12 @@ from .._atomic import atomic_path
 FORMATS = {".csv": "CSV table", ".h5ad": "AnnData (scanpy, squidpy)", ".geojson": "QuPath GeoJSON detections",
            ".zarr": "SpatialData store"}
 UNRELIABLE_PCC = 0.1  # genes below this held-out PCC are flagged unreliable (as in the widget)
+SLIDE_RELIABILITY_MEANS = ("var['slide_reliability']: each gene's expected PCC on this slide, from the card's held-out "
+                           "PCC and the prediction's spread over this slide (var['spread'], relative to the gene's "
+                           "training variation); calibrated by leave-one-section-out and leave-one-patient-out")
+UNFAMILIAR_MEANS = ("True when the slide's tissue statistics lie further from every training section than the "
+                    "card's threshold (in units of the distance between sections of one training patient): "
+                    "the held-out figures may not hold on this slide")
 VALUES = ("predicted log1p(counts / total x median total), the model's training target; clipped at 0, "
           "because that target is never negative: a clipped value is never further from any possible "
           "true value than the raw regression output was")
@@ -139,7 +145,35 @@ def gene_table(pred, names):
     var = pd.DataFrame(index=pd.Index([str(g) for g in names], name="gene"))
     var["heldout_pcc"] = p
     var["reliable"] = np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC
+    # this slide's own figures (napari_hggep.reliability), where the prediction carries them
+    pos = {g: i for i, g in enumerate(pred.genes)}
+    idx = [pos[g] for g in names]
+    for col in ("slide_reliability", "spread"):
+        v = (pred.meta or {}).get(col)
+        if v is not None and len(v) == len(pred.genes):
+            var[col] = np.asarray(v, np.float32)[idx]
     return var
+
+
+def gene_table_path(path) -> Path:
+    """Where a CSV export's per-gene table goes: ``pred.csv`` -> ``pred.genes.csv``."""
+    path = Path(path)
+    name = path.name[:-len(".csv")] if path.name.lower().endswith(".csv") else path.stem
+    return path.with_name(name + ".genes.csv")
+
+
+def write_gene_table(pred, path, genes=None) -> Path:
+    """The per-gene table (held-out PCC, reliable, this slide's reliability and spread) as CSV;
+    the slide's "unlike the training tissue" verdict and score repeat on every row."""
+    names, _ = _select(pred, genes)
+    var = gene_table(pred, names)
+    meta = pred.meta or {}
+    if meta.get("unfamiliar") is not None:
+        var["slide_unfamiliar"] = bool(meta["unfamiliar"])
+        var["slide_unfamiliar_score"] = float(meta["unfamiliar_score"])
+    with atomic_path(path) as tmp:
+        var.to_csv(tmp)
+    return Path(path)
 
 
 def spot_diameter_px(pred) -> float:
@@ -281,6 +315,13 @@ def to_anndata(pred, genes=None):
         "library_id": lib,
         "reliable": f"held-out PCC >= {UNRELIABLE_PCC}; False where the model card has no PCC",
     }
+    if meta.get("unfamiliar") is not None:
+        info["unfamiliar"] = bool(meta["unfamiliar"])
+        info["unfamiliar_score"] = float(meta["unfamiliar_score"])
+        info["unfamiliar_threshold"] = float(meta.get("unfamiliar_threshold", np.nan))
+        info["unfamiliar_means"] = UNFAMILIAR_MEANS
+    if meta.get("slide_reliability") is not None:
+        info["slide_reliability"] = SLIDE_RELIABILITY_MEANS
     for k in ("model", "patch_um", "gene_pcc_protocol", "um_per_px_source", "bin_size_um"):
         if meta.get(k) is not None:
             info[k] = meta[k] if isinstance(meta[k], (int, float)) else str(meta[k])
@@ -344,7 +385,9 @@ def write_prediction(pred, path, genes=None) -> Path:
     """Write ``pred`` to ``path`` in the format its name says."""
     fmt = check_output(path)
     if fmt == "csv":
-        return write_csv(pred, path, genes)
+        out = write_csv(pred, path, genes)
+        write_gene_table(pred, gene_table_path(path), genes)
+        return out
     if fmt == "h5ad":
         return write_h5ad(pred, path, genes)
     if fmt == "geojson":
