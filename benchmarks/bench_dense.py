@@ -84,7 +84,7 @@ c = full.coords_um
 keep = np.argsort(((c - c.mean(0)) ** 2).sum(1))[:k]
 s = full.subset(np.sort(keep)); n = s.n_spots
 s.meta["tissue_checked"] = True
-res = {"bins": n}
+res = {"subset_bins": n}
 def timed(fn):
     t = time.perf_counter(); out = fn()
     if dev.type == "cuda": torch.cuda.synchronize()
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                 row["subset_speedup_shared_vs_per_patch"] = round(s["predict_on_bins_per_s"] / s["predict_off_bins_per_s"], 2)
                 row["encode_speedup_shared_vs_per_patch"] = round(s["encode_on_bins_per_s"] / s["encode_off_bins_per_s"], 2)
                 row["per_patch_end_to_end_s_extrapolated"] = round(n / s["predict_off_bins_per_s"], 1)
-                print(f"    subset of {s['bins']} central bins, same process: predict per-patch "
+                print(f"    subset of {s['subset_bins']} central bins, same process: predict per-patch "
                       f"{s['predict_off_bins_per_s']:.0f} bins/s, shared {s['predict_on_bins_per_s']:.0f} bins/s "
                       f"(x{row['subset_speedup_shared_vs_per_patch']}); encode per-patch {s['encode_off_bins_per_s']:.0f}, "
                       f"shared {s['encode_on_bins_per_s']:.0f} bins/s (x{row['encode_speedup_shared_vs_per_patch']}); "

@@ -152,7 +152,8 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
             def across_spots(i, j):  # attention and the hypergraph over the whole slide (windowed)
                 dev = guard.device
                 on = (lambda t: None if t is None else t.to(dev))
-                return model.forward_tokens(on(tokens), on(coords), on(stats_z))["expr"].float().cpu()
+                # no ZINB heads: three spots x genes tensors that prediction never reads
+                return model.forward_tokens(on(tokens), on(coords), on(stats_z), zinb=False)["expr"].float().cpu()
 
             z = guard.run(across_spots, 1, "the slide's spots")[0].numpy()
     finally:  # done, cancelled or failed: never wait for an unfinished statistics job

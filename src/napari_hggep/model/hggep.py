@@ -142,11 +142,12 @@ class HGGEP(nn.Module):
         return acc / min(views, 8)
 
     def forward_tokens(self, tokens: torch.Tensor | None, coords_um: torch.Tensor,
-                       stats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       stats: torch.Tensor | None = None, zinb: bool = True) -> dict[str, torch.Tensor]:
         """Slide-level part: attention and hypergraph across all spots of one slide, plus the
         statistics branch. ``stats``: the spots' tissue statistics z-scored within the slide
         (:func:`napari_hggep.data.features.standardise_features`), needed when
-        ``config.stats_features``. ``tokens`` may be None for a statistics-only model."""
+        ``config.stats_features``. ``tokens`` may be None for a statistics-only model.
+        ``zinb=False`` skips the ZINB heads (training only: three spots x genes tensors)."""
         cfg = self.config
         out: dict[str, torch.Tensor] = {}
         pcs = 0
@@ -167,7 +168,7 @@ class HGGEP(nn.Module):
                 h = h.div_(wsum.clamp_min(1e-12))
             pcs = self.head(h)
             out["embedding"] = h
-            if cfg.zinb:
+            if cfg.zinb and zinb:
                 out["mean"] = torch.exp(self.zinb_mean(h).clamp(max=12.0)).clamp(1e-5, 1e6)
                 out["disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
                 out["pi"] = torch.sigmoid(self.zinb_pi(h))
