@@ -140,11 +140,12 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                     tokens[torch.from_numpy(idx)] = tok
                     done += len(idx)
                     yield done, n
-            stats_z = None
+            stats_z = raw_stats = None
             if stats_job is not None:
                 from .data.features import standardise_features
 
-                stats_z = torch.from_numpy(standardise_features(stats_job.result()))
+                raw_stats = stats_job.result()
+                stats_z = torch.from_numpy(standardise_features(raw_stats))
                 if not cfg.image_path:
                     yield n, n
             coords = torch.from_numpy(slide.coords_um.astype(np.float32))
@@ -163,6 +164,13 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     if "mean" in tn and "std" in tn:
         z *= np.asarray(tn["std"], np.float32)  # in place: a slide's values are never held twice
         z += np.asarray(tn["mean"], np.float32)
+    # how far each gene's map on this slide can be trusted, and whether the slide is unlike the
+    # training tissue (napari_hggep.reliability; figures calibrated in the model card)
+    from .reliability import assess
+
+    rel = assess(z, raw_stats, list(bundle.genes), bundle.gene_pcc(), bundle.target_norm, bundle.reliability())
+    if "unfamiliar" in rel:
+        rel["unfamiliar_threshold"] = float(bundle.reliability()["slide"]["threshold"])
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
     # further from any possible truth than the regression's raw output was
     clipped = float((z < 0).mean()) if z.size else 0.0
@@ -170,7 +178,8 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     return prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False),
                          {"model": bundle.path, "patch_um": cfg.patch_um, "gene_pcc": bundle.gene_pcc(),
                           "image_encoding": ("shared trunk" if shared else "per patch") if cfg.image_path else None,
-                          "gene_pcc_protocol": bundle.gene_pcc_protocol(), "clipped_fraction": clipped})
+                          "gene_pcc_protocol": bundle.gene_pcc_protocol(), "clipped_fraction": clipped,
+                          "heldout_basis": bundle.heldout_basis(), **rel})
 
 
 def _patch_tokens(model, slide: Slide, guard, colour, fast: bool, batch_size: int):
