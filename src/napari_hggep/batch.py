@@ -125,6 +125,10 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
                                  shared_trunk=opts.shared_trunk)
             for f in outputs_for(out_dir, name, opts.formats):
                 pred.write(f, opts.genes)
+            if (pred.meta or {}).get("unfamiliar"):
+                from .reliability import slide_verdict
+
+                log(f"napari-hggep: {name}: {slide_verdict(pred)[0]}")
         except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             report.failed[name] = msg
