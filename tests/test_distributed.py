@@ -105,7 +105,9 @@ def test_sharded_predict_equals_one_process_skips_done_and_reports_bad_slides(ti
     r = run([*CLI, *args, "--out-dir", str(four), "--workers", "2"], ok=False)
     assert "done 4, already done 0, failed 1 of 5 slides" in r.stderr
     names = ["S1", "slide0", "slide1", "slide2"]
-    assert sorted(f.name for f in two.iterdir()) == sorted([f"{n}.{x}" for n in names for x in ("csv", "h5ad")])
+    # each slide's CSV has its per-gene table (held-out PCC, this slide's reliability) beside it
+    assert sorted(f.name for f in two.iterdir()) == sorted([f"{n}.{x}" for n in names
+                                                            for x in ("csv", "genes.csv", "h5ad")])
     for n in names:
         a = pd.read_csv(one / f"{n}.csv")
         for other in (two, four):

@@ -285,7 +285,7 @@ def test_out_dir_writes_every_format_and_skips_done_ones(tmp_path, visium, capsy
                str(out), "--formats", "csv", "h5ad", "geojson", "--genes", GENES])
     assert rc == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{s}.{e}" for s in ("outs", "fullres") for e in ("csv", "h5ad", "geojson"))
+    assert names == sorted(f"{s}.{e}" for s in ("outs", "fullres") for e in ("csv", "genes.csv", "h5ad", "geojson"))
     a = ad.read_h5ad(out / "outs.h5ad")
     assert "spatial" in a.uns and a.X.min() >= 0
     pos = visium["pos"]

@@ -195,6 +195,7 @@ def test_gene_selector_shows_and_sorts_by_this_slides_reliability(make_napari_vi
     assert "5 held-out sections of 2 patients" in tip and "third HER2+ patient" in tip
     w.gene.value = genes[0]
     assert f"expected PCC on this slide {here[genes[0]]:.2f}" in w.gene_info.value
+    assert f"expected here {here[genes[0]]:.2f}" in viewer.text_overlay.text
     assert "Unlike the training tissue" not in w.status.value  # the sample is a training section
     w.sort_by.value = SORT_CHOICES[2]
     assert [box.itemData(i) for i in range(3)] == layer.metadata[KEY]["genes"][:3]

@@ -53,6 +53,11 @@ def test_train_from_samples_table_hvg_heldout_card_and_predict(visium_study, tmp
     assert len(signal) >= 30
     assert np.nanmean([m["gene_pcc"][g] for g in signal if m["gene_pcc"][g] is not None]) > 0.15
     assert card["extra"]["initialised_from"]["checkpoint"] == "hggep_compact_her2st.pt"
+    # the study's own folds calibrate the per-slide reliability (one fold per held-out section)
+    rel = m["reliability"]
+    assert {f["section"] for f in rel["gene_folds"]} == {"V1", "V2", "V3"}
+    assert rel["gene"]["w_prior"] == 0.5 and len(rel["slide"]["train_signatures"]) == 3
+    assert not any(f["flagged"] for f in rel["slide"]["folds"] if f["expected"] == "familiar")
     assert not Path(str(ck) + ".state").exists() and not Path(str(ck) + ".study.json").exists()
     # the study's model predicts a new section of the study
     outs, full = write_visium_study_section(tmp_path, "V9", he_like_image(500, 420, seed=99), seed=9)
@@ -150,6 +155,9 @@ def test_her2st_and_image_table_sections_with_patients(tmp_path, capsys):
     card = json.loads(ck.with_suffix(".json").read_text())
     assert card["metrics"]["gene_pcc_protocol"] == "leave-one-patient-out"
     assert card["metrics"]["heldout_patients"] == 2 and len(card["genes"]) <= 60
+    rel = card["metrics"]["reliability"]
+    assert {f["fold"] for f in rel["gene_folds"]} == {"leave-one-patient-out"}
+    assert {f["section"] for f in rel["gene_folds"]} == {"A1", "A2", "B1", "B2"}
 
 
 def test_one_section_trains_without_heldout_and_says_so(tmp_path, capsys):

@@ -85,9 +85,12 @@ def place_on_image(points_layer, image_layer) -> None:
     points_layer.metadata.setdefault(KEY, {})["placed_on"] = image_layer.name
 
 
-def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat: bool = False) -> str:
+def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat: bool = False,
+                 here: float | None = None) -> str:
     """One short line for the canvas, above napari's colour bar (which has no title of its own)."""
     text = gene if pcc is None else f"{gene}   held-out PCC {pcc:.2f}"
+    if here is not None:
+        text += f" · expected here {here:.2f}"
     if pcc is not None and pcc < UNRELIABLE_PCC:
         text += "  ⚠ unreliable"
     if flat:
@@ -113,7 +116,7 @@ def selector_tooltip(meta: dict) -> str:
     basis = meta.get("heldout_basis") or "the model card's evaluation"
     text = (f"PCC: each gene's held-out PCC, measured on {basis}. It ranks genes well for tissue like the "
             "training sections, less so for a new patient: on a third HER2+ patient's slide (another lab's "
-            "image at 3.2 µm/px) the bundled model reached mean PCC 0.01 and its card's ranking of the genes "
+            "image at 3.2 µm/px) the 785-gene bundled model reached mean PCC 0.01 and its card's ranking of the genes "
             "Spearman 0.04 (0.28 on a new section of a training patient).")
     if meta.get("slide_reliability"):
         text += (" 'here': the gene's expected PCC on this slide, from its held-out PCC and how much its "
@@ -788,7 +791,7 @@ class PredictWidget(Container):
         else:
             rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
         self.gene_info.value = f"{gene}: {rng}; {note}"
-        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat"))))
+        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat")), here=here))
 
     def _caption(self, text: str | None):
         """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""

@@ -179,8 +179,8 @@ def slide_calibration(sections, signatures: dict, patients: dict, features=None)
     if fam and unf:
         hi, lo = max(fam), min(unf)
         threshold = float(np.sqrt(hi * lo)) if lo > hi else float((np.median(fam) + np.median(unf)) / 2)
-    else:
-        threshold = 2.0  # no folds to calibrate on: twice the distance between sections of one patient
+    else:  # one kind of fold only: twice the distance between sections, above every familiar case
+        threshold = max([2.0] + [1.25 * f for f in fam])
     for f in folds:
         f["flagged"] = bool(f["score"] > threshold)
     correct = sum(f["flagged"] == (f["expected"] == "unfamiliar") for f in folds)

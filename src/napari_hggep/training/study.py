@@ -290,7 +290,7 @@ class Study:
         rows = {t: {"pcc": v, "spread": spreads[t]} for fold in done.values() for t, v in fold.items() if t in spreads}
         if len(rows) < 2:
             return {}
-        patients = {r.section: (r.patient or r.section) for r in self.rows}
+        patients = {r.section: (r.patient or "unnamed") for r in self.rows}  # unnamed: one patient
         ev = {"calibration": {"genes": genes, protocol: rows,
                               "signatures": {s.name: slide_signature(s.stats).tolist()
                                              for s in self.sections if s.stats is not None}},
