@@ -186,7 +186,8 @@ def test_anndata_as_scanpy_expects_and_sc_pl_spatial_draws_it(tmp_path, visium, 
     # var: held-out PCC and the reliability flag from the model card
     pcc = bundle.gene_pcc()
     assert a.n_vars == N_BUNDLED
-    np.testing.assert_allclose(a.var["heldout_pcc"].to_numpy(), [pcc[g] for g in a.var_names])
+    np.testing.assert_allclose(a.var["heldout_pcc"].to_numpy(),
+                               [np.nan if pcc[g] is None else pcc[g] for g in a.var_names])
     assert (a.var["reliable"].to_numpy() == (a.var["heldout_pcc"].to_numpy() >= UNRELIABLE_PCC)).all()
     assert a.var.loc["GNAS", "reliable"] and a.var["reliable"].sum() == sum(v is not None and v >= UNRELIABLE_PCC for v in pcc.values())
     # X: what it holds is said, and it is never negative

@@ -303,7 +303,8 @@ def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypa
         return b
 
     monkeypatch.setattr(bundled, "load_model", short_of_memory)
-    w.um_per_px.value, w.pitch_um.value = "1", 30.0  # some 90 spots
+    # a grid coarser than the patch (the per-patch path; a finer one shares the trunk): some 15 spots
+    w.um_per_px.value, w.pitch_um.value = "1", 75.0
     wait_predict(qtbot, w)
     assert w.status.value.startswith("Predicted"), w.status.value
     assert w.notices and "retrying" in w.notices[0]

@@ -316,7 +316,7 @@ def test_checkpoint_errors_are_plain_and_add_model(viewer, qtbot, tmp_path):
     assert w.model_choice.value == label and list(w.model_choice.choices) == [BUNDLED, label, CHECKPOINT]
     assert not w.model_file.visible
     wait_predict(qtbot, w)
-    assert w.status.value.startswith("Predicted 785 genes"), w.status.value
+    assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes"), w.status.value
     assert w.add_model(str(mine)) == "my_model (checkpoint)" and w.model_choice.value == "my_model (checkpoint)"
     w.model_choice.value = BUNDLED
     assert w._model_path() is None

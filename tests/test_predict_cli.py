@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import he_like_image, write_her2st, write_tiny_dataset, write_visium
+from helpers import N_BUNDLED, he_like_image, write_her2st, write_tiny_dataset, write_visium
 from napari_hggep import __version__, load_model, predict_slide
 from napari_hggep.cli import main
 
@@ -36,7 +36,7 @@ def test_predict_slide_on_sample(bundle):
     s = s.subset(np.arange(s.n_spots) % 6 == 0)  # ~180 spots: batches of 8 stay quick
     calls = []
     pred = predict_slide(bundle, s, batch_size=8, progress=lambda d, t: calls.append((d, t)))
-    assert pred.values.shape == (s.n_spots, 785) and np.isfinite(pred.values).all()
+    assert pred.values.shape == (s.n_spots, N_BUNDLED) and np.isfinite(pred.values).all()
     assert calls[-1] == (s.n_spots, s.n_spots) and len(calls) >= s.n_spots // 8
     assert pred.values.std(axis=0).max() > 0  # varies across spots
     # batching does not change the result
@@ -56,9 +56,9 @@ def test_cli_predict_csv_and_h5ad(tmp_path, bundle):
                "-o", str(out), "--h5ad", str(h5), "--device", "cpu"])
     assert rc == 0
     df = pd.read_csv(out)
-    assert list(df.columns[:5]) == ["spot_id", "x", "y", "array_row", "array_col"] and df.shape == (3, 5 + 785)
+    assert list(df.columns[:5]) == ["spot_id", "x", "y", "array_row", "array_col"] and df.shape == (3, 5 + N_BUNDLED)
     a = ad.read_h5ad(h5)
-    assert a.shape == (3, 785) and a.obsm["spatial"].shape == (3, 2)
+    assert a.shape == (3, N_BUNDLED) and a.obsm["spatial"].shape == (3, 2)
     np.testing.assert_allclose(a.X, df.iloc[:, 5:].to_numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(a.obsm["spatial"], df[["x", "y"]].to_numpy())
 

@@ -11,6 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import N_BUNDLED
+
 from napari_hggep import load_model
 from napari_hggep._bundled import bundled_checkpoint
 from napari_hggep.cli import main
@@ -56,7 +58,7 @@ def _rewrite(tmp_path, change) -> Path:
 
 def test_a_checkpoint_for_another_gene_set_or_other_statistics_says_so(tmp_path):
     p = _rewrite(tmp_path, lambda m: m.update(genes=m["genes"][:700]))
-    with pytest.raises(CheckpointError, match="made for 785 genes but lists 700"):
+    with pytest.raises(CheckpointError, match=f"made for {N_BUNDLED} genes but lists 700"):
         load_model(p, device="cpu")
     p = _rewrite(tmp_path, lambda m: m["config"].update(stats_features=96))
     with pytest.raises(CheckpointError, match="made for 96 tissue statistics per spot, this version of napari-hggep computes 90"):
