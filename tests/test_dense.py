@@ -181,3 +181,29 @@ def test_windows_are_the_full_scan_in_linear_time():
         assert len(a) == len(b)
         for (i1, w1), (i2, w2) in zip(a, b):
             assert np.array_equal(i1, i2) and np.array_equal(w1, w2)
+
+
+def test_dense_grids_attend_in_smaller_windows_with_the_same_result(bundle, sample, monkeypatch):
+    """Dense grids attend within windows of DENSE_WINDOW_SPOTS spots (speed); the maps agree with
+    the model's own windows, and the smaller windows are really used."""
+    import napari_hggep.dense as dense
+    import napari_hggep.model.hggep as hggep
+
+    s = _grid(sample, 25.0, 1200.0)
+    assert s.n_spots > 2 * dense.DENSE_WINDOW_SPOTS
+    seen = []
+    real = hggep.spatial_windows
+
+    def spy(coords, max_spots, *a, **k):
+        seen.append(max_spots)
+        return real(coords, max_spots, *a, **k)
+
+    monkeypatch.setattr(hggep, "spatial_windows", spy)
+    small = predict_slide(bundle, s).values
+    assert seen == [dense.DENSE_WINDOW_SPOTS]
+    monkeypatch.setattr(dense, "DENSE_WINDOW_SPOTS", bundle.config.window_spots)
+    whole = predict_slide(bundle, s).values
+    assert seen[-1] == bundle.config.window_spots
+    pcc = [np.corrcoef(small[:, g], whole[:, g])[0, 1] for g in range(small.shape[1])
+           if small[:, g].std() > 0 and whole[:, g].std() > 0]
+    assert np.mean(pcc) >= 0.999 and np.min(pcc) >= 0.99

@@ -142,19 +142,21 @@ class HGGEP(nn.Module):
         return acc / min(views, 8)
 
     def forward_tokens(self, tokens: torch.Tensor | None, coords_um: torch.Tensor,
-                       stats: torch.Tensor | None = None, zinb: bool = True) -> dict[str, torch.Tensor]:
+                       stats: torch.Tensor | None = None, zinb: bool = True,
+                       window_spots: int | None = None) -> dict[str, torch.Tensor]:
         """Slide-level part: attention and hypergraph across all spots of one slide, plus the
         statistics branch. ``stats``: the spots' tissue statistics z-scored within the slide
         (:func:`napari_hggep.data.features.standardise_features`), needed when
         ``config.stats_features``. ``tokens`` may be None for a statistics-only model.
-        ``zinb=False`` skips the ZINB heads (training only: three spots x genes tensors)."""
+        ``zinb=False`` skips the ZINB heads (training only: three spots x genes tensors).
+        ``window_spots`` overrides ``config.window_spots`` (dense grids, see ``dense.py``)."""
         cfg = self.config
         out: dict[str, torch.Tensor] = {}
         pcs = 0
         if cfg.image_path:
             if tokens is None:
                 raise ValueError("this model needs the patch tokens (it has an image path)")
-            windows = spatial_windows(coords_um.detach().cpu().numpy(), cfg.window_spots)
+            windows = spatial_windows(coords_um.detach().cpu().numpy(), window_spots or cfg.window_spots)
             if len(windows) == 1:
                 h = self._fuse(tokens, coords_um)
             else:  # overlapping windows, blended: linear cost in spots
