@@ -118,8 +118,8 @@ with torch.inference_mode():
             maps = m.trunk(x)
             fp = torch.from_numpy(footprints(origins[idx], bx, side, P, w / (bx[2] - bx[0]), h / (bx[3] - bx[1])))
             for i in range(0, len(idx), 512):
-                sampled = [sample_maps(mp, fp[i:i + 512], st, cc) for mp, st, cc in zip(maps, STRIDES, cells)]
-                toks.append(m.project(sampled))
+                sampled = [(sample_maps(mp, fp[i:i + 512], st, cc), cc, cc) for mp, st, cc in zip(maps, STRIDES, cells)]
+                toks.append(m.project_points(sampled))
         tok = torch.cat(toks)
         return m.forward_tokens(tok, coords, stats)
     _, dt = timed(model_only)

@@ -104,7 +104,30 @@ def test_sampling_matches_roi_align():
                    1 + rng.random((50, 2)) * 0.01]
         rois = torch.cat([torch.zeros(50, 1), torch.from_numpy(sample_boxes(fp, stride, cells))], dim=1)
         ref = roi_align(maps, rois, (cells, cells), 1.0, 1, True)
-        assert torch.allclose(sample_maps(maps, torch.from_numpy(fp), stride, cells), ref, atol=1e-4)
+        out = sample_maps(maps, torch.from_numpy(fp), stride, cells)  # n x cells^2 x C, channels last
+        assert out.shape == (50, cells * cells, c_)
+        assert torch.allclose(out, ref.flatten(2).transpose(1, 2), atol=1e-4)
+        for layout in (torch.channels_last, torch.contiguous_format):  # the trunk's maps may be either
+            assert torch.allclose(sample_maps(maps.contiguous(memory_format=layout), torch.from_numpy(fp),
+                                              stride, cells), out)
+
+
+def test_fused_projection_equals_the_modules(bundle):
+    """project_points (CBAM, pooling and projection fused, channels last) equals project on the
+    same maps, for every stage of the bundled model (7x7 cells pooled to 2x2 with overlapping
+    bins, and 4x4), with and without pooling."""
+    from napari_hggep.model.hggep import StageProjection
+
+    m = bundle.model.eval()
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(33, c, s, s, generator=g) * 3 for c, s in ((96, 7), (192, 4), (1024, 4))]
+    with torch.inference_mode():
+        ref = m.project(maps)
+        out = m.project_points([(x.flatten(2).transpose(1, 2), x.shape[2], x.shape[3]) for x in maps])
+        assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), float((out - ref).abs().max())
+        sp = StageProjection(24, 5, 16, None, 4).eval()  # no pooling: every cell projected
+        x = torch.rand(7, 24, 5, 5, generator=g)
+        assert torch.allclose(sp.forward_points(x.flatten(2).transpose(1, 2), 5, 5), sp(x), atol=1e-5)
 
 
 def test_auto_choice_by_spot_density(bundle, sample):
@@ -184,26 +207,45 @@ def test_windows_are_the_full_scan_in_linear_time():
 
 
 def test_dense_grids_attend_in_smaller_windows_with_the_same_result(bundle, sample, monkeypatch):
-    """Dense grids attend within windows of DENSE_WINDOW_SPOTS spots (speed); the maps agree with
-    the model's own windows, and the smaller windows are really used."""
+    """Dense grids attend within windows of DENSE_WINDOW_SPOTS spots (speed), and the smaller
+    windows are really used; the maps agree with the model's own windows. The image path's own
+    output (its head; the statistics branch makes most of the maps) agrees with one window holding
+    every spot: windows keep the slide's origin for the position encoding (a window centred on
+    itself gave PCC 0.53 here)."""
     import napari_hggep.dense as dense
     import napari_hggep.model.hggep as hggep
+    from napari_hggep.data.features import standardise_features, tissue_features
 
     s = _grid(sample, 25.0, 1200.0)
-    assert s.n_spots > 2 * dense.DENSE_WINDOW_SPOTS
+    spots, overlap = dense.DENSE_WINDOW_SPOTS, dense.DENSE_WINDOW_OVERLAP
+    assert s.n_spots > 2 * spots
     seen = []
     real = hggep.spatial_windows
 
     def spy(coords, max_spots, *a, **k):
-        seen.append(max_spots)
+        seen.append((max_spots, *a))
         return real(coords, max_spots, *a, **k)
 
     monkeypatch.setattr(hggep, "spatial_windows", spy)
     small = predict_slide(bundle, s).values
-    assert seen == [dense.DENSE_WINDOW_SPOTS]
+    assert seen == [(spots, overlap)]
     monkeypatch.setattr(dense, "DENSE_WINDOW_SPOTS", bundle.config.window_spots)
     whole = predict_slide(bundle, s).values
-    assert seen[-1] == bundle.config.window_spots
+    assert seen[-1][0] == bundle.config.window_spots
     pcc = [np.corrcoef(small[:, g], whole[:, g])[0, 1] for g in range(small.shape[1])
            if small[:, g].std() > 0 and whole[:, g].std() > 0]
     assert np.mean(pcc) >= 0.999 and np.min(pcc) >= 0.99
+
+    m = bundle.model.eval()
+    tokens = _tokens(m, s, True)
+    stats = torch.from_numpy(standardise_features(tissue_features(s, m.config.context_um, m.config.stats_um_per_px)))
+    coords = torch.from_numpy(s.coords_um.astype(np.float32))
+    with torch.inference_mode():
+        def image_path(spots, overlap):
+            h = m.forward_tokens(tokens, coords, stats, zinb=False, window_spots=spots,
+                                 window_overlap=overlap)["embedding"]
+            return (m.head(h) @ m.pca_basis).numpy()
+
+        one = image_path(s.n_spots, None)
+        windowed = image_path(spots, overlap)
+    assert np.mean(_gene_pcc(windowed, one)) >= 0.95  # 0.989 (windows centred on themselves: 0.53)

@@ -17,6 +17,7 @@ the agreement with the per-patch path.
 """
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,12 +26,18 @@ from .data.patches import _plan, _spatial_order, resize_batch
 from .data.image import read_box
 from .data.slide import Slide
 
-# Attention and the hypergraph run in windows of a fixed number of spots. On a dense grid the
-# default 4,096 costs most of the prediction (each bin pays for a 4,096-spot window about 2.3 times
-# over) while buying nothing measurable: on the sample section at a 16 um pitch (42,892 bins),
-# windows of 1,024 spots gave per-gene PCC 1.00000 (min 0.99996) against 4,096 and predicted at
-# 908 instead of 614 bins/s. A window of 1,024 bins at 16 um still spans about 0.5 mm.
-DENSE_WINDOW_SPOTS = 1024
+# Attention and the hypergraph run in windows of a fixed number of spots, overlapping by a margin.
+# On a dense grid the model's 4,096 spots with margins of 0.25 of the core cost most of the
+# prediction (each bin pays for a 4,096-spot window about 2.25 times over). Measured on the sample
+# section at a 16 um pitch (42,870 bins; ``benchmarks/bench_windows.py``), against one window
+# holding every bin: the image path's own output (its head, before the statistics branch is
+# added) agrees at mean per-gene PCC 0.980 with the model's windows (36 s), 0.972 with windows of
+# 1,024 spots and margins of 0.125 (8 s) and 0.971 with 512 spots (7 s); the maps themselves at
+# 1.00000 (min 0.99998) in every case, as the statistics branch makes the bundled model's maps.
+# Attention costs grow with the window, so dense grids take 512: a window of 512 bins at 16 um
+# still spans about 0.36 mm, at 8 um 0.18 mm.
+DENSE_WINDOW_SPOTS = 512
+DENSE_WINDOW_OVERLAP = 0.125
 
 
 MODES = ("auto", "on", "off")
@@ -159,22 +166,38 @@ def sample_maps(maps, fp, stride: int, cells: int):
     (``1 x C x H x W``) where its own patch has its cells: patch cell ``i`` at tile pixel
     ``x + stride * i * r``, i.e. map coordinate ``x / stride + i r`` (map cell ``j`` at ``j``);
     ``fp``: :func:`footprints` (a tensor). The same samples as torchvision's ``roi_align``
-    (``aligned=True``, one sample per bin) on :func:`sample_boxes` (edge cells repeat), through
-    ``grid_sample`` (faster on a CPU). Returns ``n x C x cells x cells``."""
+    (``aligned=True``, one sample per bin) on :func:`sample_boxes` (edge cells repeat).
+
+    Returns ``n x (cells cells) x C``, cells row-major and channels last, the layout
+    :meth:`~napari_hggep.model.hggep.HGGEP.project_points` takes. Computed as one sparse
+    matrix (four bilinear weights per sample) times the map's ``(H W) x C`` pixels: on a CPU
+    about twice as fast as ``grid_sample``, whose channel-major output the projection would
+    have to transpose."""
     import torch
-    import torch.nn.functional as F
 
     _, C, H, W = maps.shape
     n = fp.shape[0]
+    pixels = maps[0].permute(1, 2, 0).reshape(H * W, C)  # a view when the map is channels-last
     i = torch.arange(cells, dtype=torch.float64)
-    fp = fp.to(torch.float64)
-    u = fp[:, 0:1] / stride + i * fp[:, 2:3]  # n x cells, map coordinates
-    v = fp[:, 1:2] / stride + i * fp[:, 3:4]
-    gx = (2 * u / max(W - 1, 1) - 1)[:, None, :].expand(n, cells, cells)
-    gy = (2 * v / max(H - 1, 1) - 1)[:, :, None].expand(n, cells, cells)
-    grid = torch.stack([gx, gy], dim=-1).reshape(1, n * cells, cells, 2).to(maps.device, maps.dtype)
-    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out.view(C, n, cells, cells).permute(1, 0, 2, 3)
+    fp = fp.to(torch.float64).cpu()
+    corners = []
+    for a, size in ((1, H), (0, W)):  # y then x: n x cells sample coordinates, clamped as "border"
+        t = (fp[:, a:a + 1] / stride + i * fp[:, a + 2:a + 3]).clamp(0, size - 1)
+        t0 = t.floor().clamp(max=max(size - 2, 0))
+        frac = (t - t0).to(maps.dtype)
+        t0 = t0.long()
+        corners.append(((t0, 1 - frac), ((t0 + 1).clamp(max=size - 1), frac)))
+    cols, vals = [], []
+    for yy, wy in corners[0]:
+        for xx, wx in corners[1]:
+            cols.append((yy[:, :, None] * W + xx[:, None, :]).reshape(-1))
+            vals.append((wy[:, :, None] * wx[:, None, :]).reshape(-1))
+    points = n * cells * cells
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the CSR x dense product is stable
+        warnings.simplefilter("ignore", UserWarning)
+        a = torch.sparse_csr_tensor(torch.arange(0, 4 * points + 1, 4), torch.stack(cols, 1).reshape(-1),
+                                    torch.stack(vals, 1).reshape(-1), size=(points, H * W), device=maps.device)
+    return (a @ pixels).view(n, cells * cells, C)
 
 
 def iter_shared_tokens(model, slide: Slide, guard, colour=None, fast: bool = True, prefetch: bool = True,
@@ -212,8 +235,8 @@ def iter_shared_tokens(model, slide: Slide, guard, colour=None, fast: bool = Tru
 
             def project(i, j, maps=maps, fp=fp):
                 dev = guard.device
-                sampled = [sample_maps(mm.to(dev), fp[i:j], st, c) for mm, st, c in zip(maps, STRIDES, cells)]
-                return model.project(sampled).float().cpu()
+                sampled = [(sample_maps(mm.to(dev), fp[i:j], st, c), c, c) for mm, st, c in zip(maps, STRIDES, cells)]
+                return model.project_points(sampled).float().cpu()
 
             tok = torch.cat(guard.run(project, len(idx), "spots"))
             acc = tok if acc is None else acc + tok

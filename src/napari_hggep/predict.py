@@ -149,18 +149,18 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                 if not cfg.image_path:
                     yield n, n
             coords = torch.from_numpy(slide.coords_um.astype(np.float32))
-            window = None
+            window = overlap = None
             if shared:  # dense grids: smaller attention windows (see dense.DENSE_WINDOW_SPOTS)
-                from .dense import DENSE_WINDOW_SPOTS
+                from .dense import DENSE_WINDOW_OVERLAP, DENSE_WINDOW_SPOTS
 
-                window = min(cfg.window_spots, DENSE_WINDOW_SPOTS)
+                window, overlap = min(cfg.window_spots, DENSE_WINDOW_SPOTS), DENSE_WINDOW_OVERLAP
 
             def across_spots(i, j):  # attention and the hypergraph over the whole slide (windowed)
                 dev = guard.device
                 on = (lambda t: None if t is None else t.to(dev))
                 # no ZINB heads: three spots x genes tensors that prediction never reads
                 return model.forward_tokens(on(tokens), on(coords), on(stats_z), zinb=False,
-                                            window_spots=window)["expr"].float().cpu()
+                                            window_spots=window, window_overlap=overlap)["expr"].float().cpu()
 
             z = guard.run(across_spots, 1, "the slide's spots")[0].numpy()
     finally:  # done, cancelled or failed: never wait for an unfinished statistics job

@@ -8,19 +8,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def position_encoding(coords_um: torch.Tensor, dim: int, wavelengths=(100.0, 20000.0)) -> torch.Tensor:
+def position_encoding(coords_um: torch.Tensor, dim: int, wavelengths=(100.0, 20000.0),
+                      centre: torch.Tensor | None = None) -> torch.Tensor:
     """Sinusoidal encoding of continuous (x, y) spot centres in micrometres.
 
     Works for any layout and any number of rows and columns (unlike an
     ``nn.Embedding`` over integer array indices). Coordinates are centred on the
-    slide so the encoding does not depend on where the tissue lies in the image.
+    slide so the encoding does not depend on where the tissue lies in the image: on ``centre``
+    (``1 x 2``) when given, for windows of a larger slide, which must keep the slide's origin
+    and not take their own.
     Half of the channels encode x, half y; wavelengths are geometric between
     ``wavelengths[0]`` and ``wavelengths[1]`` micrometres.
     """
     n_freq = max(dim // 4, 1)
     lo, hi = wavelengths
     wl = torch.exp(torch.linspace(math.log(lo), math.log(hi), n_freq, device=coords_um.device))
-    c = coords_um.float() - coords_um.float().mean(dim=0, keepdim=True)
+    origin = coords_um.float().mean(dim=0, keepdim=True) if centre is None else centre.float().view(1, 2)
+    c = coords_um.float() - origin
     ang = 2 * math.pi * c[:, :, None] / wl  # N x 2 x F
     enc = torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(c.shape[0], -1)  # N x 4F
     if enc.shape[1] < dim:
