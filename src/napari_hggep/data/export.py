@@ -273,15 +273,20 @@ def spatial_images(pred) -> dict:
     return out
 
 
-def to_anndata(pred, genes=None):
+def to_anndata(pred, genes=None, with_values: bool = True):
     """AnnData as ``scanpy.read_visium`` makes it, so ``sc.pl.spatial(adata, color=gene)`` and
-    ``squidpy.pl.spatial_scatter`` draw it without extra arguments."""
+    ``squidpy.pl.spatial_scatter`` draw it without extra arguments. ``with_values=False`` leaves
+    ``X`` out (:func:`write_h5ad` streams it into the file)."""
     import anndata as ad
     import pandas as pd
 
-    names, vals = _select(pred, genes)
-    raw = np.asarray(vals, np.float32)
-    X = export_values(raw)
+    if with_values:
+        names, vals = _select(pred, genes)
+        raw = np.asarray(vals, np.float32)
+        X = export_values(raw)
+    else:
+        names = list(pred.genes) if genes is None else [pred.genes[pred.gene_index(g)] for g in genes]
+        raw, X = pred.values, None
     obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
     obs["in_tissue"] = np.ones(len(obs), np.int64)
     if pred.array_rc is not None:
@@ -303,7 +308,7 @@ def to_anndata(pred, genes=None):
     }}
     info = {
         "X": VALUES,
-        "clipped_fraction": float(meta.get("clipped_fraction", (raw < 0).mean() if raw.size else 0.0)),
+        "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else _negative_fraction(raw),
         "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
         "um_per_px": float(pred.um_per_px),
         "image_predicted_on": str(meta.get("image_path") or ""),
@@ -329,10 +334,36 @@ def to_anndata(pred, genes=None):
     return adata
 
 
-def write_h5ad(pred, path, genes=None) -> Path:
-    adata = to_anndata(pred, genes)
+def _negative_fraction(values, rows: int = 16384) -> float:
+    """The fraction of ``values`` below 0, counted ``rows`` rows at a time."""
+    v = np.asarray(values)
+    if not v.size:
+        return 0.0
+    return sum(int(np.count_nonzero(v[i:i + rows] < 0)) for i in range(0, len(v), rows)) / v.size
+
+
+def write_h5ad(pred, path, genes=None, rows: int = 16384) -> Path:
+    """:func:`to_anndata` written to ``path``: everything but ``X`` through anndata, then ``X``
+    (the clipped values, see :data:`VALUES`) streamed into the same file ``rows`` spots at a
+    time, as anndata's dense-array encoding, so a slide's values are never copied whole (not even
+    for a gene subset or unclipped values). Written to a temporary file, renamed when complete."""
+    import h5py
+
+    adata = to_anndata(pred, genes, with_values=False)
+    idx = None if genes is None else [pred.gene_index(g) for g in genes]
+    vals = pred.values
+    n, g = adata.n_obs, adata.n_vars
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
+        with h5py.File(tmp, "a") as f:
+            if "X" in f:
+                del f["X"]
+            ds = f.create_dataset("X", shape=(n, g), dtype="float32")
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            for i in range(0, n, rows):
+                part = np.asarray(vals[i:i + rows] if idx is None else vals[i:i + rows][:, idx], np.float32)
+                ds[i:i + len(part)] = export_values(part)
     return Path(path)
 
 
