@@ -18,7 +18,8 @@ with 16 and 8 um bins, in tissue over a disc of ``--tissue-mm2`` (default 12.4 m
 * **model only**, on the subset: the shared trunk on the subset's tiles (random pixels),
   the sampling and projection, and ``forward_tokens`` (random statistics).
 
-``--profile FILE`` also runs the first bin size's end-to-end prediction under cProfile and
+``--breakdown`` times each phase of the end-to-end prediction (wall seconds per phase, helper
+threads apart). ``--profile FILE`` also runs the first bin size's end-to-end prediction under cProfile and
 writes the top functions (cumulative and internal time) to FILE.
 """
 from __future__ import annotations
@@ -66,6 +67,40 @@ open(sys.argv[6], "w").write(f"end to end {dt:.1f} s under cProfile (main thread
 print(json.dumps({"rc": rc, "seconds": dt}))
 """
 
+CHILD_BREAKDOWN = """
+import collections, functools, json, resource, sys, threading, time
+import torch
+T = collections.defaultdict(float); C = collections.Counter()
+def wrap(obj, name, label):
+    f = getattr(obj, name)
+    @functools.wraps(f)
+    def g(*a, **k):
+        t = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            side = "" if threading.current_thread() is threading.main_thread() else " (thread)"
+            T[label + side] += time.perf_counter() - t; C[label + side] += 1
+    setattr(obj, name, g)
+import napari_hggep.dense as D, napari_hggep.data.features as F, napari_hggep.model.hggep as H
+import napari_hggep.model.hypergraph as HG, napari_hggep.model.transformer as TR, napari_hggep.reliability as R
+import napari_hggep.data.export as E
+for obj, name, label in ((D, "read_tile", "read tiles"), (H.HGGEP, "trunk", "trunk (GEM + ShuffleNet on tiles)"),
+                         (D, "sample_maps", "sample stage maps per bin"),
+                         (H.HGGEP, "project_points", "CBAM + pooling + projection per bin"),
+                         (F, "tissue_features", "tissue statistics"), (H.HGGEP, "forward_tokens", "forward_tokens (all)"),
+                         (TR.SpotTransformer, "forward", "  transformers"), (HG.HAM, "forward", "  hypergraph (HAM)"),
+                         (torch.nn.LSTM, "forward", "  LSTM fusion"), (H, "neighbour_blend", "  neighbour blending"),
+                         (R, "assess", "reliability (spread, verdict)"), (E, "write_prediction", "write .h5ad")):
+    wrap(obj, name, label)
+from napari_hggep.cli import main
+t = time.perf_counter()
+rc = main(["predict", sys.argv[1], "--visium", sys.argv[2], "--bin-um", sys.argv[3], "-o", sys.argv[4],
+           "--device", sys.argv[5]])
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "phases": dict(T), "calls": dict(C),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
 CHILD_SUBSET = """
 import json, sys, time, warnings
 import numpy as np, torch
@@ -73,6 +108,7 @@ warnings.filterwarnings("ignore")
 from napari_hggep import load_model
 from napari_hggep.data.readers import open_slide
 from napari_hggep.dense import iter_shared_tokens, plan_tiles, sample_maps, footprints, STRIDES
+from napari_hggep.dense import DENSE_WINDOW_OVERLAP, DENSE_WINDOW_SPOTS
 from napari_hggep.devices import MemoryGuard
 from napari_hggep.model.hggep import use_fast_inference_layout
 from napari_hggep.predict import predict_slide, _patch_tokens
@@ -121,10 +157,12 @@ with torch.inference_mode():
                 sampled = [(sample_maps(mp, fp[i:i + 512], st, cc), cc, cc) for mp, st, cc in zip(maps, STRIDES, cells)]
                 toks.append(m.project_points(sampled))
         tok = torch.cat(toks)
-        return m.forward_tokens(tok, coords, stats)
+        return m.forward_tokens(tok, coords, stats, zinb=False, window_spots=DENSE_WINDOW_SPOTS,
+                                window_overlap=DENSE_WINDOW_OVERLAP)
     _, dt = timed(model_only)
     res["model_only_bins_per_s"] = n / dt
-    _, dt = timed(lambda: m.forward_tokens(torch.randn(n, 3, m.config.dim, device=dev), coords, stats))
+    _, dt = timed(lambda: m.forward_tokens(torch.randn(n, 3, m.config.dim, device=dev), coords, stats, zinb=False,
+                                           window_spots=DENSE_WINDOW_SPOTS, window_overlap=DENSE_WINDOW_OVERLAP))
     res["forward_tokens_bins_per_s"] = n / dt
 print(json.dumps(res))
 """
@@ -178,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--profile", help="cProfile the first bin size end to end; the breakdown goes to this file")
     ap.add_argument("--skip-subset", action="store_true", help="end to end only")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time each phase (wall seconds, main thread and helper threads apart) end to end")
     a = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,6 +259,13 @@ def main(argv=None) -> int:
                       f"model only {s['model_only_bins_per_s']:.0f} bins/s (forward_tokens alone "
                       f"{s['forward_tokens_bins_per_s']:.0f}); per-patch on all {n} bins ~"
                       f"{row['per_patch_end_to_end_s_extrapolated']:.0f}s (extrapolated)", flush=True)
+            if a.breakdown:
+                r = child(CHILD_BREAKDOWN, tif, outs, b, tmp / f"pred_{b}.h5ad", a.device)
+                row["breakdown_s"] = {k: round(v, 1) for k, v in r["phases"].items()}
+                print(f"    where the time goes ({r['seconds']:.1f}s end to end, timed per phase; threads overlap the "
+                      f"main thread):", flush=True)
+                for k, v in sorted(r["phases"].items(), key=lambda kv: -kv[1]):
+                    print(f"      {k:45s} {v:6.1f}s  ({r['calls'][k]} calls)", flush=True)
             rows.append(row)
     if len(rows) == 2 and {r["bin_um"] for r in rows} == {8, 16}:
         r16, r8 = sorted(rows, key=lambda r: -r["bin_um"])

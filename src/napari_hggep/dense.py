@@ -44,7 +44,6 @@ MODES = ("auto", "on", "off")
 TILE_PX = 512  # a tile's core, in pixels at the patch resolution (groups spots)
 MARGIN_PX = 32  # context around the spots' footprints, in pixels at the patch resolution
 STRIDES = (16, 32, 32)  # S3, S4, S5 cells in input pixels: GEM, conv1 and stages 2..4 each halve
-SPOT_CHUNK = 512  # spots projected at once (bounds the sampled S5 maps: 512 x 1024 x 4 x 4)
 
 
 def grid_pitch_um(coords_um: np.ndarray, sample: int = 4096) -> float:
