@@ -15,6 +15,12 @@ def her2st_dir():
 
 
 @pytest.fixture
+def viewer(make_napari_viewer):
+    """A real napari viewer (napari's pytest plugin closes it after the test)."""
+    return make_napari_viewer()
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -200,3 +200,10 @@ def _bundled_gene_count() -> int:
 
 
 N_BUNDLED = _bundled_gene_count()
+
+
+def wait_predict(qtbot, w, timeout=180_000):
+    """Start the widget's prediction and wait until its worker is gone. The worker may finish
+    before a signal could be connected here, so the widget's state is polled."""
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED
+from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
 from napari_hggep._napari.widget import GENERATE, PredictWidget
@@ -13,19 +13,9 @@ pytest.importorskip("napari")
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
 def sample_viewer(viewer):
     viewer.open_sample("napari-hggep", "he_spots")
     return viewer
-
-
-def wait_predict(qtbot, w, timeout=180_000):
-    w.run()  # the worker may finish before a signal could be connected here: poll the widget's state
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
 
 
 def test_sample_data(sample_viewer):

@@ -9,23 +9,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED
+from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.widget import EXPORT_FILTER, PredictWidget
 
 pytest.importorskip("napari")
 
 GENES = ["GNAS", "FN1"]
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-def wait_predict(qtbot, w, timeout=180_000):
-    w.run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
 
 
 def _export(w, path, only_gene=False):

@@ -6,23 +6,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED
+from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict
 from PIL import Image
 
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.widget import OTHER_FULLRES, PredictWidget
 
 pytest.importorskip("napari")
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-def wait_predict(qtbot, w, timeout=180_000):
-    w.run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
 
 
 def shown(widget) -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import he_like_image, write_visium, N_BUNDLED
+from helpers import he_like_image, write_visium, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import FLAT_FRACTION, KEY, gene_values, prediction_layer_data
 from napari_hggep._napari.widget import BUNDLED, CHECKPOINT, GENERATE, PredictWidget
 from napari_hggep.predict import Prediction
@@ -17,19 +17,9 @@ from napari_hggep.predict import Prediction
 pytest.importorskip("napari")
 
 
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
 def shown(widget) -> bool:
     """Visible in the dock (the dock itself is not shown in these tests)."""
     return not widget.native.isHidden()
-
-
-def wait_predict(qtbot, w, timeout=180_000):
-    w.run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
 
 
 def _smooth_he(h, w, seed=0):

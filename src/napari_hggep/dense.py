@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .data.patches import _plan, _spatial_order, resize_batch
+from .data.patches import _plan, _spatial_order
 from .data.image import read_box
 from .data.slide import Slide
 

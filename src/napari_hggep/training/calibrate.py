@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ..reliability import _spread_feature, gene_reliability, slide_signature, unfamiliar_score
+from .metrics import mean_over_sections
 
 # a statistic enters the slide score only if resampling a training section to a coarser scan
 # resolution moves its median by at most this fraction of its spread within a slide: a slide
@@ -49,12 +50,7 @@ def gene_rows(calib: dict, patients: dict) -> list[dict]:
                   and (not same_patient_out or _patient(n, patients) != _patient(name, patients))]
         if not others:
             return None
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return np.nanmean(np.stack(others), axis=0)
+        return mean_over_sections(np.stack(others))
 
     for name, (pcc, spread) in lopo.items():
         pr = prior(lopo, name, True)
@@ -145,7 +141,11 @@ def slide_calibration(sections, signatures: dict, patients: dict, features=None)
         keep = np.flatnonzero(ok & (shift <= MAX_RESOLUTION_SHIFT * np.where(ok, scale, 1)))
     if len(keep) < 3:
         raise ValueError("fewer than 3 tissue statistics are stable under resampling; cannot score familiarity")
-    base = {"features": keep.tolist(), "feature_scale": scale[keep].tolist()}
+    from ..data.features import feature_names
+
+    stat_names = feature_names()
+    base = {"features": keep.tolist(), "feature_scale": scale[keep].tolist(),
+            "statistics": [stat_names[i] for i in keep] if len(stat_names) > int(keep.max()) else None}
 
     def dist(a, b) -> float:
         return float(np.sqrt(np.mean(((sig[a] - sig[b])[keep] / scale[keep]) ** 2)))
@@ -187,15 +187,12 @@ def slide_calibration(sections, signatures: dict, patients: dict, features=None)
     return {**base, "train_signatures": [sig[n].tolist() for n in names], "train_sections": names,
             "distance_scale": dscale, "threshold": round(threshold, 4), "folds": folds,
             "folds_correct": f"{correct} of {len(folds)}",
-            "max_resolution_shift": MAX_RESOLUTION_SHIFT,
-            "statistics": None}
+            "max_resolution_shift": MAX_RESOLUTION_SHIFT}
 
 
 def calibrate(ev: dict, sections, patients: dict | None = None, features=None) -> dict:
     """The card's ``metrics.reliability`` from an evaluation result ``ev`` (with its
     ``calibration`` block) and the model's training sections (raw statistics)."""
-    from ..data.features import feature_names
-
     calib = ev.get("calibration")
     if not calib:
         raise ValueError("the evaluation has no calibration block; rerun `napari-hggep evaluate --loo`")
@@ -206,8 +203,5 @@ def calibrate(ev: dict, sections, patients: dict | None = None, features=None) -
         out["gene"] = fit_gene_coef(rows)
         out["gene_folds"] = gene_report(rows)
     if all(s.stats is not None for s in sections) and len(sections) >= 2:
-        slide = slide_calibration(sections, calib.get("signatures", {}), patients, features)
-        names = feature_names()
-        slide["statistics"] = [names[i] for i in slide["features"]] if len(names) > max(slide["features"]) else None
-        out["slide"] = slide
+        out["slide"] = slide_calibration(sections, calib.get("signatures", {}), patients, features)
     return out

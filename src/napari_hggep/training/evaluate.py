@@ -16,7 +16,7 @@ from ..devices import resolve_device
 from ..model.config import HGGEPConfig
 from .baseline import RidgeBaseline, colour_features
 from .dataset import SectionData
-from .metrics import slide_metrics
+from .metrics import mean_over_sections, slide_metrics
 from .train import TrainConfig, predict_section, train_model
 
 # HGGEP's published per-section mean PCC (reference repo Output/HGGEP_her2.npy; SPEC 4)
@@ -169,8 +169,7 @@ def evaluate(
         lopo_genes.update({t: m["gene_pcc"] for t, m in ms.items()})
         log("  " + ", ".join(f"{t} {v['pcc_mean']:.3f}" for t, v in lopo[key].items()))
     def per_gene(arrays) -> dict:
-        with np.errstate(all="ignore"):
-            gp = np.nanmean(np.stack(list(arrays)), axis=0)
+        gp = mean_over_sections(np.stack(list(arrays)))
         return {g: (None if not np.isfinite(v) else round(float(v), 4)) for g, v in zip(genes, gp)}
 
     mean = lambda key, who: float(np.mean([per_section[n][who][key] for n in names]))  # noqa: E731

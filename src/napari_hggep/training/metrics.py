@@ -15,6 +15,17 @@ def gene_pcc(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r
 
 
+def mean_over_sections(rows) -> np.ndarray:
+    """Per gene, the mean over sections (rows) of a per-gene figure, ignoring NaN (a gene
+    constant on a section); NaN, without a warning, where a gene has no figure on any section."""
+    import warnings
+
+    arr = np.asarray(rows, dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice"
+        return np.nanmean(arr, axis=0)
+
+
 def _minmax(a: np.ndarray) -> np.ndarray:
     lo, hi = a.min(axis=0), a.max(axis=0)
     rng = np.where(hi - lo > 0, hi - lo, 1.0)

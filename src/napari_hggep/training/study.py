@@ -21,7 +21,7 @@ from ..data.slide import SlideError
 from ..devices import resolve_device
 from .dataset import SectionData, build_section, read_genes
 from ..reliability import prediction_spread
-from .metrics import gene_pcc
+from .metrics import gene_pcc, mean_over_sections
 from .panel import DEFAULT_HVG, Panel, panel_counts, panel_from_list, select_hvg
 from .train import TrainConfig, TrainingCancelled, predict_section, train_model
 
@@ -310,12 +310,7 @@ class Study:
             return {"gene_pcc_protocol": None, "heldout": "none: one section only" if len(self.rows) < 2 else "skipped"}
         per_section = {t: v for fold in done.values() for t, v in fold.items()}
         arr = np.array([[np.nan if x is None else x for x in v] for v in per_section.values()], dtype=float)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                per_gene = np.nanmean(arr, axis=0)
+        per_gene = mean_over_sections(arr)
         gp = {g: (None if not np.isfinite(v) else round(float(v), 4)) for g, v in zip(genes, per_gene)}
         sec_means = {t: float(np.nanmean(np.array(v, dtype=float))) for t, v in per_section.items()}
         patients = sorted({r.patient for r in self.rows if r.patient})
