@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_hggep.reliability import assess, gene_reliability, prediction_spread, slide_signature
+from napari_hggep.reliability import (assess, gene_reliability, prediction_spread, slide_signature,
+                                     spread_of_components)
 from napari_hggep.training.calibrate import calibrate, gene_rows
 
 
@@ -65,6 +66,15 @@ def test_statistics_moved_by_resolution_are_left_out(rng):
     cal = calibrate(ev, secs)
     assert 3 not in cal["slide"]["features"]
     assert len(cal["slide"]["features"]) == secs[0].stats.shape[1] - 1
+
+
+def test_spread_of_components_is_the_spread_of_the_values(rng):
+    c = rng.normal(size=(500, 6)) * [3, 1, 0.5, 0.2, 0.1, 0.01]
+    b = rng.normal(size=(6, 40))
+    tn = {"mean": rng.normal(size=40), "std": rng.random(40) + 0.5}
+    values = (c @ b) * tn["std"] + tn["mean"]
+    np.testing.assert_allclose(spread_of_components(c, b), prediction_spread(values, tn), rtol=1e-9)
+    assert np.array_equal(spread_of_components(c[:1], b), np.zeros(40))
 
 
 def test_assess_and_gene_reliability_numbers():
@@ -125,6 +135,12 @@ def test_predict_carries_reliability_into_every_output(bundle, tmp_path):
     rel = np.asarray(pred.meta["slide_reliability"])
     assert rel.shape == (len(pred.genes),) and np.isfinite(rel).all()
     assert pred.meta["unfamiliar"] is False  # the sample is a training section (B4)
+    # the spread comes from the low-rank components: it equals the values' own spread wherever
+    # clipping at 0 left a gene untouched
+    ok = (pred.values > 0).all(axis=0)
+    assert ok.sum() > 100
+    ref = prediction_spread(pred.values[:, ok], {"std": np.asarray(bundle.target_norm["std"])[ok]})
+    np.testing.assert_allclose(np.asarray(pred.meta["spread"])[ok], ref, rtol=1e-3, atol=1e-6)
     # the estimate follows the prediction's own spread for genes of equal held-out PCC
     pred.write(tmp_path / "p.h5ad")
     a = ad.read_h5ad(tmp_path / "p.h5ad")

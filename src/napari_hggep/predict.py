@@ -159,10 +159,11 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                 dev = guard.device
                 on = (lambda t: None if t is None else t.to(dev))
                 # no ZINB heads: three spots x genes tensors that prediction never reads
-                return model.forward_tokens(on(tokens), on(coords), on(stats_z), zinb=False,
-                                            window_spots=window, window_overlap=overlap)["expr"].float().cpu()
+                out = model.forward_tokens(on(tokens), on(coords), on(stats_z), zinb=False,
+                                           window_spots=window, window_overlap=overlap)
+                return out["expr"].float().cpu(), out["components"].float().cpu()
 
-            z = guard.run(across_spots, 1, "the slide's spots")[0].numpy()
+            z, components = (t.numpy() for t in guard.run(across_spots, 1, "the slide's spots")[0])
     finally:  # done, cancelled or failed: never wait for an unfinished statistics job
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -172,9 +173,13 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
         z += np.asarray(tn["mean"], np.float32)
     # how far each gene's map on this slide can be trusted, and whether the slide is unlike the
     # training tissue (napari_hggep.reliability; figures calibrated in the model card)
-    from .reliability import assess
+    from .reliability import assess, spread_of_components
 
-    rel = assess(z, raw_stats, list(bundle.genes), bundle.gene_pcc(), bundle.target_norm, bundle.reliability())
+    spread = None
+    if cfg.pca_k is not None:  # a low-rank output: its spread from the components (exact, k x k work)
+        spread = spread_of_components(components, model.pca_basis.detach().float().cpu().numpy())
+    rel = assess(z, raw_stats, list(bundle.genes), bundle.gene_pcc(), bundle.target_norm, bundle.reliability(),
+                 spread)
     if "unfamiliar" in rel:
         rel["unfamiliar_threshold"] = float(bundle.reliability()["slide"]["threshold"])
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never

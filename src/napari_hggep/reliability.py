@@ -36,6 +36,20 @@ def prediction_spread(pred: np.ndarray, target_norm: dict | None) -> np.ndarray:
     return sd / np.maximum(ref, 1e-6)
 
 
+def spread_of_components(components: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """:func:`prediction_spread` of a low-rank prediction ``((components @ basis) * std + mean)``
+    from its ``N x k`` components and ``k x G`` basis, exactly (to float rounding) and without
+    the ``N x G`` values: the s.d. of gene ``g`` over the slide divided by its training s.d. is
+    ``sqrt(b_g' C b_g)`` with ``C`` the components' covariance. ``k x k`` work instead of ``N x G``
+    (on 194,000 Visium HD bins x 2,072 genes: 3.6 s to a few milliseconds)."""
+    c = np.asarray(components, np.float64)
+    b = np.asarray(basis, np.float64)
+    if len(c) < 2:
+        return np.zeros(b.shape[1])
+    cov = np.cov(c, rowvar=False, bias=True).reshape(c.shape[1], c.shape[1])
+    return np.sqrt(np.maximum(np.einsum("kg,kl,lg->g", b, cov, b), 0.0))
+
+
 def slide_signature(stats: np.ndarray) -> np.ndarray:
     """A slide's tissue statistics summarised: the median over its spots of every raw statistic
     (the ``tissue_features`` columns, before z-scoring)."""
@@ -81,10 +95,11 @@ def unfamiliar_score(signature: np.ndarray, calib: dict) -> float:
 
 
 def assess(pred_values: np.ndarray, stats: np.ndarray | None, genes: list[str], card_pcc: dict,
-           target_norm: dict | None, calib: dict | None) -> dict:
+           target_norm: dict | None, calib: dict | None, spread: np.ndarray | None = None) -> dict:
     """Everything the outputs carry: per-gene ``spread`` and ``slide_reliability`` (when the card
-    is calibrated), and the slide's ``unfamiliar_score`` / ``unfamiliar``."""
-    spread = prediction_spread(pred_values, target_norm)
+    is calibrated), and the slide's ``unfamiliar_score`` / ``unfamiliar``. ``spread`` may come
+    ready (:func:`spread_of_components`); otherwise it is computed from ``pred_values``."""
+    spread = prediction_spread(pred_values, target_norm) if spread is None else np.asarray(spread, np.float64)
     out: dict = {"spread": spread.astype(np.float32)}
     if not calib:
         return out
