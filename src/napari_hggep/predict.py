@@ -184,9 +184,9 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
         rel["unfamiliar_threshold"] = float(bundle.reliability()["slide"]["threshold"])
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
     # further from any possible truth than the regression's raw output was
-    from .data.export import _negative_fraction
+    from .data.export import negative_fraction
 
-    clipped = _negative_fraction(z)  # in row chunks: no slide-sized mask
+    clipped = negative_fraction(z)  # in row chunks: no slide-sized mask
     np.maximum(z, 0.0, out=z)
     return prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False),
                          {"model": bundle.path, "patch_um": cfg.patch_um, "gene_pcc": bundle.gene_pcc(),

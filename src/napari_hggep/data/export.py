@@ -318,7 +318,7 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     }}
     info = {
         "X": VALUES,
-        "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else _negative_fraction(raw),
+        "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else negative_fraction(raw),
         "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
         "um_per_px": float(pred.um_per_px),
         "image_predicted_on": str(meta.get("image_path") or ""),
@@ -344,7 +344,7 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     return adata
 
 
-def _negative_fraction(values, rows: int = 16384) -> float:
+def negative_fraction(values, rows: int = 16384) -> float:
     """The fraction of ``values`` below 0, counted ``rows`` rows at a time."""
     v = np.asarray(values)
     if not v.size:
