@@ -115,11 +115,17 @@ def check_genes(available, genes) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- values
-def _select(pred, genes):
+def _columns(pred, genes):
+    """The exported genes' names and their columns in ``pred.values`` (``None``: all, in order)."""
     if genes is None:
-        return list(pred.genes), pred.values
+        return list(pred.genes), None
     idx = [pred.gene_index(g) for g in genes]
-    return [pred.genes[i] for i in idx], pred.values[:, idx]
+    return [pred.genes[i] for i in idx], idx
+
+
+def _select(pred, genes):
+    names, idx = _columns(pred, genes)
+    return names, (pred.values if idx is None else pred.values[:, idx])
 
 
 def export_values(values, rows: int = 16384) -> np.ndarray:
@@ -165,7 +171,7 @@ def gene_table_path(path) -> Path:
 def write_gene_table(pred, path, genes=None) -> Path:
     """The per-gene table (held-out PCC, reliable, this slide's reliability and spread) as CSV;
     the slide's "unlike the training tissue" verdict and score repeat on every row."""
-    names, _ = _select(pred, genes)
+    names, _ = _columns(pred, genes)
     var = gene_table(pred, names)
     meta = pred.meta or {}
     if meta.get("unfamiliar") is not None:
@@ -215,11 +221,10 @@ def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    names = list(pred.genes) if genes is None else [pred.genes[pred.gene_index(g)] for g in genes]
+    names, idx = _columns(pred, genes)
     clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
     if clash:
         raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
-    idx = None if genes is None else [pred.gene_index(g) for g in genes]
     n = len(pred.spot_ids)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -295,7 +300,7 @@ def to_anndata(pred, genes=None, with_values: bool = True):
         raw = np.asarray(vals, np.float32)
         X = export_values(raw)
     else:
-        names = list(pred.genes) if genes is None else [pred.genes[pred.gene_index(g)] for g in genes]
+        names, _ = _columns(pred, genes)
         raw, X = pred.values, None
     obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
     obs["in_tissue"] = np.ones(len(obs), np.int64)
@@ -360,7 +365,7 @@ def write_h5ad(pred, path, genes=None, rows: int = 16384) -> Path:
     import h5py
 
     adata = to_anndata(pred, genes, with_values=False)
-    idx = None if genes is None else [pred.gene_index(g) for g in genes]
+    _, idx = _columns(pred, genes)
     vals = pred.values
     n, g = adata.n_obs, adata.n_vars
     with atomic_path(path) as tmp:

@@ -13,7 +13,7 @@ from .gem import GEM
 from .hypergraph import HAM
 from .smoothing import neighbour_blend
 from .transformer import SpotTransformer, position_encoding
-from .windows import spatial_windows
+from .windows import OVERLAP, spatial_windows
 
 # patches arrive as floats in [0, 1]; standardise with the usual RGB statistics
 _RGB_MEAN = (0.485, 0.456, 0.406)
@@ -198,7 +198,7 @@ class HGGEP(nn.Module):
         ``config.stats_features``. ``tokens`` may be None for a statistics-only model.
         ``zinb=False`` skips the ZINB heads (training only: three spots x genes tensors).
         ``window_spots`` overrides ``config.window_spots`` and ``window_overlap`` the windows'
-        margin (a fraction of their core, default 0.25; dense grids, see ``dense.py``)."""
+        margin (a fraction of their core, default ``windows.OVERLAP``; dense grids, see ``dense.py``)."""
         cfg = self.config
         out: dict[str, torch.Tensor] = {}
         pcs = 0
@@ -206,7 +206,7 @@ class HGGEP(nn.Module):
             if tokens is None:
                 raise ValueError("this model needs the patch tokens (it has an image path)")
             windows = spatial_windows(coords_um.detach().cpu().numpy(), window_spots or cfg.window_spots,
-                                      0.25 if window_overlap is None else float(window_overlap))
+                                      OVERLAP if window_overlap is None else float(window_overlap))
             if len(windows) == 1:
                 h = self._fuse(tokens, coords_um)
             else:  # overlapping windows, blended: linear cost in spots

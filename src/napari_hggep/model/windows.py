@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def spatial_windows(coords_um: np.ndarray, max_spots: int, overlap: float = 0.25) -> list[tuple[np.ndarray, np.ndarray]]:
+OVERLAP = 0.25  # a window's margin on each side, as a fraction of its core
+
+
+def spatial_windows(coords_um: np.ndarray, max_spots: int, overlap: float = OVERLAP) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[(indices, weights), ...]``: the spots of each window and their blending weights.
     One window (all spots, weight 1) when the slide has at most ``max_spots`` spots."""
     xy = np.asarray(coords_um, np.float64).reshape(-1, 2)
