@@ -36,6 +36,8 @@ class Prediction:
     spot_shape: str = "circle"  # "square" for Visium HD bins
     image: object = field(default=None, repr=False)
     images: dict | None = field(default=None, repr=False)
+    # the slide's own counts in the target space (``training.measured.Measured``), when its source has them
+    measured: object = field(default=None, repr=False)
 
     @property
     def image_xy(self) -> np.ndarray:
@@ -178,8 +180,10 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     spread = None
     if cfg.pca_k is not None:  # a low-rank output: its spread from the components (exact, k x k work)
         spread = spread_of_components(components, model.pca_basis.detach().float().cpu().numpy())
+    from .data.quality import TRAINED_UM_PER_PX
+
     rel = assess(z, raw_stats, list(bundle.genes), bundle.gene_pcc(), bundle.target_norm, bundle.reliability(),
-                 spread)
+                 spread, um_per_px=float(slide.um_per_px), trained_um_per_px=TRAINED_UM_PER_PX)
     if "unfamiliar" in rel:
         rel["unfamiliar_threshold"] = float(bundle.reliability()["slide"]["threshold"])
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
@@ -188,11 +192,39 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
 
     clipped = negative_fraction(z)  # in row chunks: no slide-sized mask
     np.maximum(z, 0.0, out=z)
-    return prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False),
+    pred = prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False),
                          {"model": bundle.path, "patch_um": cfg.patch_um, "gene_pcc": bundle.gene_pcc(),
                           "image_encoding": ("shared trunk" if shared else "per patch") if cfg.image_path else None,
                           "gene_pcc_protocol": bundle.gene_pcc_protocol(), "clipped_fraction": clipped,
-                          "heldout_basis": bundle.heldout_basis(), **rel})
+                          "heldout_basis": bundle.heldout_basis(), "smooth_weight": float(cfg.smooth_weight), **rel})
+    attach_measured(pred, slide, notify)
+    return pred
+
+
+def attach_measured(pred: Prediction, slide: Slide, notify: Callable[[str], None] | None = None) -> None:
+    """When the slide's source has counts, put the measured expression of the predicted genes
+    beside the prediction (``pred.measured``) and each gene's PCC on this slide in
+    ``pred.meta["measured_pcc"]``. Unreadable counts never cost the prediction: a notice instead."""
+    from .data.slide import SlideError
+    from .training.measured import compare
+
+    try:
+        m = compare(slide, pred.genes, pred.values)
+    except SlideError as e:
+        pred.meta["measured_error"] = str(e)
+        (notify or _warn)(f"the slide's counts were not compared with the prediction: {e}")
+        return
+    if m is None:
+        return
+    pred.measured = m
+    pred.meta.update({"measured_pcc": m.pcc, "measured_spots": m.n_spots, "measured_normalisation": m.normalisation,
+                      "measured_source": m.source, "measured_genes_absent": m.genes_absent})
+
+
+def _warn(msg: str) -> None:
+    import warnings
+
+    warnings.warn(msg, stacklevel=3)
 
 
 def _patch_tokens(model, slide: Slide, guard, colour, fast: bool, batch_size: int):

@@ -76,10 +76,13 @@ def reliability_score(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.n
 
 def gene_reliability(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.ndarray:
     """The estimated PCC of each gene on a slide: ``a + b * score`` (see
-    :func:`reliability_score`), clipped to [-1, 1]. ``prior`` is the card's held-out PCC (NaN
-    where unknown: the folds' mean is used), ``spread`` the prediction's spread on this slide."""
+    :func:`reliability_score`), clipped to [-1, 1]. ``prior`` is the card's held-out PCC,
+    ``spread`` the prediction's spread on this slide. A gene without a held-out PCC (NaN prior)
+    has no evidence behind it: its estimate is NaN, never the folds' average."""
+    prior = np.asarray(prior, np.float64)
     est = coef["a"] + coef["b"] * reliability_score(prior, spread, coef)
-    return np.clip(est, -1.0, 1.0).astype(np.float32)
+    est = np.where(np.isfinite(prior), np.clip(est, -1.0, 1.0), np.nan)
+    return est.astype(np.float32)
 
 
 def unfamiliar_score(signature: np.ndarray, calib: dict) -> float:
@@ -94,23 +97,57 @@ def unfamiliar_score(signature: np.ndarray, calib: dict) -> float:
     return float(d.min() / calib["distance_scale"])
 
 
+def unknown_reasons(unfamiliar: bool | None, score: float | None, um_per_px: float | None,
+                    trained_um_per_px: tuple[float, float] | None = None) -> list[str]:
+    """Why the expected PCC on this slide is unknown (empty: it can be estimated): the slide is
+    unlike the training tissue, its familiarity cannot be scored (a NaN score is not
+    "familiar"), or it was predicted at a pixel size outside the trained range."""
+    out = []
+    if score is not None and not np.isfinite(score):
+        out.append("its likeness to the training tissue cannot be scored (the tissue statistics are not finite: "
+                   "no tissue under the spots, or a wrong pixel size?)")
+    elif unfamiliar:
+        out.append(f"it is unlike the tissue the model was trained on (score {score:.2f})")
+    if um_per_px is not None and trained_um_per_px is not None:
+        lo, hi = trained_um_per_px
+        if not (np.isfinite(um_per_px) and lo <= um_per_px <= hi):
+            out.append(f"it was predicted at {um_per_px:g} µm/px, outside the {lo:g}-{hi:g} µm/px the model was "
+                       "trained on")
+    return out
+
+
 def assess(pred_values: np.ndarray, stats: np.ndarray | None, genes: list[str], card_pcc: dict,
-           target_norm: dict | None, calib: dict | None, spread: np.ndarray | None = None) -> dict:
+           target_norm: dict | None, calib: dict | None, spread: np.ndarray | None = None,
+           um_per_px: float | None = None, trained_um_per_px: tuple[float, float] | None = None) -> dict:
     """Everything the outputs carry: per-gene ``spread`` and ``slide_reliability`` (when the card
     is calibrated), and the slide's ``unfamiliar_score`` / ``unfamiliar``. ``spread`` may come
-    ready (:func:`spread_of_components`); otherwise it is computed from ``pred_values``."""
+    ready (:func:`spread_of_components`); otherwise it is computed from ``pred_values``.
+
+    No confident figures without evidence: on a slide that is unlike the training tissue, whose
+    familiarity cannot be scored, or predicted at ``um_per_px`` outside ``trained_um_per_px``,
+    ``slide_reliability`` is NaN for every gene and ``reliability_unknown`` says why."""
     spread = prediction_spread(pred_values, target_norm) if spread is None else np.asarray(spread, np.float64)
     out: dict = {"spread": spread.astype(np.float32)}
     if not calib:
         return out
+    slide = calib.get("slide")
+    score = None
+    if slide and stats is not None and len(stats):
+        with np.errstate(all="ignore"):
+            score = unfamiliar_score(slide_signature(stats), slide)
+        out["unfamiliar_score"] = score
+        # a score that cannot be computed is not "familiar"
+        out["unfamiliar"] = bool(not np.isfinite(score) or score > slide["threshold"])
     if calib.get("gene"):
         prior = np.array([np.nan if card_pcc.get(g) is None else card_pcc[g] for g in genes], np.float64)
-        out["slide_reliability"] = gene_reliability(prior, spread, calib["gene"])
-    slide = calib.get("slide")
-    if slide and stats is not None and len(stats):
-        score = unfamiliar_score(slide_signature(stats), slide)
-        out["unfamiliar_score"] = score
-        out["unfamiliar"] = bool(score > slide["threshold"])
+        why = unknown_reasons(out.get("unfamiliar"), score, um_per_px, trained_um_per_px)
+        if why:
+            out["slide_reliability"] = np.full(len(genes), np.nan, np.float32)
+            out["reliability_unknown"] = "; ".join(why)
+        else:
+            out["slide_reliability"] = gene_reliability(prior, spread, calib["gene"])
+        if calib["gene"].get("protocol"):
+            out["reliability_protocol"] = str(calib["gene"]["protocol"])
     return out
 
 
@@ -125,8 +162,24 @@ def slide_verdict(pred) -> list[str]:
                    "its colour, stain or tissue make-up lie outside what the held-out figures were measured on, "
                    "so the genes' reliability figures may not hold here")
     rel = meta.get("slide_reliability")
-    if rel is not None and len(rel):
-        rel = np.asarray(rel)
-        out.append(f"slide reliability: {int((rel >= 0.1).sum())} of {len(rel)} genes are expected at PCC >= 0.1 "
-                   f"on this slide (median {float(np.median(rel)):.2f})")
+    if meta.get("reliability_unknown"):
+        out.append(f"expected PCC on this slide: unknown, because {meta['reliability_unknown']}; no gene is marked "
+                   "reliable on this slide")
+    elif rel is not None and len(rel):
+        rel = np.asarray(rel, np.float64)
+        known = np.isfinite(rel)
+        basis = meta.get("reliability_protocol") or "held-out folds"
+        med = f"median {float(np.median(rel[known])):.2f}" if known.any() else "none known"
+        out.append(f"slide reliability: {int((rel[known] >= 0.1).sum())} of {len(rel)} genes are expected at "
+                   f"PCC >= 0.1 on this slide ({med}; calibrated on {basis}"
+                   + (f"; {int((~known).sum())} genes without a held-out PCC have no expected figure" if (~known).any()
+                      else "") + ")")
+    measured = meta.get("measured_pcc")
+    if measured is not None and len(measured):
+        m = np.asarray(measured, np.float64)
+        ok = np.isfinite(m)
+        if ok.any():
+            out.append(f"measured on this slide: mean PCC {float(m[ok].mean()):.3f} (median {float(np.median(m[ok])):.3f}) "
+                       f"between prediction and the slide's own counts over {int(ok.sum())} genes on "
+                       f"{int(meta.get('measured_spots', 0))} spots")
     return out

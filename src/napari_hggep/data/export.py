@@ -34,6 +34,18 @@ VALUES = ("predicted log1p(counts / total x median total), the model's training 
           "because that target is never negative: a clipped value is never further from any possible "
           "true value than the raw regression output was")
 THUMB_SIDES = {"hires": 2000, "lowres": 600}  # the sizes of Space Ranger's PNGs
+MAPS_ARE = ("conditional means: each value is the model's expected expression given the tissue around the spot, "
+            "not a sample of it, so predicted maps are smoother than measured expression (squidpy's Moran's I on "
+            "predictions vs the same section's counts: C6 GNAS 0.67 vs 0.10, FN1 0.82 vs 0.30; see docs/model-card.md); "
+            "spatial statistics (spatially variable genes, Moran's I, neighbourhood enrichment) on predictions are "
+            "not comparable with the same statistics on measured data")
+MEASURED_MEANS = ("layers['measured']: the slide's own counts of each predicted gene, normalised as the prediction's "
+                  "target (see 'measured_normalisation'); obs['has_counts'] marks the spots the counts list (the "
+                  "others are empty rows); var['measured_pcc']: each gene's Pearson correlation between prediction and "
+                  "measurement over those spots")
+
+
+MEASURED_PREFIX = "measured:"  # CSV columns of the slide's own counts, beside the predicted genes
 
 
 class OutputError(ValueError):
@@ -150,12 +162,14 @@ def gene_table(pred, names):
     p = np.array([float(pcc[g]) if pcc.get(g) is not None else np.nan for g in names], float)
     var = pd.DataFrame(index=pd.Index([str(g) for g in names], name="gene"))
     var["heldout_pcc"] = p
-    var["reliable"] = np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC
-    # this slide's own figures (napari_hggep.reliability), where the prediction carries them
+    meta = pred.meta or {}
+    # no gene is reliable on a slide whose expected PCC is unknown (unlike the training tissue, ...)
+    var["reliable"] = (np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC) & (not meta.get("reliability_unknown"))
+    # this slide's own figures (napari_hggep.reliability, training.measured), where the prediction carries them
     pos = {g: i for i, g in enumerate(pred.genes)}
     idx = [pos[g] for g in names]
-    for col in ("slide_reliability", "spread"):
-        v = (pred.meta or {}).get(col)
+    for col in ("slide_reliability", "spread", "measured_pcc"):
+        v = meta.get(col)
         if v is not None and len(v) == len(pred.genes):
             var[col] = np.asarray(v, np.float32)[idx]
     return var
@@ -177,6 +191,8 @@ def write_gene_table(pred, path, genes=None) -> Path:
     if meta.get("unfamiliar") is not None:
         var["slide_unfamiliar"] = bool(meta["unfamiliar"])
         var["slide_unfamiliar_score"] = float(meta["unfamiliar_score"])
+    if meta.get("reliability_unknown"):
+        var["slide_reliability_unknown_because"] = str(meta["reliability_unknown"])
     with atomic_path(path) as tmp:
         var.to_csv(tmp)
     return Path(path)
@@ -226,6 +242,8 @@ def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
     if clash:
         raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
     n = len(pred.spot_ids)
+    measured = getattr(pred, "measured", None)
+    extra = [f"{MEASURED_PREFIX}{g}" for g in names] if measured is not None else []
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             for start in range(0, max(n, 1), chunk):
@@ -235,12 +253,18 @@ def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
                     cols["array_row"], cols["array_col"] = pred.array_rc[sl, 0], pred.array_rc[sl, 1]
                 vals = pred.values[sl] if idx is None else pred.values[sl][:, idx]
                 if start == 0:
-                    f.write(pd.DataFrame(columns=[*cols, *names]).to_csv(index=False, lineterminator="\n").encode())
+                    f.write(pd.DataFrame(columns=[*cols, *names, *extra]).to_csv(index=False,
+                                                                                  lineterminator="\n").encode())
                 if not len(cols["x"]):
                     break
                 columns = [np.asarray(v).astype(str) if k == "spot_id" else np.asarray(v) for k, v in cols.items()]
                 columns += list(np.asfortranarray(export_values(vals)).T)  # contiguous gene columns
-                table = pa.Table.from_arrays([pa.array(c) for c in columns], names=[*cols, *names])
+                if measured is not None:  # the slide's own counts, target space; empty where a spot has none
+                    mv = measured.values[sl] if idx is None else measured.values[sl][:, idx]
+                    mv = np.asarray(mv.todense(), np.float32)
+                    mv[~measured.has_counts[sl]] = np.nan
+                    columns += list(np.asfortranarray(mv).T)
+                table = pa.Table.from_arrays([pa.array(c) for c in columns], names=[*cols, *names, *extra])
                 pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
     return Path(path)
 
@@ -306,9 +330,16 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     obs["in_tissue"] = np.ones(len(obs), np.int64)
     if pred.array_rc is not None:
         obs["array_row"], obs["array_col"] = np.asarray(pred.array_rc)[:, 0], np.asarray(pred.array_rc)[:, 1]
-    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names))
-    adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
     meta = pred.meta or {}
+    measured = getattr(pred, "measured", None)
+    layers = {}
+    if measured is not None:
+        _, idx = _columns(pred, genes)
+        layers["measured"] = measured.values if idx is None else measured.values[:, idx]
+        obs["has_counts"] = np.asarray(measured.has_counts, bool)
+    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None,
+                       shape=(len(obs), len(names)) if X is None else None)
+    adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
     lib = str(meta.get("library_id") or pred.name or "slide")
     images = spatial_images(pred)
     diam = spot_diameter_px(pred)
@@ -342,6 +373,22 @@ def to_anndata(pred, genes=None, with_values: bool = True):
         info["unfamiliar_means"] = UNFAMILIAR_MEANS
     if meta.get("slide_reliability") is not None:
         info["slide_reliability"] = SLIDE_RELIABILITY_MEANS
+        if meta.get("reliability_protocol"):
+            info["slide_reliability_calibrated_on"] = str(meta["reliability_protocol"])
+    if meta.get("reliability_unknown"):
+        info["slide_reliability_unknown_because"] = str(meta["reliability_unknown"])
+        info["reliable"] += "; none on this slide, because its expected PCC is unknown"
+    info["values_are"] = MAPS_ARE
+    if meta.get("smooth_weight"):
+        info["neighbour_blending"] = (f"each spot's prediction is blended with the mean of its nearest ring of "
+                                      f"neighbours, weight {float(meta['smooth_weight']):g}")
+    if measured is not None:
+        info["measured"] = MEASURED_MEANS
+        info["measured_normalisation"] = str(measured.normalisation)
+        info["measured_source"] = str(measured.source)
+        info["measured_spots"] = int(measured.n_spots)
+        ok = np.isfinite(measured.pcc)
+        info["measured_pcc_mean"] = float(measured.pcc[ok].mean()) if ok.any() else float("nan")
     for k in ("model", "patch_um", "gene_pcc_protocol", "um_per_px_source", "bin_size_um"):
         if meta.get(k) is not None:
             info[k] = meta[k] if isinstance(meta[k], (int, float)) else str(meta[k])

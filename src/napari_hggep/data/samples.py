@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .counts import read_10x_h5_sparse, read_counts_table
 from .image import is_image_path
 from .readers import (
     decode_text,
@@ -205,75 +206,3 @@ def _join(row, slide: Slide, counts, symbols, ids, spot_ids, src: str) -> Labell
     slide = slide.subset(keep)
     return LabelledSection(row, slide, counts[pos[keep]].tocsr(), np.asarray(symbols, dtype=str),
                            None if ids is None else np.asarray(ids, dtype=str))
-
-
-def read_10x_h5_sparse(path) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray | None, np.ndarray]:
-    """A 10x feature-barcode ``.h5`` as a sparse ``barcodes x features`` CSR matrix, with gene
-    names, gene ids and barcodes; only 'Gene Expression' features (antibody or CRISPR
-    features of multiomic runs are left out)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            m = f["matrix"]
-            shape = tuple(int(v) for v in m["shape"][:])
-            mat = sparse.csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=shape)
-            feats = m["features"]
-            dec = lambda a: np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a[:]])  # noqa: E731
-            names = dec(feats["name"])
-            ids = dec(feats["id"]) if "id" in feats else None
-            kind = dec(feats["feature_type"]) if "feature_type" in feats else None
-            barcodes = dec(m["barcodes"])
-    except Exception as e:  # a cut-off download, another HDF5 layout, ...
-        raise SlideError(f"{path}: not a readable 10x feature-barcode matrix ({type(e).__name__}: "
-                         f"{str(e).strip()[:200]})") from None
-    if mat.shape != (len(names), len(barcodes)):
-        raise SlideError(f"{path}: the matrix is {mat.shape[0]} x {mat.shape[1]} but lists {len(names)} features "
-                         f"and {len(barcodes)} barcodes")
-    x = mat.T.tocsr().astype(np.float32)
-    if kind is not None:
-        ge = kind == "Gene Expression"
-        if ge.any() and not ge.all():
-            x, names, ids = x[:, np.nonzero(ge)[0]], names[ge], None if ids is None else ids[ge]
-    _check_counts(x, path)
-    return x, names, ids, barcodes
-
-
-def read_counts_table(path) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray | None, np.ndarray]:
-    """A counts table, spots x genes: ``.h5ad`` (``X`` raw counts, or ``layers['counts']`` /
-    ``raw.X`` when ``X`` is normalised), or CSV/TSV with spot ids in the first column."""
-    path = Path(path)
-    if path.name.lower().endswith(".h5ad"):
-        import anndata
-
-        try:
-            ad = anndata.read_h5ad(path)
-        except Exception as e:
-            raise SlideError(f"{path}: not a readable .h5ad ({type(e).__name__}: {str(e)[:200]})") from None
-        x = ad.layers["counts"] if "counts" in ad.layers else (ad.raw.X if ad.raw is not None else ad.X)
-        var = ad.raw.var if ("counts" not in ad.layers and ad.raw is not None) else ad.var
-        x = sparse.csr_matrix(x, dtype=np.float32)
-        symbols = np.asarray(var.get("gene_symbols", var.index), dtype=str)
-        ids = next((np.asarray(var[c], dtype=str) for c in ("gene_ids", "gene_id", "ensembl_id") if c in var), None)
-        if ids is None and len(var.index) and str(var.index[0]).startswith("ENS") and "gene_symbols" in var:
-            ids = np.asarray(var.index, dtype=str)
-        _check_counts(x, path)
-        return x, symbols, ids, np.asarray(ad.obs_names, dtype=str)
-    sep = "\t" if ".tsv" in path.name.lower() else ","
-    try:
-        df = pd.read_csv(path, sep=sep, index_col=0)
-    except Exception as e:
-        raise SlideError(f"{path}: not a readable counts table ({type(e).__name__}: {str(e).strip()[:200]})") from None
-    bad = [c for c, t in df.dtypes.items() if not np.issubdtype(t, np.number)]
-    if bad:
-        raise SlideError(f"{path}: counts must be numbers; column {bad[0]!s} is not (spots in rows, spot ids in the "
-                         "first column, one column per gene)")
-    x = sparse.csr_matrix(df.to_numpy(np.float32))
-    _check_counts(x, path)
-    return x, np.asarray(df.columns, dtype=str), None, np.asarray(df.index.astype(str), dtype=str)
-
-
-def _check_counts(x: sparse.spmatrix, path) -> None:
-    data = x.data if sparse.issparse(x) else np.asarray(x)
-    if data.size and (not np.isfinite(data).all() or (data < 0).any()):
-        raise SlideError(f"{path}: counts must be finite and not negative (is this normalised data? give raw counts)")

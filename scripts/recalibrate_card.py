@@ -1,0 +1,49 @@
+"""Refit the bundled model card's per-gene reliability (``metrics.reliability.gene``) from the
+evaluation's calibration block, without retraining: the weights are untouched, the card (inside
+the checkpoint, beside it as JSON, and its sha256) is rewritten.
+
+    python scripts/recalibrate_card.py docs/loo.json src/napari_hggep/weights/hggep_compact_her2st.pt
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from napari_hggep._atomic import atomic_write_bytes
+from napari_hggep.model.checkpoint import _digest
+from napari_hggep.training.calibrate import gene_report, gene_rows, new_patient_coef
+
+
+def main(loo_json: str, checkpoint: str) -> None:
+    ev = json.loads(Path(loo_json).read_text())
+    patients = ev.get("protocol", {}).get("patients") or {}
+    rows = gene_rows(ev["calibration"], patients)
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    meta, state = json.loads(raw["meta_json"]), raw["state_dict"]
+    rel = meta["metrics"]["reliability"]
+    old = rel.get("gene", {})
+    rel["gene"] = new_patient_coef(rows, patients)
+    rel["gene_folds"] = gene_report(rows)
+    print(f"a {old.get('a')} -> {rel['gene']['a']:.4f}, b {old.get('b')} -> {rel['gene']['b']:.4f}; "
+          f"{rel['gene']['protocol']}; residuals {rel['gene']['patient_residuals']}")
+    digest = _digest(meta, state)
+    buf = io.BytesIO()
+    torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(checkpoint, data)
+    card_path = Path(checkpoint).with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card.update(meta)
+    card["file_sha256"], card["content_sha256"] = hashlib.sha256(data).hexdigest(), digest
+    atomic_write_bytes(card_path, json.dumps(card, indent=1).encode())
+    atomic_write_bytes(Path(checkpoint + ".sha256"), f"{card['file_sha256']}  {Path(checkpoint).name}\n".encode())
+    print(f"wrote {checkpoint}, {card_path}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
