@@ -45,6 +45,8 @@ def counts_source(slide: Slide) -> CountsSource | None:
     ``counts.tsv.gz``, or one recorded by the reader (``meta["counts_source"]``)."""
     meta = slide.meta or {}
     given = meta.get("counts_source")
+    if given is False:  # the caller compares with counts it holds itself
+        return None
     if isinstance(given, CountsSource):
         return given
     if given:

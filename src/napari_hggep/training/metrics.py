@@ -89,3 +89,26 @@ def slide_metrics(pred: np.ndarray, true: np.ndarray, labels=None) -> dict:
         k = len(np.unique(labels))
         out["ari"] = adjusted_rand_index(labels, kmeans(pred, k))
     return out
+
+
+def morans_i(values: np.ndarray, xy: np.ndarray, k: int = 6) -> np.ndarray:
+    """Moran's I per column of ``values`` (spots x genes) with binary, row-standardised weights
+    on each spot's ``k`` nearest neighbours (squidpy's default graph for a generic layout: 6
+    neighbours); NaN for a constant column."""
+    from scipy.spatial import cKDTree
+
+    v = np.asarray(values, np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    n = len(v)
+    k = min(k, n - 1)
+    if k < 1:
+        return np.full(v.shape[1], np.nan)
+    _, idx = cKDTree(np.asarray(xy, np.float64)).query(xy, k=k + 1)
+    z = v - v.mean(axis=0)
+    lag = z[idx[:, 1:]].mean(axis=1)  # row-standardised: the mean of the neighbours
+    den = (z * z).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (z * lag).sum(axis=0) / den
+    r[~(den > 1e-12)] = np.nan
+    return r
