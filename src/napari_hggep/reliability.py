@@ -56,7 +56,11 @@ def slide_signature(stats: np.ndarray) -> np.ndarray:
     stats = np.asarray(stats, np.float64)
     if stats.ndim != 2 or not len(stats):
         raise ValueError("a slide signature needs the statistics of at least one spot")
-    return np.nanmedian(stats, axis=0)
+    import warnings
+
+    with warnings.catch_warnings():  # a statistic NaN on every spot stays NaN (the score then is NaN)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stats, axis=0)
 
 
 def _spread_feature(spread: np.ndarray) -> np.ndarray:
