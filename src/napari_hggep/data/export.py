@@ -112,6 +112,8 @@ def check_genes(available, genes) -> list[str] | None:
     """``genes`` (a list, or a comma-separated string) checked against the model's genes."""
     if genes is None:
         return None
+    if isinstance(genes, str) and genes.strip().lower() == "all":  # every gene, spelled out (GeoJSON's default is fewer)
+        return list(available)
     if isinstance(genes, str):
         genes = [g.strip() for g in genes.split(",") if g.strip()]
     if not genes:
@@ -305,11 +307,14 @@ def spatial_images(pred) -> dict:
         except (OSError, ValueError):  # a PNG gone or unreadable since: the downscaled copy below stands in
             continue
         thumb, fac = _downscale(img, THUMB_SIDES["hires"])
+        if float(np.asarray(thumb, np.float32).std()) < 2.0:  # black or blank (Space Ranger 1.0 sometimes writes
+            continue  # one): a copy of the image predicted on stands in below
         out[kind] = (thumb, float(sf[f"tissue_{kind}_scalef"]) * fac)
-    if not out and pred.image is not None:
-        for kind, side in THUMB_SIDES.items():
-            thumb, fac = _downscale(pred.image, side)
-            out[kind] = (thumb, fac * float(pred.image_scale))
+    if pred.image is not None:  # hires and lowres always (scanpy's and squidpy's defaults ask for them):
+        for kind, side in THUMB_SIDES.items():  # the folder's own where usable, else from the image predicted on
+            if kind not in out:
+                thumb, fac = _downscale(pred.image, side)
+                out[kind] = (thumb, fac * float(pred.image_scale))
     return out
 
 
@@ -443,22 +448,47 @@ def spot_outline(shape: str, diameter_px: float, n: int = 16) -> np.ndarray:
     return np.vstack([ring, ring[:1]])
 
 
+GEOJSON_MAX_GENES = 500  # the default GeoJSON's genes: at most this many (about 7 KB per spot)
+# the coordinates are pixels of the slide, not longitude/latitude: an engineering CRS says so (without
+# it, GeoJSON readers such as geopandas assume EPSG:4326); QuPath reads the features and ignores it
+PIXEL_CRS = ('ENGCRS["image pixels",EDATUM["slide"],CS[Cartesian,2],AXIS["x",east,ORDER[1],LENGTHUNIT["pixel",1]],'
+             'AXIS["y",south,ORDER[2],LENGTHUNIT["pixel",1]]]')
+
+
+def geojson_default_genes(pred) -> list[str]:
+    """The genes a GeoJSON holds when none are asked for: those expected at PCC >= 0.1 on this
+    slide, best first, or, where that is unknown, those with a held-out PCC >= 0.1; at most
+    :data:`GEOJSON_MAX_GENES` (``--genes all`` writes every gene)."""
+    meta = pred.meta or {}
+    here = meta.get("slide_reliability")
+    if here is not None and np.isfinite(np.asarray(here, np.float64)).any():
+        score = np.asarray(here, np.float64)
+    else:
+        card = meta.get("gene_pcc") or {}
+        score = np.array([np.nan if card.get(g) is None else card[g] for g in pred.genes], np.float64)
+    score = np.nan_to_num(score, nan=-np.inf)
+    order = [i for i in np.argsort(-score, kind="stable") if score[i] >= UNRELIABLE_PCC][:GEOJSON_MAX_GENES]
+    return [pred.genes[i] for i in order] or list(pred.genes[:GEOJSON_MAX_GENES])
+
+
 def write_geojson(pred, path, genes=None, chunk: int = 500) -> Path:
     """A QuPath-readable FeatureCollection: one ``detection`` per spot, a closed polygon in
-    full-resolution pixels, the exported genes as ``measurements``. Written row by row to a
-    temporary file (memory does not grow with the slide), renamed when complete."""
+    full-resolution pixels, the genes as ``measurements`` rounded to 3 significant digits (the
+    default genes: :func:`geojson_default_genes`). Written row by row to a temporary file
+    (memory does not grow with the slide), renamed when complete."""
     import uuid
 
-    names, vals = _select(pred, genes)
+    names, vals = _select(pred, geojson_default_genes(pred) if genes is None else genes)
     vals = export_values(vals)  # not a copy where the values are already clipped
     ring = spot_outline(pred.spot_shape, spot_diameter_px(pred))
-    fmt = ",".join(json.dumps(str(g)).replace("%", "%%") + ":%.6g" for g in names)
+    fmt = ",".join(json.dumps(str(g)).replace("%", "%%") + ":%.3g" for g in names)
     xy = np.asarray(pred.xy, float)
     ids = np.asarray(pred.spot_ids).astype(str)
     ns = uuid.uuid5(uuid.NAMESPACE_URL, f"napari-hggep/{pred.name}")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write('{"type":"FeatureCollection","features":[\n')
+            f.write('{"type":"FeatureCollection","crs":{"type":"name","properties":{"name":'
+                    + json.dumps(PIXEL_CRS) + '}},"features":[\n')
             for start in range(0, len(xy), chunk):
                 lines = []
                 for i in range(start, min(start + chunk, len(xy))):

@@ -502,6 +502,25 @@ def grid_slide(image, um_per_px: float, pitch_um: float = DEFAULT_PITCH_UM, name
     )
 
 
+def on_best_image(read, folder) -> Slide:
+    """A Space Ranger / Visium HD folder given alone, read on the best image it has: a
+    full-resolution image found in or beside ``outs/`` (the search the widget offers, see
+    :func:`space_ranger_images`) when one fits the spots, else the folder's own PNGs. A notice
+    says which image and its pixel size."""
+    for kind, image in space_ranger_images(folder):
+        if kind != "fullres":
+            continue
+        try:
+            slide = read(image)
+        except SlideError:  # not this slide's image (another size, no tissue under the spots): the next one
+            continue
+        slide.meta["notice"] = (f"predicting on the full-resolution image {image} ({slide.um_per_px:.3g} µm/px) found "
+                                f"{'in' if image.parent == Path(folder) else 'beside'} the folder; give the image "
+                                "to predict on another")
+        return slide
+    return read(None)
+
+
 def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None, pitch_um=DEFAULT_PITCH_UM,
                bin_um=None) -> Slide:
     """One entry point: a HER2+ folder, a Visium or Visium HD folder (``bin_um``: 8 or 16, default
@@ -514,12 +533,16 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
         raise SlideError(f"--bin-um is for Visium HD folders (binned_outputs/square_008um, square_016um); "
                          f"{visium or path} is not one")
     if hd:
-        return read_visium_hd(hd[0], bin_um, image=path if visium is not None and path.is_file() else None)
+        if visium is not None and path.is_file():
+            return read_visium_hd(hd[0], bin_um, image=path)
+        return on_best_image(lambda image: read_visium_hd(hd[0], bin_um, image=image), hd[0])
     if visium is not None:
-        return read_visium(visium, image=path if path.is_file() else None, with_counts=False)
+        if path.is_file():
+            return read_visium(visium, image=path, with_counts=False)
+        return on_best_image(lambda image: read_visium(visium, image=image, with_counts=False), visium)
     if path.is_dir():
         if is_visium_folder(path):
-            return read_visium(path, with_counts=False)
+            return on_best_image(lambda image: read_visium(path, image=image, with_counts=False), path)
         if is_her2st_folder(path):
             slide = read_her2st(path, with_counts=False)
             if um_per_px:  # the user's figure over the one estimated from the 200 um spot pitch
