@@ -52,7 +52,16 @@ def test_train_from_samples_table_hvg_heldout_card_and_predict(visium_study, tmp
     signal = [g for g in card["genes"] if int(g[4:]) < 200]
     assert len(signal) >= 30
     assert np.nanmean([m["gene_pcc"][g] for g in signal if m["gene_pcc"][g] is not None]) > 0.15
-    assert card["extra"]["initialised_from"]["checkpoint"] == "hggep_compact_her2st.pt"
+    # the image path is measured in the held-out folds and kept only when it earns its place (issue 28)
+    img = m["image_path_heldout"]
+    assert img["gain"] == pytest.approx(img["heldout_pcc_both"] - img["heldout_pcc_statistics_only"], abs=2e-4)
+    assert img["kept"] == (img["gain"] >= 0.005) and card["config"]["image_path"] == img["kept"]
+    assert ("image path kept" if img["kept"] else "image path left out of the final model") in err
+    if img["kept"]:
+        assert card["extra"]["initialised_from"]["checkpoint"] == "hggep_compact_her2st.pt"
+    else:
+        assert "image path left out" in card["extra"]["study"]["recipe"]
+        assert m["heldout_pcc_mean"] == pytest.approx(img["heldout_pcc_statistics_only"], abs=2e-4)
     # the study's own folds calibrate the per-slide reliability (one fold per held-out section)
     rel = m["reliability"]
     assert {f["section"] for f in rel["gene_folds"]} == {"V1", "V2", "V3"}

@@ -27,6 +27,24 @@ from .train import TrainConfig, TrainingCancelled, predict_section, train_model
 
 Log = Callable[[str], None]
 
+# a study keeps the image path only when it adds at least this much mean PCC over the statistics
+# branch alone in its held-out folds (issue 28: on C2-C5 with 500 HVGs it added +0.000)
+IMAGE_PATH_MIN_GAIN = 0.005
+
+
+def statistics_only(model):
+    """A copy of a two-branch model whose image path is silenced (its head set to zero): exactly
+    the statistics branch, the frozen ridge the fold fitted, with the same neighbour blending."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.zero_()
+    return m
+
 
 @dataclass
 class StudyOptions:
@@ -201,11 +219,14 @@ class Study:
         study_state = Path(str(out) + ".study.json")
         done: dict = {}
         spreads: dict = {}  # held-out section -> each gene's prediction spread (for the reliability)
+        stats_only: dict = {}  # the same, from the fold's statistics branch alone (does the image path earn its place?)
+        both = bool(self.config.image_path and self.config.stats_features)
         if resume and study_state.is_file():
             st = json.loads(study_state.read_text())
             if st.get("fingerprint") == fingerprint:
                 done = st.get("folds", {})
                 spreads = st.get("spreads", {})
+                stats_only = st.get("stats_only", {})
                 self.log(f"resuming: {len(done)} of {len(folds)} held-out folds already done")
             else:
                 self.log(f"{study_state} belongs to another run; starting afresh")
@@ -245,6 +266,12 @@ class Study:
                 pred = predict_section(bundle.model, sec, np.asarray(tn["mean"]), np.asarray(tn["std"]), dev)
                 res[sec.name] = [None if not np.isfinite(v) else round(float(v), 4) for v in gene_pcc(pred, sec.target)]
                 spreads[sec.name] = [round(float(v), 4) for v in prediction_spread(pred, tn)]
+                if both:
+                    p0 = predict_section(statistics_only(bundle.model), sec, np.asarray(tn["mean"]),
+                                         np.asarray(tn["std"]), dev)
+                    stats_only[sec.name] = {"pcc": [None if not np.isfinite(v) else round(float(v), 4)
+                                                    for v in gene_pcc(p0, sec.target)],
+                                            "spread": [round(float(v), 4) for v in prediction_spread(p0, tn)]}
             done[key] = res
             summary = ", ".join(f"{t} {np.nanmean(np.array(v, dtype=float)):.3f}" for t, v in res.items())
             self.log(f"  mean PCC over {len(genes)} genes: {summary}")
@@ -252,11 +279,38 @@ class Study:
                                        extra={"fold_pcc": {t: float(np.nanmean(np.array(v, dtype=float)))
                                                            for t, v in res.items()}}))
             atomic_write_bytes(study_state, json.dumps({"fingerprint": fingerprint, "folds": done,
-                                                        "spreads": spreads}).encode())
+                                                        "spreads": spreads, "stats_only": stats_only}).encode())
+        config, image_note = self.config, None
+        if both and done and all(t in stats_only for fold in done.values() for t in fold):
+            full = np.mean([np.nanmean(np.array(v, dtype=float)) for fold in done.values() for v in fold.values()])
+            alone = np.mean([np.nanmean(np.array(stats_only[t]["pcc"], dtype=float))
+                             for fold in done.values() for t in fold])
+            gain = float(full - alone)
+            keep = gain >= IMAGE_PATH_MIN_GAIN
+            image_note = {"heldout_pcc_both": round(float(full), 4), "heldout_pcc_statistics_only": round(float(alone), 4),
+                          "gain": round(gain, 4), "min_gain": IMAGE_PATH_MIN_GAIN, "kept": keep}
+            if keep:
+                self.log(f"image path kept: it added {gain:+.3f} mean PCC over the statistics branch in the held-out "
+                         "folds")
+            else:
+                from dataclasses import replace
+
+                self.log(f"image path left out of the final model: it added {gain:+.3f} mean PCC over the statistics "
+                         f"branch in the held-out folds (< {IMAGE_PATH_MIN_GAIN}); the model is the statistics branch "
+                         "alone, and its held-out figures are the statistics branch's")
+                done = {k: {t: stats_only[t]["pcc"] for t in fold} for k, fold in done.items()}
+                spreads = {t: v["spread"] for t, v in stats_only.items()}
+                config = replace(self.config, image_path=False)
         metrics = self._metrics(protocol, done, genes)
+        if image_note is not None:
+            metrics["image_path_heldout"] = image_note
         if done:
             metrics.update(self._reliability(protocol, done, spreads, genes))
         tcfg = self.train_config(share(1))
+        if not config.image_path:
+            from dataclasses import replace
+
+            tcfg = replace(tcfg, init_from=None, freeze_encoder=False)
         lo = frac0 + 0.85 * len(folds) / n_train
         self.log(f"training the model on all {len(names)} sections")
         card = {"study": {"samples": [{"section": r.section, "folder": str(r.folder),
@@ -266,11 +320,14 @@ class Study:
                           "recipe": ("image path from the bundled model, encoder frozen (tokens of "
                                      f"{tcfg.encoder_views} views), slide-level part trained"
                                      if tcfg.freeze_encoder else
-                                     "image path trained from scratch" if o.from_scratch else
-                                     "image path from the bundled model, fine-tuned" if self.config.image_path else
+                                     "image path trained from scratch" if o.from_scratch and config.image_path else
+                                     "image path from the bundled model, fine-tuned" if config.image_path else
                                      "statistics branch only (closed-form ridge)")
+                                    + ("" if image_note is None or image_note["kept"] else
+                                       f"; image path left out (it added {image_note['gain']:+.3f} mean PCC over the "
+                                       "statistics branch in the held-out folds)")
                                     + "; statistics branch: ridge on the bundled tissue statistics, refitted"}}
-        bundle, history = train_model(self.sections, self.config, genes, tcfg, out=out, resume=resume,
+        bundle, history = train_model(self.sections, config, genes, tcfg, out=out, resume=resume,
                                       progress=_epoch_events(progress, "final", "final model", None, lo, 1.0,
                                                              tcfg.epochs),
                                       metrics=metrics, should_stop=should_stop, keep_state=o.keep_state, card=card)
