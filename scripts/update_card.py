@@ -1,8 +1,10 @@
-"""Refit the bundled model card's per-gene reliability (``metrics.reliability.gene``) from the
-evaluation's calibration block, without retraining: the weights are untouched, the card (inside
-the checkpoint, beside it as JSON, and its sha256) is rewritten.
+"""Update the bundled model card without retraining: the per-gene reliability
+(``metrics.reliability.gene``) refitted from the evaluation's calibration block, and the branches'
+shares of the maps' variance (``metrics.branch_shares``) from ``benchmarks/exp_image_path.py``.
+The weights are untouched; the card (inside the checkpoint, beside it as JSON, and its sha256) is
+rewritten.
 
-    python scripts/recalibrate_card.py docs/loo.json src/napari_hggep/weights/hggep_compact_her2st.pt
+    python scripts/update_card.py docs/loo.json docs/image_path.json src/napari_hggep/weights/hggep_compact_her2st.pt
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_hggep._atomic import atomic_write_bytes
@@ -19,7 +22,7 @@ from napari_hggep.model.checkpoint import _digest
 from napari_hggep.training.calibrate import gene_report, gene_rows, new_patient_coef
 
 
-def main(loo_json: str, checkpoint: str) -> None:
+def main(loo_json: str, image_path_json: str, checkpoint: str) -> None:
     ev = json.loads(Path(loo_json).read_text())
     patients = ev.get("protocol", {}).get("patients") or {}
     rows = gene_rows(ev["calibration"], patients)
@@ -31,6 +34,14 @@ def main(loo_json: str, checkpoint: str) -> None:
     rel["gene_folds"] = gene_report(rows)
     print(f"a {old.get('a')} -> {rel['gene']['a']:.4f}, b {old.get('b')} -> {rel['gene']['b']:.4f}; "
           f"{rel['gene']['protocol']}; residuals {rel['gene']['patient_residuals']}")
+    diag = json.loads(Path(image_path_json).read_text())["diagnosis"]
+    share = {k: v["image_share_of_component_variance"] for k, v in diag.items()}
+    meta["metrics"]["branch_shares"] = {
+        "image_path": float(np.mean(list(share.values()))), "statistics_branch": 1 - float(np.mean(list(share.values()))),
+        "per_section_image_path": {k: float(v) for k, v in share.items()},
+        "means": "share of the variance across spots of the model's output components carried by each branch",
+        "measured_by": "benchmarks/exp_image_path.py (docs/image-path.md)"}
+    print(f"image path share {meta['metrics']['branch_shares']['image_path']:.2e}")
     digest = _digest(meta, state)
     buf = io.BytesIO()
     torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
@@ -46,4 +57,4 @@ def main(loo_json: str, checkpoint: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
