@@ -23,16 +23,16 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def _imports(name: str, path: Path, known) -> list[tuple[str, int]]:
+def _imports(name: str, path: Path, known, relative_only: bool = False) -> list[tuple[str, int]]:
     """``(module, line)`` for every import in the file, at any depth (inside functions too).
     ``from pkg import x`` counts as importing ``pkg.x`` when that is a module, otherwise ``pkg``."""
     is_pkg = path.name == "__init__.py"
     here = name.split(".") if is_pkg else name.split(".")[:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Import) and not relative_only:
             found += [(a.name, node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        elif isinstance(node, ast.ImportFrom) and (node.level or not relative_only):
             if node.level:
                 base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
                 mod = ".".join(base + ([node.module] if node.module else []))
@@ -105,6 +105,13 @@ def test_no_module_is_over_500_lines():
 def test_the_package_has_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycles (imports inside functions count): " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_every_relative_import_names_a_module_of_the_package():
+    mods = modules()
+    bad = [f"{path.relative_to(SRC)}:{line} imports {mod}" for name, path in mods.items()
+           for mod, line in _imports(name, path, mods, relative_only=True) if mod not in mods]
+    assert not bad, "relative imports of modules that do not exist: " + "; ".join(bad)
 
 
 def test_model_data_training_and_cli_import_no_qt():
