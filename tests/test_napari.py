@@ -7,7 +7,8 @@ import tifffile
 from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
-from napari_hggep._napari.widget import GENERATE, PredictWidget
+from napari_hggep._napari.predict_widget import PredictWidget
+from napari_hggep._napari.widgets.source import GENERATE
 
 pytest.importorskip("napari")
 
@@ -228,7 +229,7 @@ def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypa
     import torch
 
     import napari_hggep._bundled as bundled
-    from napari_hggep._napari.widget import BUNDLED, CHECKPOINT
+    from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
 
     w = PredictWidget(viewer)
 

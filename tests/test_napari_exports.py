@@ -11,7 +11,8 @@ from PIL import Image
 
 from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import KEY
-from napari_hggep._napari.widget import EXPORT_FILTER, PredictWidget
+from napari_hggep._napari.predict_widget import PredictWidget
+from napari_hggep._napari.widgets.export import EXPORT_FILTER
 
 pytest.importorskip("napari")
 

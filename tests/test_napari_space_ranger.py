@@ -10,7 +10,8 @@ from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wai
 from PIL import Image
 
 from napari_hggep._napari.layers import KEY
-from napari_hggep._napari.widget import OTHER_FULLRES, PredictWidget
+from napari_hggep._napari.predict_widget import PredictWidget
+from napari_hggep._napari.widgets.space_ranger import OTHER_FULLRES
 
 pytest.importorskip("napari")
 
@@ -246,7 +247,7 @@ def test_our_spatialdata_store_opens_in_micrometres(viewer, qtbot, tmp_path):
     pytest.importorskip("spatialdata")
     import tifffile
 
-    from napari_hggep._napari.widget import _import_torch_stack
+    from napari_hggep._napari.jobs import _import_torch_stack
     from napari_hggep.cli import main
 
     _import_torch_stack()  # as the widget does: triton's LLVM next to Mesa's would crash this process

@@ -11,7 +11,9 @@ from PIL import Image
 
 from helpers import he_like_image, write_visium, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import FLAT_FRACTION, KEY, gene_values, prediction_layer_data
-from napari_hggep._napari.widget import BUNDLED, CHECKPOINT, GENERATE, PredictWidget
+from napari_hggep._napari.predict_widget import PredictWidget
+from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
+from napari_hggep._napari.widgets.source import GENERATE
 from napari_hggep.predict import Prediction
 
 pytest.importorskip("napari")

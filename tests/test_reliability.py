@@ -189,7 +189,8 @@ def test_card_json_says_what_the_folds_showed(card):
 def test_gene_selector_shows_and_sorts_by_this_slides_reliability(make_napari_viewer, qtbot):
     pytest.importorskip("napari")
     from napari_hggep._napari.layers import KEY
-    from napari_hggep._napari.widget import SORT_CHOICES, PredictWidget
+    from napari_hggep._napari.predict_widget import PredictWidget
+    from napari_hggep._napari.widgets.genes import SORT_CHOICES
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-hggep", "he_spots")

@@ -8,7 +8,7 @@ import pytest
 from helpers import he_like_image, write_visium_study_section
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.train_widget import TrainWidget
-from napari_hggep._napari.widget import PredictWidget
+from napari_hggep._napari.predict_widget import PredictWidget
 
 pytest.importorskip("napari")
 

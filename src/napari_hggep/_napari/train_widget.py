@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -26,97 +25,15 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from qtpy.QtCore import QObject, QPointF, Qt, Signal
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QSizePolicy, QWidget
+from qtpy.QtCore import QObject, Qt, Signal
 
+from .jobs import JobError, JobRunner, _import_torch_stack
 from .layers import KEY
+from .trained_models import model_trained
+from .widgets.training_curves import CurvePlot
 
 HVG = "Most variable genes (HVG)"
 GENE_FILE = "Gene list file…"
-_PREDICT_WIDGETS: "weakref.WeakSet" = weakref.WeakSet()  # Predict widgets alive in this session
-TRAINED_MODELS: dict[str, str] = {}  # models trained in this session: path -> label
-
-
-def register_predict_widget(widget) -> None:
-    """A Predict widget joins the session: it is offered every model trained so far, and later ones."""
-    _PREDICT_WIDGETS.add(widget)
-    for path, label in TRAINED_MODELS.items():
-        _offer(widget, path, label)
-
-
-def model_trained(path: str, label: str) -> None:
-    TRAINED_MODELS[str(path)] = label
-    for w in list(_PREDICT_WIDGETS):
-        _offer(w, str(path), label)
-
-
-def _offer(widget, path: str, label: str) -> None:
-    try:
-        widget.add_model(path, label)
-    except RuntimeError:  # its Qt side was deleted (the viewer closed): forget it
-        _PREDICT_WIDGETS.discard(widget)
-
-
-class CurvePlot(QWidget):
-    """Training loss and validation PCC per epoch, drawn with QPainter (no plotting library):
-    loss in orange on its own scale, PCC in blue on [min, max] with its values labelled."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.loss: list[float] = []
-        self.pcc: list[float] = []
-        self.title = ""
-        self.setMinimumHeight(140)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-
-    def reset(self, title: str = ""):
-        self.loss, self.pcc, self.title = [], [], title
-        self.update()
-
-    def add(self, loss: float, pcc: float):
-        self.loss.append(float(loss))
-        self.pcc.append(float(pcc))
-        self.update()
-
-    def paintEvent(self, event):  # noqa: N802 (Qt's name)
-        import math
-
-        p = QPainter(self)
-        p.setRenderHint(QPainter.Antialiasing)
-        w, h = self.width(), self.height()
-        p.fillRect(0, 0, w, h, QColor(38, 41, 48))
-        left, right, top, bottom = 8, 8, 18, 16
-        pw, ph = max(w - left - right, 10), max(h - top - bottom, 10)
-        p.setPen(QColor(200, 200, 200))
-        p.drawText(left, 13, (self.title + "   ") if self.title else "")
-        legend_x = w - 190
-        p.setPen(QColor(255, 160, 60))
-        p.drawText(legend_x, 13, "loss")
-        p.setPen(QColor(90, 170, 255))
-        last = next((v for v in reversed(self.pcc) if math.isfinite(v)), None)
-        p.drawText(legend_x + 40, 13, "val PCC" + (f" {last:.3f}" if last is not None else ""))
-        p.setPen(QPen(QColor(90, 90, 100), 1))
-        p.drawRect(left, top, pw, ph)
-        n = len(self.loss)
-        if n == 0:
-            p.setPen(QColor(150, 150, 150))
-            p.drawText(left + 6, top + ph // 2, "loss and validation PCC appear here per epoch")
-            p.end()
-            return
-        for series, colour in ((self.loss, QColor(255, 160, 60)), (self.pcc, QColor(90, 170, 255))):
-            vals = [v for v in series if math.isfinite(v)]
-            if not vals:
-                continue
-            lo, hi = min(vals), max(vals)
-            span = hi - lo if hi > lo else 1.0
-            pts = [QPointF(left + (pw * i / max(n - 1, 1)), top + ph - ph * ((v - lo) / span if hi > lo else 0.5))
-                   for i, v in enumerate(series) if math.isfinite(v)]
-            p.setPen(QPen(colour, 2))
-            p.drawPolyline(QPolygonF(pts))
-        p.setPen(QColor(150, 150, 150))
-        p.drawText(left, h - 3, f"epoch 1 … {n}")
-        p.end()
 
 
 class _Events(QObject):
@@ -126,7 +43,7 @@ class _Events(QObject):
     log = Signal(str)
 
 
-class TrainWidget(Container):
+class TrainWidget(JobRunner, Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
@@ -284,7 +201,6 @@ class TrainWidget(Container):
             self._fail(e)
             return
         from ..training.study import Study
-        from .widget import _import_torch_stack
 
         _import_torch_stack()
         key = (tuple((r.section, str(r.folder), str(r.image), r.patient) for r in self.rows), repr(opts), out)
@@ -296,26 +212,17 @@ class TrainWidget(Container):
         self.stop_flag.clear()
         self.t_start = time.time()
         self.plot.reset("")
-        from napari.qt.threading import thread_worker
-
         events, stop = self.events, self.stop_flag
 
         def job():
             try:
                 bundle = study.run(out, progress=events.event.emit, should_stop=stop.is_set, resume=resume)
                 return out, len(bundle.genes)
-            except RuntimeError as e:  # see widget.JobError: keep the widget from hanging
-                from .widget import JobError
-
+            except RuntimeError as e:  # see jobs.JobError: keep the widget from hanging
                 raise JobError(str(e)) from e
 
-        self.worker = thread_worker(job, start_thread=False, ignore_errors=True)()
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self._set_running(True)
-        self.status.value = "Resuming…" if resume else "Reading the sections…"
-        self.worker.start()
+        self._start_job(job, status="Resuming…" if resume else "Reading the sections…", returned=self._on_done,
+                        errored=self._on_error)
 
     def cancel(self):
         if self.worker is not None:
@@ -371,15 +278,7 @@ class TrainWidget(Container):
         self._fail(err)
 
     def _fail(self, err):
-        from napari.utils.notifications import show_error
-
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        self.status.value = f"Error: {msg}"
-        show_error(f"HGGEP: {msg}")
-
-    def _on_finished(self):
-        self.worker = None
-        self._set_running(False)
+        self._show_error(err)
 
 
 def _chosen(value, message: str) -> str:

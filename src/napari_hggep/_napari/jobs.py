@@ -1,0 +1,69 @@
+"""A dock widget's job off the main thread, shared by the Predict and Train widgets: napari's
+``thread_worker`` started with its signals wired to the widget (progress, result, error, cancel,
+finish), errors said in the status line and as a notification, and the buttons reset however
+the job ends. The worker never touches a layer."""
+from __future__ import annotations
+
+
+def _import_torch_stack():
+    """Import torch and friends on the main thread, once, on the first Predict: importing
+    them for the first time inside a worker thread crashes, and importing them at widget
+    creation would slow napari's start.
+
+    Triton (pulled in by ``torch._dynamo``, which torch_geometric imports) bundles its own
+    LLVM, which segfaults when loaded into a process whose OpenGL already loaded Mesa's
+    llvmpipe LLVM (every software-rendered napari). Inference never compiles kernels, so
+    inside napari torch is told triton is absent, unless something imported it already.
+    """
+    import sys
+
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # makes `import triton` raise ImportError: torch treats it as missing
+    import torch  # noqa: F401
+    import torch_geometric.nn  # noqa: F401
+
+    from ..model import hggep  # noqa: F401
+
+
+class JobError(Exception):
+    """A RuntimeError from a job (a prediction, a training), re-raised as something else: superqt's
+    generator worker takes a RuntimeError for "the worker was deleted" and ends without emitting
+    ``errored`` or ``finished``, which would leave the widget busy for ever."""
+
+
+def error_text(err) -> str:
+    """What an error says to the user (a KeyError's message without its quotes)."""
+    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+
+
+class JobRunner:
+    """What a dock widget running one job at a time shares. The widget has ``worker`` (None
+    while idle), a ``status`` label and ``_set_running(running)`` for its buttons."""
+
+    def _start_job(self, job, *args, status: str, returned, errored, yielded=None, aborted=None):
+        """Run ``job(*args)`` (a function, or a generator that yields progress) in a worker thread."""
+        from napari.qt.threading import thread_worker
+
+        self.worker = thread_worker(job, start_thread=False, ignore_errors=True)(*args)
+        if yielded is not None:
+            self.worker.yielded.connect(yielded)
+        self.worker.returned.connect(returned)
+        self.worker.errored.connect(errored)
+        if aborted is not None:
+            self.worker.aborted.connect(aborted)
+        self.worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.status.value = status
+        self.worker.start()
+
+    def _show_error(self, err) -> None:
+        """The error in the status line and as a napari notification."""
+        from napari.utils.notifications import show_error
+
+        msg = error_text(err)
+        self.status.value = f"Error: {msg}"
+        show_error(f"HGGEP: {msg}")
+
+    def _on_finished(self):
+        self.worker = None
+        self._set_running(False)

@@ -1,0 +1,222 @@
+"""The Predict dock's result: the result layer, the gene selector (find, sort by held-out PCC,
+this slide's reliability or name), the colour map, and what the colours mean (the gene's
+reliability and colour range, on the info line and on the canvas)."""
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Label, LineEdit
+
+from ..layers import FLAT_FRACTION, KEY, RANGE_NAME, clear_gene, color_by_gene, is_prediction_layer
+
+COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
+UNRELIABLE_PCC = 0.1
+
+
+def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat: bool = False,
+                 here: float | None = None) -> str:
+    """One short line for the canvas, above napari's colour bar (which has no title of its own)."""
+    text = gene if pcc is None else f"{gene}   held-out PCC {pcc:.2f}"
+    if here is not None:
+        text += f" · expected here {here:.2f}"
+    if pcc is not None and pcc < UNRELIABLE_PCC:
+        text += "  ⚠ unreliable"
+    if flat:
+        text += "   — flat: the prediction barely varies over this slide"
+    return text
+
+
+def gene_label(gene: str, pcc: float | None, here: float | None = None) -> str:
+    """The gene selector's entry: the name, its held-out PCC and, where the prediction carries it,
+    the expected PCC on this slide (the colour range is on the info line)."""
+    slide = "" if here is None else f" · here {here:.2f}"
+    if pcc is None:
+        return f"{gene}   (PCC n/a{slide})"
+    low = pcc < UNRELIABLE_PCC or (here is not None and here < UNRELIABLE_PCC)
+    return f"{gene}   (PCC {pcc:.2f}{slide}" + (", ⚠ unreliable)" if low else ")")
+
+
+SORT_CHOICES = ["held-out PCC", "this slide's reliability", "name"]
+
+
+def selector_tooltip(meta: dict) -> str:
+    """What the gene selector's figures rest on, in words (the model card's evaluation)."""
+    basis = meta.get("heldout_basis") or "the model card's evaluation"
+    text = (f"PCC: each gene's held-out PCC, measured on {basis}. It ranks genes well for tissue like the "
+            "training sections, less so for a new patient: on a third HER2+ patient's slide (another lab's "
+            "image at 3.2 µm/px) the 785-gene bundled model reached mean PCC 0.01 and its card's ranking of the genes "
+            "Spearman 0.04 (0.28 on a new section of a training patient).")
+    if meta.get("slide_reliability"):
+        text += (" 'here': the gene's expected PCC on this slide, from its held-out PCC and how much its "
+                 "prediction varies over this slide; calibrated on held-out folds (README, 'How far to trust').")
+    if meta.get("unfamiliar"):
+        text += " ⚠ This slide is unlike the training tissue: these figures may not hold on it."
+    return text
+
+
+class _GeneList:
+    """Labels and orders of a result layer's genes, made once per layer (20,000 genes refilter in ms)."""
+
+    def __init__(self, layer):
+        meta = layer.metadata[KEY]
+        pcc = meta.get("gene_pcc") or {}
+        here = meta.get("slide_reliability") or {}
+        self.genes = list(meta["genes"])
+        self.upper = [g.upper() for g in self.genes]
+        self.labels = [gene_label(g, pcc.get(g), here.get(g)) for g in self.genes]
+        p = np.array([pcc[g] if pcc.get(g) is not None else -np.inf for g in self.genes], float)
+        r = np.array([here[g] if here.get(g) is not None else -np.inf for g in self.genes], float)
+        self.has_pcc = bool(np.isfinite(p).any())
+        self.has_here = bool(np.isfinite(r).any())
+        self.by_pcc = np.argsort(-p, kind="stable")
+        self.by_here = np.argsort(-r, kind="stable")
+        self.by_name = np.arange(len(self.genes))
+        self.longest = max(self.labels, key=len) if self.labels else ""
+
+    def select(self, text: str, sort) -> list[int]:
+        """Indices of the genes whose name contains ``text``, in the order ``sort`` names (one of
+        :data:`SORT_CHOICES`; True means held-out PCC, False the name)."""
+        sort = SORT_CHOICES[0] if sort is True else SORT_CHOICES[2] if sort is False else sort
+        order = (self.by_pcc if sort == SORT_CHOICES[0] and self.has_pcc else
+                 self.by_here if sort == SORT_CHOICES[1] and self.has_here else self.by_name)
+        if not text:
+            return order.tolist()
+        up = self.upper
+        return [i for i in order.tolist() if text in up[i]]
+
+
+
+class GeneControls:
+    """Part of the Predict dock: the result layer and its genes."""
+
+    def _gene_widgets(self) -> list:
+        self.result = ComboBox(label="Result layer", choices=self._prediction_layers)
+        self.gene_filter = LineEdit(label="Find gene", value="")
+        self.sort_by = ComboBox(label="Sort genes by", choices=SORT_CHOICES, value=SORT_CHOICES[0])
+        self.gene = ComboBox(label="Gene", choices=[])
+        self.colormap = ComboBox(label="Colormap", choices=COLORMAPS, value="viridis")
+        self.gene_info = Label(label="", value="")
+        return [self.result, self.gene_filter, self.sort_by, self.gene, self.colormap, self.gene_info]
+
+    def _connect_genes(self):
+        self.result.changed.connect(self._refresh_genes)
+        self.gene_filter.changed.connect(self._refresh_genes)
+        self.sort_by.changed.connect(self._refresh_genes)
+        self.gene.changed.connect(self._on_gene)
+        self.colormap.changed.connect(self._recolor)
+
+    def _prediction_layers(self, _=None):
+        return [ly for ly in self.viewer.layers if is_prediction_layer(ly)]
+
+    # -------------------------------------------------------------- genes
+    def _setup_gene_box(self):
+        """The Gene box is filled directly (magicgui's choices setter is quadratic in the number of
+        items and keeps the old items' order): a list view with uniform rows and a popup as wide as
+        the longest label, so names are never cut off."""
+        from qtpy.QtWidgets import QComboBox
+
+        box = self.gene.native
+        box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        box.setMinimumContentsLength(18)
+        box.view().setUniformItemSizes(True)
+        box.setMaxVisibleItems(25)
+
+    def _gene_list(self, layer) -> _GeneList:
+        gl = self._gene_lists.get(id(layer))
+        if gl is None or gl.genes is not layer.metadata[KEY]["genes"] and gl.genes != layer.metadata[KEY]["genes"]:
+            gl = self._gene_lists[id(layer)] = _GeneList(layer)
+        return gl
+
+    def _fill_gene_box(self, labels: list[str], genes: list[str], current: int) -> None:
+        box = self.gene.native
+        box.blockSignals(True)
+        try:
+            box.clear()
+            box.addItems(labels)
+            for i, g in enumerate(genes):
+                box.setItemData(i, g)
+            box.setCurrentIndex(current)
+        finally:
+            box.blockSignals(False)
+        self._shown_genes = genes
+        if labels:  # the popup shows whole labels however narrow the dock is
+            fm = box.view().fontMetrics()
+            box.view().setMinimumWidth(fm.horizontalAdvance(max(labels, key=len)) + 40)
+
+    def _refresh_genes(self, _=None):
+        layer = self.result.value
+        if layer is None:
+            self._fill_gene_box([], [], -1)
+            self.gene_info.value = ""
+            self._caption(None)
+            return
+        meta = layer.metadata[KEY]
+        gl = self._gene_list(layer)
+        text = (self.gene_filter.value or "").strip().upper()
+        idx = gl.select(text, self.sort_by.value)
+        self.gene.native.setToolTip(selector_tooltip(meta))
+        genes = [gl.genes[i] for i in idx]
+        if not genes:
+            self._fill_gene_box([], [], -1)
+            clear_gene(layer)
+            self._caption(None)
+            self.gene_info.value = (f"No gene matches {self.gene_filter.value.strip()!r}: none of the "
+                                    f"{len(gl.genes):,} genes this model predicts contains it. Clear or change "
+                                    "the filter.")
+            return
+        want = meta.get("gene") or meta.get("last_gene")
+        pos = {g: k for k, g in enumerate(genes)} if want is not None else {}
+        current = pos.get(want, 0)
+        self._fill_gene_box([gl.labels[i] for i in idx], genes, current)
+        self._recolor()
+
+    def _on_gene(self, _=None):
+        layer = self.result.value
+        if layer is not None and self.gene.value is not None:
+            layer.metadata[KEY]["last_gene"] = self.gene.value  # what the user picked survives filtering
+        self._recolor()
+
+    def _recolor(self, _=None):
+        layer, gene = self.result.value, self.gene.value
+        if layer is None or gene is None:
+            return
+        lo, hi = color_by_gene(layer, gene, self.colormap.value)
+        meta = layer.metadata[KEY]
+        meta["last_gene"] = gene
+        pcc = meta.get("gene_pcc", {}).get(gene)
+        where = meta.get("gene_pcc_protocol") == "leave-one-patient-out"
+        note = ("no held-out PCC for this model" if pcc is None else
+                f"held-out PCC {pcc:.2f}" + (" on patients not trained on" if where else ""))
+        here = (meta.get("slide_reliability") or {}).get(gene)
+        if here is not None:
+            note += f"; expected PCC on this slide {here:.2f}"
+        if pcc is not None and pcc < UNRELIABLE_PCC:
+            note += " — the model does not predict this gene; do not trust its map"
+        elif here is not None and here < UNRELIABLE_PCC:
+            note += " — too little signal on this slide; do not trust its map"
+        if meta.get("unfamiliar"):
+            note += ". ⚠ This slide is unlike the training tissue: these figures may not hold"
+        i = meta["_gene_index"][gene]
+        r_lo, r_hi = (float(x) for x in meta["ranges"][i])
+        if meta.get("flat"):
+            sd = float(meta["gene_std"][i])
+            rng = (f"flat map: the prediction varies by only {r_hi - r_lo:.3g} over this slide ({RANGE_NAME}), "
+                   f"under {100 * FLAT_FRACTION:.0f} % of the gene's training s.d. ({sd:.2f}), so it is shown in one "
+                   f"colour ({lo:.2f}–{hi:.2f})")
+        else:
+            rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
+        self.gene_info.value = f"{gene}: {rng}; {note}"
+        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat")), here=here))
+
+    def _caption(self, text: str | None):
+        """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""
+        ov = getattr(self.viewer, "text_overlay", None)
+        if ov is None:
+            return
+        if not text:
+            ov.text = ""
+            ov.visible = False
+            return
+        ov.text = text
+        ov.position = "top_left"
+        ov.font_size = 12
+        ov.visible = True

@@ -1,0 +1,250 @@
+"""The Predict dock's model, device and run: the request built from the dock (image, spots, pixel
+size), checked on the main thread; the prediction job in a worker thread, with progress, Cancel
+and out-of-memory notices; the result added as a points layer."""
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
+
+from ..jobs import JobError, _import_torch_stack
+from ..layers import KEY, prediction_layer_data
+from .source import GENERATE, image_px, is_pixel_table, parse_um_per_px, place_on_image
+from .space_ranger import image_used_text
+
+BUNDLED = "Bundled model (HER2+ compact)"
+CHECKPOINT = "Checkpoint file…"
+
+
+class PredictionControls:
+    """Part of the Predict dock: the model, the device, Predict / Cancel, progress and status."""
+
+    def _prediction_widgets(self) -> list:
+        self.model_choice = ComboBox(label="Model", choices=self._model_choices, value=BUNDLED)
+        self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.pt", visible=False)
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device_info = Label(label="", value="")
+        self.predict_btn = PushButton(text="Predict")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.status = Label(label="Status", value="Pick an image, then press Predict.")
+        return [self.model_choice, self.model_file, self.device, self.device_info, self.predict_btn,
+                self.cancel_btn, self.progress, self.status]
+
+    def _connect_prediction(self):
+        self.model_choice.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHECKPOINT))
+        self.device.changed.connect(self._on_device)
+        self.predict_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+
+    def _model_choices(self, _=None):
+        return [BUNDLED, *self._models, CHECKPOINT]
+
+    def add_model(self, path: str, label: str | None = None) -> str:
+        """Offer a checkpoint (e.g. one just trained) in the Model box and select it; returns its label."""
+        from pathlib import Path
+
+        label = label or f"{Path(path).stem} (checkpoint)"
+        if label in (BUNDLED, CHECKPOINT):
+            raise ValueError(f"{label!r} is taken by a built-in choice; give another label")
+        self._models[label] = str(path)
+        box = self.model_choice.native
+        box.blockSignals(True)  # refill in order (magicgui appends new choices after the old ones)
+        try:
+            box.clear()
+            self.model_choice.reset_choices()
+        finally:
+            box.blockSignals(False)
+        self.model_choice.value = label
+        self.model_file.visible = False
+        return label
+
+    def _on_device(self, value):
+        if value != "auto":
+            self.device_info.value = ""
+            return
+        import sys
+
+        if "torch" not in sys.modules:  # do not import torch just to show this label
+            self.device_info.value = "auto: CUDA, then MPS, then CPU"
+            return
+        from ...devices import resolve_device
+
+        self.device_info.value = f"auto → {resolve_device('auto').type}"
+
+    def _build_request(self):
+        from ...data.image import as_pyramid
+        from ...data.quality import require_tissue
+        from ...data.slide import Slide, SlideError
+
+        img = self.image_layer.value
+        if img is None:
+            raise SlideError("Open or pick an H&E image layer first.")
+        if not img.rgb:
+            raise SlideError(f"Layer {img.name!r} is not an RGB image; the model needs an RGB H&E image.")
+        upp = parse_um_per_px(self.um_per_px.value)
+        image = as_pyramid(img.data) if img.multiscale else img.data
+        src = self.spots.value
+        if src == GENERATE or src is None:
+            from ..layers import SPATIAL_META
+
+            img_meta = img.metadata.get(KEY, {})
+            return {"image": image, "um_per_px": upp, "grid_pitch": float(self.pitch_um.value), "name": img.name,
+                    "image_layer": img,
+                    "slide_meta": {k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None}}
+        if is_pixel_table(src) and src.metadata[KEY].get("placed_on") != img.name:
+            place_on_image(src, img)  # a spot table belongs to the image it is predicted on
+        xy = image_px(src, img)
+        feats = src.features
+        ids = feats["spot_id"].astype(str).to_numpy() if "spot_id" in feats else np.arange(len(xy)).astype(str)
+        rc = feats[["array_row", "array_col"]].to_numpy() if {"array_row", "array_col"} <= set(feats.columns) else None
+        diameter = src.metadata.get(KEY, {}).get("spot_diameter_um")
+        if not diameter:  # drawn spots: their size in image pixels
+            size_px = float(np.median(src.size)) * float(src.scale[-1]) / float(img.scale[-1]) if len(src.data) else 1.0
+            diameter = size_px * upp
+        slide = Slide(image=image, um_per_px=upp, spot_ids=ids, xy=xy, array_rc=rc, name=img.name,
+                      spot_diameter_um=float(diameter))
+        slide.validate()  # fail fast, on the main thread, with a clear message
+        slide.meta["notice"] = img.metadata.get(KEY, {}).get("notice")  # e.g. a folder without a tissue image
+        from ..layers import SPATIAL_META
+
+        img_meta = img.metadata.get(KEY, {})  # a Visium PNG: its scale to full resolution, the folder's images
+        slide.meta.update({k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None})
+        slide.meta["spot_shape"] = src.metadata.get(KEY, {}).get("spot_shape", "circle")
+        require_tissue(slide)  # a blank image under the spots is never predicted on
+        slide.meta["tissue_checked"] = True
+        return {"slide": slide, "image_layer": img}
+
+    def _model_path(self):
+        choice = self.model_choice.value
+        if choice in self._models:
+            return self._models[choice]
+        if choice == CHECKPOINT:
+            p = self.model_file.value
+            if not p or not str(p).strip() or str(p) == ".":
+                raise FileNotFoundError("Choose a checkpoint file, or switch Model to the bundled model.")
+            return str(p)
+        return None
+
+    def run(self):
+        if self.worker is not None:
+            return
+        try:
+            req = self._build_request()
+            model_path = self._model_path()
+        except Exception as e:  # bad input: say what to fix, keep the widget usable
+            self._fail(e)
+            return
+        self.warnings_shown = self._update_warnings()
+        if self.warnings_shown:
+            from napari.utils.notifications import show_warning
+
+            show_warning("HGGEP: " + " ".join(self.warnings_shown))
+        _import_torch_stack()
+        device = self.device.value
+        spots_layer = None if self.spots.value == GENERATE else self.spots.value
+        self._start_job(_predict_job, req, model_path, device, status="Loading model…", yielded=self._on_progress,
+                        returned=lambda res: self._on_done(res, req["image_layer"], spots_layer),
+                        errored=self._fail, aborted=self._on_aborted)
+
+    def cancel(self):
+        if self.worker is not None:
+            self.status.value = "Cancelling…"
+            self.worker.quit()
+
+    def _set_running(self, running: bool):
+        self.predict_btn.enabled = not running
+        self.cancel_btn.enabled = running
+        if running:
+            self.progress.value = 0
+
+    def _on_progress(self, msg):
+        kind, done, total, text = msg
+        if kind == "notice":
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"HGGEP: {text}")
+            self.notices.append(text)
+            return
+        self.progress.max = max(int(total), 1)
+        self.progress.value = int(done)
+        self.status.value = text
+
+    def _on_done(self, result, image_layer, spots_layer=None):
+        pred, diameter, device, gene_pcc, protocol, gene_std, ranges = result
+        name = f"{image_layer.name} genes"
+        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name, gene_pcc_protocol=protocol,
+                                                gene_std=gene_std, ranges=ranges)
+        kwargs["scale"] = tuple(image_layer.scale[-2:])
+        kwargs["translate"] = tuple(image_layer.translate[-2:])
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_points(data, **kwargs)
+        if spots_layer is not None and spots_layer in self.viewer.layers:
+            spots_layer.visible = False  # the coloured spots now sit where the input spots were
+        self.result.reset_choices()
+        self.result.value = layer
+        self._refresh_genes()
+        used = image_used_text({**image_layer.metadata.get(KEY, {}), "image_path": (pred.meta or {}).get("image_path"),
+                                "image_scale": pred.image_scale})
+        if used:  # which image was predicted on (exports stay in full-resolution pixels whichever it is)
+            layer.metadata[KEY]["image_path"] = (pred.meta or {}).get("image_path")
+        self.status.value = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots on {device}"
+                             + (f", from {used}." if used else "."))
+        from ...reliability import slide_verdict
+
+        for m in slide_verdict(pred):
+            if m.startswith("warning"):
+                from napari.utils.notifications import show_warning
+
+                self.status.value += " ⚠ Unlike the training tissue: reliability figures may not hold."
+                show_warning(f"HGGEP: {m}")
+        self.device_info.value = f"{self.device.value} → {device}"
+
+    def _fail(self, err):
+        self._show_error(err)
+        self._set_running(False)
+
+    def _on_aborted(self):
+        self.status.value = "Cancelled."
+
+
+def _predict_job(req: dict, model_path, device: str):
+    """Runs in the worker thread: no layer is touched here."""
+    try:
+        return (yield from _predict_job_steps(req, model_path, device))
+    except RuntimeError as e:
+        raise JobError(str(e)) from e
+
+
+def _predict_job_steps(req: dict, model_path, device: str):
+    from ..._bundled import load_model
+    from ...data.readers import grid_slide
+    from ...predict import predict_steps
+
+    yield ("status", 0, 1, "Loading model…")
+    bundle = load_model(model_path, device)
+    slide = req.get("slide")
+    if slide is None:
+        yield ("status", 0, 1, "Finding tissue…")
+        slide = grid_slide(req["image"], req["um_per_px"], req["grid_pitch"], name=req["name"])
+        slide.meta.update(req.get("slide_meta") or {})
+    notices: list[str] = []  # out-of-memory fallbacks, shown by the widget on the main thread
+    gen = predict_steps(bundle, slide, notify=notices.append)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as stop:
+            pred = stop.value
+            from ..layers import gene_ranges
+
+            sd = (bundle.target_norm or {}).get("std")  # each gene's spread in training: the colour floor
+            from ...data.export import spatial_images
+
+            pred.images = spatial_images(pred)  # the slide's small copies for an AnnData export, made here
+            pred.image = None
+            return (pred, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
+                    bundle.gene_pcc_protocol(), None if sd is None else np.asarray(sd, np.float32),
+                    gene_ranges(pred.values))  # percentiles here, off the main thread
+        while notices:
+            yield ("notice", done, total, notices.pop(0))
+        yield ("progress", done, total, f"Predicting… {done}/{total} spots")

@@ -1,0 +1,208 @@
+"""The Predict dock's slide and spots: the image layer (or a folder opened from the dock), the
+spots (a points layer, or a grid generated over the tissue), the pixel size and the image's
+warnings. A spot table read from CSV is placed on the image it belongs to."""
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
+
+from ..layers import KEY, is_prediction_layer
+from .space_ranger import image_used_text
+
+GENERATE = "Generate spots over tissue"
+PIXEL_FRAME = "image pixels"  # a spot table's coordinates: full-resolution pixels of the image it belongs to
+ASK_UM = "not in the file: enter the pixel size (µm per pixel of the full-resolution image)"
+
+
+def image_px(points_layer, image_layer) -> np.ndarray:
+    """Points layer data -> (x, y) pixel coordinates of the image layer (via world coordinates)."""
+    d = np.asarray(points_layer.data, dtype=float)[:, -2:]
+    world = d * np.asarray(points_layer.scale[-2:]) + np.asarray(points_layer.translate[-2:])
+    px = (world - np.asarray(image_layer.translate[-2:])) / np.asarray(image_layer.scale[-2:])
+    return px[:, ::-1]
+
+
+def is_pixel_table(layer) -> bool:
+    """A spot table read from CSV: its coordinates are pixels of an image it does not know."""
+    return layer.__class__.__name__ == "Points" and layer.metadata.get(KEY, {}).get("frame") == PIXEL_FRAME
+
+
+def place_on_image(points_layer, image_layer) -> None:
+    """Put a spot table (full-resolution pixels) on ``image_layer``'s pixel grid: its scale and translation."""
+    points_layer.scale = tuple(image_layer.scale[-2:])
+    points_layer.translate = tuple(image_layer.translate[-2:])
+    points_layer.metadata.setdefault(KEY, {})["placed_on"] = image_layer.name
+
+
+def parse_um_per_px(text) -> float:
+    from ...data.slide import SlideError
+
+    t = str(text if text is not None else "").strip().replace(",", ".")
+    if not t:
+        raise SlideError("Enter µm per pixel: this image does not record its pixel size, and a guess would put "
+                         "the patches at the wrong size (e.g. 0.25 for a 40× scan, 0.5 for 20×; the HER2+ "
+                         "JPEGs are 0.69).")
+    try:
+        v = float(t)
+    except ValueError:
+        raise SlideError(f"µm per pixel must be a number such as 0.5, not {str(text)[:30]!r}.") from None
+    if not (np.isfinite(v) and v > 0):
+        raise SlideError(f"µm per pixel must be a positive number, not {t}.")
+    return v
+
+
+class SourceControls:
+    """Part of the Predict dock: the image, its spots and its pixel size."""
+
+    def _source_widgets(self) -> list:
+        self.open_path = FileEdit(label="Open folder", mode="d")
+        self.open_btn = PushButton(text="Open Space Ranger / Visium HD / SpatialData folder")
+        self.image_layer = ComboBox(label="Image", choices=self._image_layers)
+        sr = self._space_ranger_widgets()
+        self.spots = ComboBox(label="Spots", choices=self._spot_sources)
+        self.pitch_um = FloatSpinBox(label="Grid pitch (µm)", value=200.0, min=20.0, max=2000.0, step=10.0)
+        self.um_per_px = LineEdit(label="µm per pixel", value="")
+        self.um_source = Label(label="", value=ASK_UM)
+        self.image_warning = Label(label="", value="", visible=False)
+        return [self.open_path, self.open_btn, self.image_layer, *sr,
+                self.spots, self.pitch_um, self.um_per_px, self.um_source, self.image_warning]
+
+    def _connect_source(self):
+        self.image_layer.changed.connect(self._on_image)
+        self.open_btn.clicked.connect(self.open_folder)
+        self._connect_space_ranger()
+        self.spots.changed.connect(self._on_spots)
+        self.um_per_px.changed.connect(self._on_um_per_px)
+
+    # -------------------------------------------------------------- choices
+    def _image_layers(self, _=None):
+        return [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image"]
+
+    def _spot_sources(self, _=None):
+        pts = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Points" and not is_prediction_layer(ly)]
+        return [(ly.name, ly) for ly in pts] + [(GENERATE, GENERATE)]
+
+    def _on_image(self, layer):
+        if layer is None:
+            self._sync_space_ranger(None)
+            return
+        meta = layer.metadata.get(KEY, {})
+        upp, where = meta.get("um_per_px"), meta.get("um_per_px_source")
+        if upp is None and tuple(layer.scale[-2:]) != (1.0, 1.0):
+            upp, where = float(layer.scale[-1]), "the layer's scale (taken as µm per pixel)"
+        # a new image never inherits the last one's pixel size
+        self.um_per_px.value = f"{float(upp):.6g}" if upp else ""
+        self.um_source.value = f"from {where}" if upp else ASK_UM
+        # prefer the spots that came with this image
+        for name, obj in self._spot_sources():
+            if obj != GENERATE and name.startswith(layer.name):
+                self.spots.value = obj
+                break
+        src = self.spots.value
+        if src not in (None, GENERATE) and is_pixel_table(src):
+            place_on_image(src, layer)
+        for ly in self.viewer.layers:
+            if is_pixel_table(ly) and "placed_on" not in ly.metadata.get(KEY, {}):
+                place_on_image(ly, layer)
+        self._update_warnings()
+        self._sync_space_ranger(layer)
+
+    def _add_layers(self, layers, at: int | None = None) -> list:
+        from napari.layers import Layer
+
+        added = []
+        for k, t in enumerate(layers):
+            ly = Layer.create(*t)
+            if at is None:
+                self.viewer.layers.append(ly)
+            else:
+                self.viewer.layers.insert(at + k, ly)
+            added.append(ly)
+        return added
+
+    def open_folder(self):
+        """Open a Space Ranger outs/ folder (Visium or Visium HD, 16 µm bins), a SpatialData .zarr or a
+        HER2+ ST folder from the widget; what is wrong with it is said in the status line."""
+        from pathlib import Path
+
+        from ...data.slide import SlideError
+        from ..reader import get_reader, read_spatialdata_store
+
+        path = str(self.open_path.value or "").strip()
+        try:
+            if not path or path == ".":
+                raise SlideError("Choose a Space Ranger outs/ folder (Visium or Visium HD) or a SpatialData "
+                                 ".zarr store to open.")
+            p = Path(path)
+            if not p.is_dir():
+                raise SlideError(f"{p} is not a folder")
+            if p.name.lower().endswith(".zarr"):  # whatever is in it: read_spatialdata says what is missing
+                layers = read_spatialdata_store(p)
+            else:
+                reader = get_reader(str(p))
+                if reader is None:
+                    raise SlideError(f"{p} is neither a Space Ranger outs/ folder (Visium or Visium HD), a "
+                                     "SpatialData .zarr store nor a HER2+ ST folder")
+                layers = reader(str(p))
+        except Exception as e:
+            self._fail(e)
+            return
+        added = self._add_layers(layers)
+        img = next(ly for ly in added if ly.__class__.__name__ == "Image")
+        self.image_layer.value = img
+        pts = [ly for ly in added if ly.__class__.__name__ == "Points"]
+        if pts:
+            self.spots.value = pts[0]
+        used = image_used_text(img.metadata.get(KEY, {}))
+        self.status.value = (f"Opened {img.name}: {len(pts[0].data) if pts else 0:,} spots"
+                             + (f" on {used}" if used else "") + "."
+                             + ("" if img.metadata.get(KEY, {}).get("um_per_px") else
+                                " Enter µm per pixel, then press Predict."))
+
+    def _on_um_per_px(self, _=None):
+        img = self.image_layer.value
+        meta = {} if img is None else img.metadata.get(KEY, {})
+        try:
+            v = parse_um_per_px(self.um_per_px.value)
+        except ValueError:
+            v = None
+        if v is not None and meta.get("um_per_px") is not None and abs(v - float(meta["um_per_px"])) > 1e-9:
+            self.um_source.value = "entered here (the file says " + f"{float(meta['um_per_px']):.6g})"
+        elif v is not None and meta.get("um_per_px") is None:
+            self.um_source.value = "entered here"
+        self._update_warnings(stain=False)
+
+    def _update_warnings(self, stain: bool = True) -> list[str]:
+        """The image's warnings (resolution outside training, not H&E), shown under the µm field."""
+        from ...data.quality import resolution_warning, stain_warning
+
+        img = self.image_layer.value
+        msgs = []
+        try:
+            v = parse_um_per_px(self.um_per_px.value)
+        except ValueError:
+            v = None
+        if v is not None and (m := resolution_warning(v)):
+            msgs.append(m)
+        if img is not None and img.rgb:
+            key = ("stain", id(img.data))
+            cache = img.metadata.setdefault(KEY, {})
+            if stain or key not in cache.get("_warn", {}):
+                from ...data.image import as_pyramid
+
+                try:
+                    w = stain_warning(as_pyramid(img.data) if img.multiscale else img.data)
+                except Exception:  # a warning never blocks anything
+                    w = None
+                cache["_warn"] = {key: w}
+            if cache["_warn"].get(key):
+                msgs.append(cache["_warn"][key])
+        notice = img.metadata.get(KEY, {}).get("notice") if img is not None else None
+        if notice:
+            msgs.append(notice)
+        self.image_warning.value = "⚠ " + "\n⚠ ".join(msgs) if msgs else ""
+        self.image_warning.visible = bool(msgs)
+        return msgs
+
+    def _on_spots(self, value):
+        self.pitch_um.visible = value == GENERATE

@@ -1,0 +1,153 @@
+"""The Predict dock's choices for a slide opened from a Space Ranger folder (Visium or Visium HD):
+which of the folder's images to predict on (its hires or lowres PNG, or a full-resolution image),
+and for Visium HD the bin size. A new choice reads the folder again and puts the new layers where
+the old ones were."""
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, FileEdit, Label
+
+from ..layers import KEY
+
+OTHER_FULLRES = "Another full-resolution image…"  # a Space Ranger folder's image chosen by file
+IMAGE_KINDS = {"hires": "hires PNG", "lowres": "lowres PNG", "fullres": "full resolution"}
+BIN_CHOICES = ["16 µm", "8 µm", "2 µm"]
+
+
+def image_kind(path) -> str:
+    """``hires``, ``lowres`` or ``fullres`` for one of a Space Ranger folder's images, by its name."""
+    from pathlib import Path
+
+    name = Path(str(path)).name.lower()
+    return next((k for k in ("hires", "lowres") if f"tissue_{k}_image" in name), "fullres")
+
+
+def image_used_text(meta: dict) -> str:
+    """Which image a layer shows (and Predict uses), and its scale to Space Ranger's full resolution."""
+    from pathlib import Path
+
+    path, scale = meta.get("image_path"), float(meta.get("image_scale", 1.0) or 1.0)
+    if not path:
+        return ""
+    file, _, element = str(path).partition("::")  # a SpatialData store's image element: store.zarr::he
+    name = Path(file).name + (f"::{element}" if element else "")
+    if not meta.get("space_ranger"):
+        return name if scale == 1 else f"{name} ({scale:.4g} × full resolution)"
+    kind = image_kind(path)
+    return f"{name} ({IMAGE_KINDS[kind]}" + (f", {scale:.4g} × full resolution)" if kind != "fullres" else ")")
+
+
+
+class SpaceRangerControls:
+    """Part of the Predict dock: the image of a Space Ranger folder to predict on, and Visium HD bins."""
+
+    def _space_ranger_widgets(self) -> list:
+        # a Space Ranger folder: which of its images to predict on, and Visium HD bins
+        self._sr_choices: list = []  # (label, path) of the folder's images; a callable survives reset_choices
+        self.sr_image = ComboBox(label="Predict on", choices=lambda _=None: self._sr_choices, visible=False)
+        self.sr_fullres = FileEdit(label="Full-res image", mode="r", visible=False,
+                                   filter="Images (*.tif *.tiff *.ome.tif *.svs *.ndpi *.jpg *.jpeg *.png)")
+        self.bins = ComboBox(label="Bins", choices=BIN_CHOICES, value=BIN_CHOICES[0], visible=False)
+        self.image_used = Label(label="", value="", visible=False)
+        self._syncing = False
+        return [self.sr_image, self.sr_fullres, self.bins, self.image_used]
+
+    def _connect_space_ranger(self):
+        self.sr_image.changed.connect(self._on_sr_image)
+        self.sr_fullres.changed.connect(self._on_sr_fullres)
+        self.bins.changed.connect(self._on_bins)
+
+    def _sync_space_ranger(self, layer=None):
+        """Show, for an image opened from a Space Ranger folder, which of the folder's images it is
+        (the one Predict uses) and the others to choose from; for Visium HD, the bin size."""
+        from pathlib import Path
+
+        from ...data.readers import space_ranger_images
+
+        meta = {} if layer is None else layer.metadata.get(KEY, {})
+        sr = meta.get("space_ranger")
+        self._syncing = True
+        try:
+            for w in (self.sr_image, self.image_used):
+                w.visible = sr is not None
+            self.bins.visible = sr is not None and sr.get("kind") == "hd"
+            self.sr_fullres.visible = False
+            if sr is None:
+                return
+            try:
+                cands = space_ranger_images(sr["folder"])
+            except OSError:
+                cands = []
+            cur, kind = Path(sr["image"]), image_kind(sr["image"])
+            choices = [(f"{p.name} ({IMAGE_KINDS[k]})", str(p)) for k, p in cands]
+            same = [str(p) for k, p in cands if p.resolve() == cur.resolve()]
+            same = same or [str(p) for k, p in cands if k == kind and kind != "fullres"]
+            if not same:  # a full-resolution file chosen from elsewhere
+                choices.insert(0, (f"{cur.name} ({IMAGE_KINDS[kind]})", str(cur)))
+                same = [str(cur)]
+            self._sr_choices = choices + [(OTHER_FULLRES, OTHER_FULLRES)]
+            self.sr_image.reset_choices()
+            self.sr_image.value = same[0]
+            if sr.get("kind") == "hd":
+                self.bins.value = f"{int(sr['bin_um'])} µm"
+            self.image_used.value = "Predicts on " + image_used_text(meta)
+        finally:
+            self._syncing = False
+
+    def _on_sr_image(self, value):
+        if self._syncing or value is None:
+            return
+        if value == OTHER_FULLRES:
+            self.sr_fullres.visible = True
+            self.status.value = "Choose the slide's full-resolution image file (Space Ranger does not copy it in)."
+            return
+        self.sr_fullres.visible = False
+        self._reopen(image=value)
+
+    def _on_sr_fullres(self, value):
+        if self._syncing or not value or str(value).strip() in ("", "."):
+            return
+        self._reopen(image=str(value))
+
+    def _on_bins(self, value):
+        if self._syncing or value is None:
+            return
+        self._reopen(bin_um=int(str(value).split()[0]))
+
+    def _reopen(self, image=None, bin_um=None):
+        """Read the image's Space Ranger folder again with another of its images (or other Visium HD
+        bins) and put the new image and spots layers where the old ones were: both are in micrometres,
+        so they line up with each other and with results already drawn."""
+        from ..reader import space_ranger_layers
+
+        layer = self.image_layer.value
+        try:
+            if self.worker is not None:
+                raise RuntimeError("Wait for the prediction to finish (or cancel it) before changing the image.")
+            sr = dict(layer.metadata[KEY]["space_ranger"])
+            hd = sr.get("kind") == "hd"
+            if image is None:
+                image = sr["image"]  # other bins over the same image
+            layers, slide = space_ranger_layers(sr["folder"], image=image,
+                                                bin_um=(bin_um or sr.get("bin_um")) if hd else None)
+        except Exception as e:
+            msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+            self._fail(ValueError(msg.replace("Use --bin-um 8 or 16.", "Choose 8 or 16 µm bins.")))
+            self._sync_space_ranger(layer)  # the choices show what is open again
+            return
+        self._replace_space_ranger_layers(layer, layers)
+        what = f"{len(slide.spot_ids):,} {'bins' if hd else 'spots'}"
+        self.status.value = (f"Showing {what} on {image_used_text(self.image_layer.value.metadata[KEY])}; "
+                             "press Predict.")
+
+    def _replace_space_ranger_layers(self, old_image, layers):
+        folder = old_image.metadata[KEY]["space_ranger"]["folder"]
+        vl = self.viewer.layers
+        old_spots = [ly for ly in vl if ly.__class__.__name__ == "Points"
+                     and ly.metadata.get(KEY, {}).get("kind") == "spots"
+                     and ly.metadata.get(KEY, {}).get("space_ranger", {}).get("folder") == folder]
+        at = vl.index(old_image)
+        for ly in [old_image, *old_spots]:
+            vl.remove(ly)
+        img, pts = self._add_layers(layers, at=min(at, len(vl)))
+        self.image_layer.value = img
+        self.spots.value = pts
