@@ -104,7 +104,9 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
                   "heldout_basis": (pred.meta or {}).get("heldout_basis"),
                   "unfamiliar": (pred.meta or {}).get("unfamiliar"),
                   "unfamiliar_score": (pred.meta or {}).get("unfamiliar_score"),
-                  "unfamiliar_threshold": (pred.meta or {}).get("unfamiliar_threshold")}}
+                  "unfamiliar_threshold": (pred.meta or {}).get("unfamiliar_threshold"),
+                  "reliability_unknown": (pred.meta or {}).get("reliability_unknown"),
+                  **_measured_meta(pred)}}
     kwargs = {
         **({"symbol": "square"} if pred.spot_shape == "square" else {}),
         "name": name or f"{pred.name} genes",
@@ -118,6 +120,31 @@ def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None =
     return (pred.image_xy[:, ::-1].copy(), kwargs, "points")
 
 
+def _measured_meta(pred) -> dict:
+    """The slide's own counts (``training.measured.Measured``) kept beside the prediction: one
+    sparse matrix stored by column (a gene's map is one slice), the spots that have counts, and
+    each gene's PCC on this slide."""
+    m = getattr(pred, "measured", None)
+    if m is None:
+        return {}
+    return {"measured": m.values.tocsc(), "has_counts": np.asarray(m.has_counts, bool),
+            "measured_pcc": _per_gene(pred, "measured_pcc"), "measured_normalisation": m.normalisation,
+            "measured_source": m.source}
+
+
+def measured_values(layer, gene: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """One gene's measured values on the spots that have counts, and those spots (a mask), from
+    a prediction layer whose slide has counts; None otherwise."""
+    meta = layer.metadata.get(KEY, {})
+    m = meta.get("measured")
+    if m is None:
+        return None
+    i = gene_index(meta)[gene]
+    has = meta["has_counts"]
+    col = np.asarray(m[:, i].toarray(), np.float32).ravel()
+    return col[has], has
+
+
 def _per_gene(pred, key: str) -> dict:
     v = (pred.meta or {}).get(key)
     if v is None or len(v) != len(pred.genes):
@@ -128,7 +155,7 @@ def _per_gene(pred, key: str) -> dict:
 def _export_meta(pred) -> dict:
     keep = ("image_path", "library_id", "scalefactors", "image_files", "model", "patch_um", "um_per_px_source",
             "bin_size_um", "clipped_fraction", "slide_reliability", "spread", "unfamiliar", "unfamiliar_score",
-            "unfamiliar_threshold")
+            "unfamiliar_threshold", "reliability_unknown", "reliability_protocol", "smooth_weight")
     return {k: pred.meta[k] for k in keep if (pred.meta or {}).get(k) is not None}
 
 

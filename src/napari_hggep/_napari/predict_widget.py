@@ -17,13 +17,14 @@ from .layers import KEY
 from .trained_models import register_predict_widget
 from .widgets.export import ExportControls
 from .widgets.genes import GeneControls, _GeneList
+from .widgets.measured import MeasuredControls
 from .widgets.prediction import PredictionControls
 from .widgets.source import SourceControls, is_pixel_table, place_on_image
 from .widgets.space_ranger import SpaceRangerControls
 
 
-class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionControls, GeneControls, ExportControls,
-                    Container):
+class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionControls, GeneControls, MeasuredControls,
+                    ExportControls, Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
@@ -34,10 +35,12 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
         self._gene_lists: dict[int, _GeneList] = {}
         self._shown_genes: list[str] = []
         self.extend([*self._source_widgets(), *self._prediction_widgets(), *self._gene_widgets(),
-                     *self._export_widgets()])
+                     *self._measured_widgets(), *self._export_widgets()])
+        self._measured_plot()
         self._connect_source()
         self._connect_prediction()
         self._connect_genes()
+        self._connect_measured()
         self._connect_export()
         self.native.setMaximumWidth(460)  # leave the canvas most of the window
         self.um_per_px.native.setPlaceholderText("required: µm per pixel")
@@ -59,6 +62,11 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
             w.reset_choices()
         self._gene_lists = {k: v for k, v in self._gene_lists.items()
                             if any(id(ly) == k for ly in self._prediction_layers())}
+        names = {ly.name for ly in self._prediction_layers()}
+        for ly in list(self.viewer.layers):  # measured maps whose prediction is gone go with it
+            meta = ly.metadata.get(KEY, {})
+            if meta.get("kind") in ("measured", "difference") and meta.get("of") not in names:
+                self.viewer.layers.remove(ly)
         img = self.image_layer.value
         if img is not None:  # a spot table opened after its image lands on the image's pixel grid
             for ly in self.viewer.layers:

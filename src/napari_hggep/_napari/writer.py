@@ -38,10 +38,21 @@ def layer_prediction(data, meta):
         extra["gene_pcc"] = dict(info["gene_pcc"])
     if info.get("gene_pcc_protocol"):
         extra["gene_pcc_protocol"] = info["gene_pcc_protocol"]
-    return Prediction(spot_ids=ids, xy=xy, genes=genes, values=np.asarray(values, np.float32), array_rc=rc,
+    pred = Prediction(spot_ids=ids, xy=xy, genes=genes, values=np.asarray(values, np.float32), array_rc=rc,
                       um_per_px=float(info.get("um_per_px", 1.0)) * scale, name=meta.get("name", "spots"),
                       meta=extra, image_scale=scale, spot_diameter_um=info.get("spot_diameter_um"),
                       spot_shape=info.get("spot_shape", "circle"), images=info.get("spatial_images"))
+    if info.get("measured") is not None and info.get("values") is not None:  # the slide's own counts go along
+        from ..training.measured import Measured
+
+        index = {g: i for i, g in enumerate(info["genes"])}
+        pcc = info.get("measured_pcc") or {}
+        mpcc = np.array([pcc.get(g, np.nan) for g in genes], np.float32)
+        pred.measured = Measured(info["measured"][:, [index[g] for g in genes]].tocsr(), info["has_counts"], mpcc,
+                                 normalisation=info.get("measured_normalisation", ""),
+                                 source=info.get("measured_source", ""))
+        pred.meta.update({"measured_pcc": mpcc, "measured_spots": int(np.sum(info["has_counts"]))})
+    return pred
 
 
 def write_points(path, data, meta):

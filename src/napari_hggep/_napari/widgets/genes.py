@@ -12,12 +12,22 @@ COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
 UNRELIABLE_PCC = 0.1
 
 
+def _known(v) -> float | None:
+    """A per-gene figure, or None where there is none (missing, or NaN: unknown on this slide)."""
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
 def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat: bool = False,
-                 here: float | None = None) -> str:
+                 here: float | None = None, measured: float | None = None, unknown: bool = False) -> str:
     """One short line for the canvas, above napari's colour bar (which has no title of its own)."""
     text = gene if pcc is None else f"{gene}   held-out PCC {pcc:.2f}"
+    here = _known(here)
     if here is not None:
         text += f" · expected here {here:.2f}"
+    elif unknown:
+        text += " · expected here: unknown"
+    if _known(measured) is not None:
+        text += f" · measured {measured:.2f}"
     if pcc is not None and pcc < UNRELIABLE_PCC:
         text += "  ⚠ unreliable"
     if flat:
@@ -25,17 +35,22 @@ def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat:
     return text
 
 
-def gene_label(gene: str, pcc: float | None, here: float | None = None) -> str:
-    """The gene selector's entry: the name, its held-out PCC and, where the prediction carries it,
-    the expected PCC on this slide (the colour range is on the info line)."""
-    slide = "" if here is None else f" · here {here:.2f}"
+def gene_label(gene: str, pcc: float | None, here: float | None = None, measured: float | None = None,
+               unknown: bool = False) -> str:
+    """The gene selector's entry: the name, its held-out PCC and, where the prediction carries
+    them, the expected PCC on this slide ("here ?" where it is unknown) and the PCC measured
+    against the slide's own counts (the colour range is on the info line)."""
+    here, measured = _known(here), _known(measured)
+    slide = f" · here {here:.2f}" if here is not None else " · here ?" if unknown else ""
+    if measured is not None:
+        slide += f" · measured {measured:.2f}"
     if pcc is None:
         return f"{gene}   (PCC n/a{slide})"
     low = pcc < UNRELIABLE_PCC or (here is not None and here < UNRELIABLE_PCC)
     return f"{gene}   (PCC {pcc:.2f}{slide}" + (", ⚠ unreliable)" if low else ")")
 
 
-SORT_CHOICES = ["held-out PCC", "this slide's reliability", "name"]
+SORT_CHOICES = ["held-out PCC", "this slide's reliability", "name", "measured PCC on this slide"]
 
 
 def selector_tooltip(meta: dict) -> str:
@@ -47,9 +62,14 @@ def selector_tooltip(meta: dict) -> str:
             "Spearman 0.04 (0.28 on a new section of a training patient).")
     if meta.get("slide_reliability"):
         text += (" 'here': the gene's expected PCC on this slide, from its held-out PCC and how much its "
-                 "prediction varies over this slide; calibrated on held-out folds (README, 'How far to trust').")
-    if meta.get("unfamiliar"):
+                 "prediction varies over this slide; calibrated on new-patient folds (README, 'How far to trust').")
+    if meta.get("reliability_unknown"):
+        text += f" 'here ?': unknown, because {meta['reliability_unknown']}; no gene is marked reliable on this slide."
+    elif meta.get("unfamiliar"):
         text += " ⚠ This slide is unlike the training tissue: these figures may not hold on it."
+    if meta.get("measured_pcc"):
+        text += (" 'measured': the PCC between the prediction and this slide's own counts "
+                 f"({meta.get('measured_normalisation', '')}).")
     return text
 
 
@@ -60,15 +80,19 @@ class _GeneList:
         meta = layer.metadata[KEY]
         pcc = meta.get("gene_pcc") or {}
         here = meta.get("slide_reliability") or {}
+        measured = meta.get("measured_pcc") or {}
+        unknown = bool(meta.get("reliability_unknown"))
         self.genes = list(meta["genes"])
         self.upper = [g.upper() for g in self.genes]
-        self.labels = [gene_label(g, pcc.get(g), here.get(g)) for g in self.genes]
-        p = np.array([pcc[g] if pcc.get(g) is not None else -np.inf for g in self.genes], float)
-        r = np.array([here[g] if here.get(g) is not None else -np.inf for g in self.genes], float)
-        self.has_pcc = bool(np.isfinite(p).any())
-        self.has_here = bool(np.isfinite(r).any())
-        self.by_pcc = np.argsort(-p, kind="stable")
-        self.by_here = np.argsort(-r, kind="stable")
+        self.labels = [gene_label(g, pcc.get(g), here.get(g), measured.get(g), unknown) for g in self.genes]
+
+        def order(d):
+            v = np.array([_known(d.get(g)) if _known(d.get(g)) is not None else -np.inf for g in self.genes], float)
+            return bool(np.isfinite(v).any()), np.argsort(-v, kind="stable")
+
+        self.has_pcc, self.by_pcc = order(pcc)
+        self.has_here, self.by_here = order(here)
+        self.has_measured, self.by_measured = order(measured)
         self.by_name = np.arange(len(self.genes))
         self.longest = max(self.labels, key=len) if self.labels else ""
 
@@ -77,7 +101,8 @@ class _GeneList:
         :data:`SORT_CHOICES`; True means held-out PCC, False the name)."""
         sort = SORT_CHOICES[0] if sort is True else SORT_CHOICES[2] if sort is False else sort
         order = (self.by_pcc if sort == SORT_CHOICES[0] and self.has_pcc else
-                 self.by_here if sort == SORT_CHOICES[1] and self.has_here else self.by_name)
+                 self.by_here if sort == SORT_CHOICES[1] and self.has_here else
+                 self.by_measured if sort == SORT_CHOICES[3] and self.has_measured else self.by_name)
         if not text:
             return order.tolist()
         up = self.upper
@@ -119,6 +144,9 @@ class GeneControls:
         box.setMinimumContentsLength(18)
         box.view().setUniformItemSizes(True)
         box.setMaxVisibleItems(25)
+        # napari resets a docked container's choices whenever a layer is added; the box is filled
+        # here, not through magicgui's choices, so that reset would empty it (e.g. a measured map added)
+        self.gene.reset_choices = lambda *a, **k: None
 
     def _gene_list(self, layer) -> _GeneList:
         gl = self._gene_lists.get(id(layer))
@@ -186,14 +214,19 @@ class GeneControls:
         where = meta.get("gene_pcc_protocol") == "leave-one-patient-out"
         note = ("no held-out PCC for this model" if pcc is None else
                 f"held-out PCC {pcc:.2f}" + (" on patients not trained on" if where else ""))
-        here = (meta.get("slide_reliability") or {}).get(gene)
+        here = _known((meta.get("slide_reliability") or {}).get(gene))
+        measured = _known((meta.get("measured_pcc") or {}).get(gene))
         if here is not None:
             note += f"; expected PCC on this slide {here:.2f}"
+        elif meta.get("reliability_unknown"):
+            note += f"; expected PCC on this slide unknown ({meta['reliability_unknown']})"
+        if measured is not None:
+            note += f"; measured against this slide's counts: PCC {measured:.2f}"
         if pcc is not None and pcc < UNRELIABLE_PCC:
             note += " — the model does not predict this gene; do not trust its map"
         elif here is not None and here < UNRELIABLE_PCC:
             note += " — too little signal on this slide; do not trust its map"
-        if meta.get("unfamiliar"):
+        if meta.get("unfamiliar") and not meta.get("reliability_unknown"):
             note += ". ⚠ This slide is unlike the training tissue: these figures may not hold"
         i = meta["_gene_index"][gene]
         r_lo, r_hi = (float(x) for x in meta["ranges"][i])
@@ -205,7 +238,9 @@ class GeneControls:
         else:
             rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
         self.gene_info.value = f"{gene}: {rng}; {note}"
-        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat")), here=here))
+        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat")), here=here, measured=measured,
+                                   unknown=bool(meta.get("reliability_unknown"))))
+        self._show_measured(layer, gene)
 
     def _caption(self, text: str | None):
         """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""

@@ -110,6 +110,10 @@ class PredictionControls:
         img_meta = img.metadata.get(KEY, {})  # a Visium PNG: its scale to full resolution, the folder's images
         slide.meta.update({k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None})
         slide.meta["spot_shape"] = src.metadata.get(KEY, {}).get("spot_shape", "circle")
+        # where the slide's counts are (a Space Ranger or HER2+ ST folder): compared after predicting
+        if img_meta.get("space_ranger"):
+            slide.meta["space_ranger"] = dict(img_meta["space_ranger"])
+        slide.source = str(img_meta.get("source") or "")
         require_tissue(slide)  # a blank image under the spots is never predicted on
         slide.meta["tissue_checked"] = True
         return {"slide": slide, "image_layer": img}
