@@ -196,12 +196,26 @@ class PredictionControls:
                              + (f", from {used}." if used else "."))
         from ...reliability import slide_verdict
 
+        unknown = (pred.meta or {}).get("reliability_unknown")
         for m in slide_verdict(pred):
-            if m.startswith("warning"):
+            if m.startswith("warning") and not unknown:
                 from napari.utils.notifications import show_warning
 
                 self.status.value += " ⚠ Unlike the training tissue: reliability figures may not hold."
                 show_warning(f"HGGEP: {m}")
+        if unknown:  # no confident figures without evidence: say why once, in the status and a toast
+            from napari.utils.notifications import show_warning
+
+            self.status.value += (f" ⚠ Expected PCC on this slide unknown: {unknown}. No gene is marked reliable "
+                                  "here.")
+            show_warning(f"HGGEP: expected PCC on this slide unknown, because {unknown}")
+        measured = (pred.meta or {}).get("measured_pcc")
+        if measured is not None:
+            ok = np.isfinite(np.asarray(measured, float))
+            if ok.any():
+                self.status.value += (f" Measured against this slide's counts: mean PCC "
+                                      f"{float(np.mean(np.asarray(measured, float)[ok])):.3f} over {int(ok.sum())} genes "
+                                      "(Measured ▸ shows the counts).")
         self.device_info.value = f"{self.device.value} → {device}"
 
     def _fail(self, err):
