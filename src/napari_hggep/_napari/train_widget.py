@@ -215,8 +215,13 @@ class TrainWidget(JobRunner, Container):
         events, stop = self.events, self.stop_flag
 
         def job():
+            import torch
+
             try:
-                bundle = study.run(out, progress=events.event.emit, should_stop=stop.is_set, resume=resume)
+                # autograd on, whatever this pool thread was left in: a cancelled prediction's generator
+                # stops inside torch.inference_mode and never leaves it in the thread that ran it
+                with torch.inference_mode(False):
+                    bundle = study.run(out, progress=events.event.emit, should_stop=stop.is_set, resume=resume)
                 return out, len(bundle.genes)
             except RuntimeError as e:  # see jobs.JobError: keep the widget from hanging
                 raise JobError(str(e)) from e

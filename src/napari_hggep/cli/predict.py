@@ -1,0 +1,100 @@
+"""``napari-hggep predict``: one slide to one or more output files, or many slides into ``--out-dir``."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .progress import Bar
+from .torchrun import _distributed_command
+
+
+def _cmd_predict(a) -> int:
+    if a.out_dir is not None or len(a.image) > 1:
+        return _predict_many(a)
+    a.image = a.image[0]
+    return _predict_one(a)
+
+
+def _predict_outputs(a) -> list[str]:
+    """Every output of a one-slide run (``-o`` any number of times, ``--h5ad`` its alias), checked
+    before any work: the format follows the file name, the folder must be writable."""
+    from ..data.export import FORMATS, OutputError, check_outputs
+
+    for h in a.h5ad or []:
+        if not str(h).lower().endswith(".h5ad"):
+            raise OutputError(f"--h5ad writes AnnData: its file name must end in .h5ad, not {h!r} "
+                              "(or give it as -o with the extension of the format you want)")
+    outputs = list(a.output or []) + list(a.h5ad or [])
+    if not outputs:
+        raise SystemExit(f"error: give -o OUTPUT ({', '.join(FORMATS)}; -o may be given several times), "
+                         "or --out-dir DIR to predict many slides")
+    check_outputs(outputs)
+    return outputs
+
+
+@_distributed_command
+def _predict_many(a, dist, device) -> int:
+    from ..batch import BatchOptions, check_batch_options, list_slides, predict_many
+
+    if a.spots or a.visium or a.output or a.h5ad:
+        raise SystemExit("error: with several slides or --out-dir, give slides (images with --grid, Visium "
+                         "outs/ or HER2+ ST folders) and --out-dir; not --spots, --visium, -o or --h5ad")
+    if a.out_dir is None:
+        raise SystemExit("error: several slides need --out-dir DIR (one CSV per slide is written there)")
+    slides = list_slides(a.image)
+    opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=a.um_per_px, model=a.model,
+                        device=str(device), batch_size=a.batch_size,
+                        genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats), bin_um=a.bin_um,
+                        shared_trunk=a.shared_trunk)
+    check_batch_options(opts, a.out_dir)
+    if dist.is_main:
+        where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
+        print(f"{len(slides)} slides → {a.out_dir} on {where}", file=sys.stderr)
+    res = predict_many(slides, a.out_dir, opts, dist, workers=a.workers, device=device)
+    if dist.is_main:
+        print(f"done {res['done']}, already done {res['skipped']}, failed {res['failed']} of {res['slides']} slides",
+              file=sys.stderr)
+    return 1 if res["failed"] else 0
+
+
+def _predict_one(a) -> int:
+    from .._bundled import load_model
+    from ..reliability import slide_verdict
+    from ..data.readers import open_slide
+    from ..predict import predict_slide
+
+    n_sources = sum(x is not None for x in (a.spots, a.visium, a.grid or None))
+    if n_sources != 1 and not (n_sources == 0 and Path(a.image).is_dir()):
+        raise SystemExit("error: give exactly one of --spots CSV, --visium DIR or --grid "
+                         "(or pass a Visium outs/ or HER2+ ST folder as IMAGE)")
+    outputs = _predict_outputs(a)
+    t0 = time.time()
+    slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
+                       pitch_um=a.pitch_um, bin_um=a.bin_um)
+    slide.validate()  # bad spots fail before the model is loaded
+    from ..data.quality import image_warnings, require_tissue
+
+    require_tissue(slide)  # a blank image under the spots is refused, not predicted on
+    slide.meta["tissue_checked"] = True
+    if slide.meta.get("notice"):  # e.g. a blank hires PNG replaced by the folder's lowres PNG
+        print(f"napari-hggep: notice: {slide.meta['notice']}", file=sys.stderr)
+    for m in image_warnings(slide.image, slide.um_per_px):
+        print(f"napari-hggep: warning: {m}", file=sys.stderr)
+    bundle = load_model(a.model, a.device)
+    from ..data.export import check_genes
+
+    genes = check_genes(bundle.genes, a.genes)  # before the model runs
+    scale = slide.meta.get("image_scale", 1.0)
+    print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px"
+          + (f" on {Path(slide.meta.get('image_path', '')).name} ({scale:.4g} x full resolution)" if scale != 1 else "")
+          + f"; model on {bundle.device}", file=sys.stderr)
+    pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"),
+                         notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr),
+                         shared_trunk=a.shared_trunk)
+    for m in slide_verdict(pred):
+        print(f"napari-hggep: {m}", file=sys.stderr)
+    for out in outputs:
+        pred.write(out, genes)
+    print(f"wrote {', '.join(outputs)} in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0

@@ -1,0 +1,77 @@
+"""What the ``train`` and ``evaluate`` arguments make: the training and model configs, the sections
+read from ``--data``, and a study from ``--samples`` or ``--data``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _train_config(a, device=None, epochs: int = 30):
+    from ..training.train import TrainConfig
+
+    return TrainConfig(epochs=a.epochs or epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
+                       val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,
+                       backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha,
+                       sections_per_step=getattr(a, "sections_per_step", 1))
+
+
+def _model_config(a, genes):
+    from ..model.config import preset
+
+    over = {"n_genes": len(genes)}
+    if a.ham_rule:
+        over["ham_rule"] = a.ham_rule
+    if a.colour_norm:
+        over["colour_norm"] = a.colour_norm
+    if getattr(a, "pca_blocks", None):
+        over["pca_blocks"] = tuple(a.pca_blocks)
+    cfg = preset(a.preset, **over)
+    if a.branches == "stats":
+        cfg = cfg.replace(image_path=False)
+    elif a.branches == "image":
+        cfg = cfg.replace(stats_features=0)
+    if not cfg.stats_features and a.branches == "stats":
+        raise ValueError(f"preset {a.preset!r} has no statistics branch")
+    return cfg
+
+
+def _sections(a):
+    from ..training.dataset import load_sections, read_genes
+
+    if a.data is None:
+        raise SystemExit("error: give --samples TABLE.csv or --data DIR (a folder of section folders)")
+    genes = read_genes(a.genes or Path(a.data) / "genes.txt")
+    cfg = _model_config(a, genes)
+    names = a.sections or sorted(p.name for p in Path(a.data).iterdir() if p.is_dir())
+    print(f"reading {len(names)} sections from {a.data} ...", file=sys.stderr)
+    copies = 2 if a.stats_res_copies is None else a.stats_res_copies
+    secs = load_sections(a.data, names, genes, cfg, a.cache, stats_res_copies=copies)
+    return secs, genes, cfg
+
+
+def _study(a, log):
+    """The study's sections and options from ``--samples`` or ``--data`` (plus --hvg/--genes)."""
+    from ..data.samples import read_samples_table, rows_from_data_dir
+    from ..training.study import Study, StudyOptions
+
+    if a.samples and a.data:
+        raise ValueError("give --samples TABLE.csv or --data DIR, not both")
+    if a.samples:
+        rows = read_samples_table(a.samples)
+        if a.sections:
+            rows = [r for r in rows if r.section in set(a.sections)]
+    elif a.data:
+        rows = rows_from_data_dir(a.data, a.sections)
+    else:
+        raise ValueError("give --samples TABLE.csv (columns section,folder,image,patient) or --data DIR "
+                         "(a folder of section folders)")
+    if a.hvg and a.genes:
+        raise ValueError("give --hvg N or --genes FILE, not both")
+    opts = StudyOptions(hvg=a.hvg, genes_file=a.genes,
+                        default_genes_file=str(Path(a.data) / "genes.txt") if a.data else None,
+                        from_scratch=a.from_scratch, finetune=a.finetune, branches=a.branches,
+                        train=_train_config(a, epochs=12), minutes=getattr(a, "minutes", None) or None,
+                        heldout=not getattr(a, "no_heldout", False), stats_res_copies=a.stats_res_copies or 0,
+                        cache=a.cache, keep_state=getattr(a, "keep_state", False),
+                        preset=a.preset)
+    return Study(rows, opts, log=log)

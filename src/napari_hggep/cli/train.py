@@ -1,0 +1,67 @@
+"""``napari-hggep train``: a study (sections, gene panel, held-out folds, the final model), or the expert
+recipe the bundled model was made with (``--data``, a pretrained backbone, card metrics, torchrun)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .progress import _epoch_printer, _StudyBar
+from .sections import _sections, _study, _train_config
+from .torchrun import _distributed_command
+
+
+def _expert_train(a) -> bool:
+    """The recipe the bundled model was made with: an evaluation's metrics stored as they are,
+    a pretrained backbone file, torchrun; no study folds."""
+    return bool(a.card_metrics or a.backbone or a.freeze_backbone or a.sections_per_step > 1)
+
+
+def _cmd_train(a) -> int:
+    import os
+
+    if _expert_train(a) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if a.samples:
+            raise SystemExit("error: --samples trains a study model; --card-metrics, --backbone, --freeze-backbone, "
+                             "--sections-per-step and torchrun take --data DIR with a genes.txt")
+        return _cmd_train_expert(a)
+    log = lambda m: print(f"\n{m}" if bar.open else m, file=sys.stderr, flush=True)  # noqa: E731
+    bar = _StudyBar()
+    study = _study(a, log)
+    study.run(a.out, progress=bar, resume=a.resume)
+    return 0
+
+
+@_distributed_command
+def _cmd_train_expert(a, dist, device) -> int:
+    from ..model.pretrained import read_backbone
+    from ..training.train import train_model
+
+    if a.backbone:
+        read_backbone(a.backbone)  # a wrong file fails now, not after the sections are read
+    secs, genes, cfg = _sections(a)
+    if dist.active:
+        print(f"rank {dist.rank} of {dist.world} on {device}", file=sys.stderr)
+    metrics = None
+    if a.card_metrics:
+        ev = json.loads(Path(a.card_metrics).read_text())
+        # the gene selector's held-out PCC: on a new patient when the evaluation had 2+ patients
+        # (the usual case for a user's slide), otherwise on a new section
+        lopo = ev.get("gene_pcc_lopo")
+        metrics = {"loo": ev.get("summary"), "per_section": ev.get("per_section"),
+                   "leave_one_patient_out": ev.get("leave_one_patient_out"),
+                   "resampled": ev.get("resampled"), "ablation": ev.get("ablation"),
+                   "protocol": ev.get("protocol"), "gene_pcc_loo": ev.get("gene_pcc"), "gene_pcc_lopo": lopo,
+                   "gene_pcc": lopo or ev.get("gene_pcc"),
+                   "gene_pcc_protocol": "leave-one-patient-out" if lopo else "leave-one-section-out"}
+        if ev.get("calibration"):  # the per-slide reliability and the "unlike the training tissue" score
+            from ..training.calibrate import calibrate
+
+            metrics["reliability"] = calibrate(ev, secs)
+    epochs = a.epochs or 30
+    train_model(secs, cfg, genes, _train_config(a, device), out=a.out, resume=a.resume,
+                progress=_epoch_printer(epochs) if dist.is_main else None, metrics=metrics, dist=dist,
+                keep_state=a.keep_state)
+    if dist.is_main:
+        print(f"wrote {a.out}", file=sys.stderr)
+    return 0
