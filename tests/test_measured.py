@@ -183,3 +183,18 @@ def test_score_an_existing_model_without_training(bundle, tmp_path):
     genes_csv = pd.read_csv(paths[3], index_col=0)
     np.testing.assert_allclose(genes_csv.loc[genes, "pcc_mean"].to_numpy(), want, atol=2e-4)
     assert json.loads(paths[0].read_text())["protocol"]["kind"].startswith("score")
+
+
+def test_evaluate_without_loo_scores_the_bundled_model_from_the_command_line(bundle, tmp_path, capsys):
+    genes = list(bundle.genes[:50])
+    _visium_with_counts(tmp_path / "data", genes)
+    out = tmp_path / "res"
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out / "score_sections.csv")
+    assert list(table.section) == ["S1"] and not table.in_training[0] and table.n_genes_scored[0] == 50
+    assert "| S1 |" in capsys.readouterr().out
+    # a file where the folder should go is refused before any prediction
+    bad = tmp_path / "file"
+    bad.write_text("x")
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--out", str(bad)]) == 2
+    assert "is a file" in capsys.readouterr().err

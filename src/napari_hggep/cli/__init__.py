@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_predict)
 
     for name, helptext, func in (("train", "train a model on ST sections", _cmd_train),
-                                 ("evaluate", "leave-one-section-out and leave-one-patient-out evaluation", _cmd_evaluate)):
+                                 ("evaluate", "score a model on labelled sections (without --loo: an existing model, "
+                                              "no training), or leave-one-out evaluation by retraining (--loo)",
+                                  _cmd_evaluate)):
         t = sub.add_parser(name, help=helptext)
         t.add_argument("--samples", help="samples table (CSV): section,folder[,image,patient,um_per_px]; folders are "
                                          "Space Ranger outs/, HER2+ ST folders, or an image + spots.csv + counts table")
@@ -117,9 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--card-metrics", help="expert: loo.json from `evaluate` to store in the model card "
                                                   "instead of the study's held-out folds")
         else:
-            t.add_argument("--loo", action="store_true", help="leave-one-section-out")
+            t.add_argument("--loo", action="store_true",
+                           help="retrain under leave-one-section-out and leave-one-patient-out (slow); without it, "
+                                "the model of --model (default: the bundled one) is scored on the sections as it is")
+            t.add_argument("--model", help="without --loo: the checkpoint to score (default: the bundled model)")
             t.add_argument("--labels", help="CSV section,spot_id,label of pathologist regions (for ARI)")
-            t.add_argument("--out", default=".", help="folder for loo.json and loo.md")
+            t.add_argument("--out", default=".", help="folder for the results: score.json, score.md, "
+                                                      "score_sections.csv, score_genes.csv (without --loo); "
+                                                      "loo.json and loo.md (with --loo)")
             t.add_argument("--resample-um", type=float, nargs="*", default=[1.4, 3.2],
                            help="also test each held-out section resampled to these um/px (default 1.4 3.2)")
             t.add_argument("--ablation", action="store_true",

@@ -1,5 +1,7 @@
-"""``napari-hggep evaluate --loo``: leave-one-section-out and leave-one-patient-out evaluation, of the
-expert recipe (``--data``) or of the study's (``--samples``)."""
+"""``napari-hggep evaluate``: without ``--loo``, an existing model (``--model``, default the bundled
+one) scored on labelled sections as it is (:mod:`napari_hggep.training.score`); with ``--loo``,
+leave-one-section-out and leave-one-patient-out evaluation by retraining, of the expert recipe
+(``--data``) or of the study's (``--samples``)."""
 from __future__ import annotations
 
 import sys
@@ -13,8 +15,10 @@ def _cmd_evaluate(a) -> int:
     from ..training.evaluate import ablation, evaluate, markdown_table, write_results
 
     if not a.loo:
-        raise SystemExit("error: pass --loo (leave-one-section-out, plus leave-one-patient-out and the "
-                         "resampled held-out sections)")
+        return _score(a)
+    if a.model:
+        raise SystemExit("error: --model is for scoring an existing model (evaluate without --loo); --loo retrains "
+                         "from the recipe's options")
     if a.samples or a.hvg:
         return _evaluate_study(a)
     secs, genes, cfg = _sections(a)
@@ -65,4 +69,27 @@ def _evaluate_study(a) -> int:
     js, md = write_results(res, a.out)
     print(markdown_table(res))
     print(f"wrote {js} and {md}", file=sys.stderr)
+    return 0
+
+
+def _score(a) -> int:
+    """``evaluate --samples S`` / ``--data D`` without ``--loo``: score an existing model on labelled
+    sections, no training. Everything that needs no slide is checked first."""
+    from .._bundled import load_model
+    from ..data.samples import read_samples_table, rows_from_data_dir
+    from ..training.score import check_score_dir, markdown, score_model, write_score
+
+    if not (a.samples or a.data):
+        raise SystemExit("error: give the labelled sections to score the model on: --samples TABLE or --data DIR")
+    out = check_score_dir(a.out)
+    rows = read_samples_table(a.samples) if a.samples else rows_from_data_dir(a.data, a.sections)
+    if a.samples and a.sections:
+        rows = [r for r in rows if r.section in set(a.sections)]
+    bundle = load_model(a.model, a.device)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"scoring {bundle.path} ({len(bundle.genes)} genes) on {len(rows)} section(s); nothing is trained")
+    res = score_model(bundle, rows, log=log)
+    paths = write_score(res, out)
+    print(markdown(res))
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
