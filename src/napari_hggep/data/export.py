@@ -1,39 +1,31 @@
 """Export predictions, atomically (temporary file + rename), in the format the file name says:
 
-* ``.csv``: ``spot_id,x,y[,array_row,array_col],<genes…>``;
+* ``.csv``: ``spot_id,x,y[,array_row,array_col],<genes…>`` (:mod:`.csv_export`);
 * ``.h5ad``: AnnData laid out as ``scanpy.read_visium`` lays it out (``obsm["spatial"]`` in
   full-resolution pixels, ``uns["spatial"][library_id]`` with images and scale factors), each
-  gene's held-out PCC and reliability in ``var``;
+  gene's held-out PCC and reliability in ``var`` (:mod:`.anndata_export`);
 * ``.geojson``: QuPath detections, one polygon per spot (or square per Visium HD bin), the genes as
-  measurements, written row by row;
+  measurements, written row by row (:mod:`.geojson_export`);
 * ``.zarr``: a SpatialData store (optional extra ``spatialdata``; see :mod:`.spatialdata_export`).
 
+This module checks outputs before any work (the format from the file name, the folder, the
+genes) and hands a prediction to the writer of its format; what every writer shares is in
+:mod:`.export_values`.
+
 Values everywhere are the model's prediction of ``log1p(counts / total x median total)``
-clipped at 0 (see :data:`VALUES`; ``predict_steps`` clips, and exports clip again anything handed
-to them)."""
+clipped at 0 (see :data:`.export_values.VALUES`; ``predict_steps`` clips, and exports clip again
+anything handed to them)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-from .._atomic import atomic_path
+from .anndata_export import write_h5ad
+from .csv_export import gene_table_path, write_csv, write_gene_table
+from .geojson_export import write_geojson
 
 FORMATS = {".csv": "CSV table", ".h5ad": "AnnData (scanpy, squidpy)", ".geojson": "QuPath GeoJSON detections",
            ".zarr": "SpatialData store"}
-UNRELIABLE_PCC = 0.1  # genes below this held-out PCC are flagged unreliable (as in the widget)
-SLIDE_RELIABILITY_MEANS = ("var['slide_reliability']: each gene's expected PCC on this slide, from the card's held-out "
-                           "PCC and the prediction's spread over this slide (var['spread'], relative to the gene's "
-                           "training variation); calibrated by leave-one-section-out and leave-one-patient-out")
-UNFAMILIAR_MEANS = ("True when the slide's tissue statistics lie further from every training section than the "
-                    "card's threshold (in units of the distance between sections of one training patient): "
-                    "the held-out figures may not hold on this slide")
-VALUES = ("predicted log1p(counts / total x median total), the model's training target; clipped at 0, "
-          "because that target is never negative: a clipped value is never further from any possible "
-          "true value than the raw regression output was")
-THUMB_SIDES = {"hires": 2000, "lowres": 600}  # the sizes of Space Ranger's PNGs
 
 
 class OutputError(ValueError):
@@ -114,319 +106,6 @@ def check_genes(available, genes) -> list[str] | None:
     return list(genes)
 
 
-# ---------------------------------------------------------------- values
-def _columns(pred, genes):
-    """The exported genes' names and their columns in ``pred.values`` (``None``: all, in order)."""
-    if genes is None:
-        return list(pred.genes), None
-    idx = [pred.gene_index(g) for g in genes]
-    return [pred.genes[i] for i in idx], idx
-
-
-def _select(pred, genes):
-    names, idx = _columns(pred, genes)
-    return names, (pred.values if idx is None else pred.values[:, idx])
-
-
-def export_values(values, rows: int = 16384) -> np.ndarray:
-    """The values every export writes: the prediction clipped at 0 (see :data:`VALUES`). Values
-    already clipped (as ``predict_steps`` returns them) come back as they are, not copied: a
-    slide's values are never held twice. Checked ``rows`` rows at a time (no slide-sized mask)."""
-    v = np.asarray(values, np.float32)
-    negative = False
-    for i in range(0, len(v), rows):
-        part = v[i:i + rows]
-        if not np.isfinite(part).all():
-            raise ValueError("the prediction holds values that are not finite; nothing was written")
-        negative = negative or bool((part < 0).any())
-    return np.maximum(v, 0.0, dtype=np.float32) if negative else v
-
-
-def gene_table(pred, names):
-    """Each gene's held-out PCC (NaN where the model card has none) and ``reliable`` (PCC >= 0.1)."""
-    import pandas as pd
-
-    pcc = (pred.meta or {}).get("gene_pcc") or {}
-    p = np.array([float(pcc[g]) if pcc.get(g) is not None else np.nan for g in names], float)
-    var = pd.DataFrame(index=pd.Index([str(g) for g in names], name="gene"))
-    var["heldout_pcc"] = p
-    var["reliable"] = np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC
-    # this slide's own figures (napari_hggep.reliability), where the prediction carries them
-    pos = {g: i for i, g in enumerate(pred.genes)}
-    idx = [pos[g] for g in names]
-    for col in ("slide_reliability", "spread"):
-        v = (pred.meta or {}).get(col)
-        if v is not None and len(v) == len(pred.genes):
-            var[col] = np.asarray(v, np.float32)[idx]
-    return var
-
-
-def gene_table_path(path) -> Path:
-    """Where a CSV export's per-gene table goes: ``pred.csv`` -> ``pred.genes.csv``."""
-    path = Path(path)
-    name = path.name[:-len(".csv")] if path.name.lower().endswith(".csv") else path.stem
-    return path.with_name(name + ".genes.csv")
-
-
-def write_gene_table(pred, path, genes=None) -> Path:
-    """The per-gene table (held-out PCC, reliable, this slide's reliability and spread) as CSV;
-    the slide's "unlike the training tissue" verdict and score repeat on every row."""
-    names, _ = _columns(pred, genes)
-    var = gene_table(pred, names)
-    meta = pred.meta or {}
-    if meta.get("unfamiliar") is not None:
-        var["slide_unfamiliar"] = bool(meta["unfamiliar"])
-        var["slide_unfamiliar_score"] = float(meta["unfamiliar_score"])
-    with atomic_path(path) as tmp:
-        var.to_csv(tmp)
-    return Path(path)
-
-
-def spot_diameter_px(pred) -> float:
-    """The spot (or bin) side in full-resolution pixels; without a recorded size, half the
-    median distance between neighbouring spots."""
-    if pred.spot_diameter_um and pred.um_per_px:
-        return float(pred.spot_diameter_um) / float(pred.um_per_px)
-    xy = np.asarray(pred.xy, float)
-    if len(xy) < 2:
-        return 1.0
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(xy).query(xy, k=2)
-    return max(float(np.median(d[:, 1])) * 0.5, 1.0)
-
-
-# ---------------------------------------------------------------- CSV
-def prediction_frame(pred, genes=None):
-    import pandas as pd
-
-    names, vals = _select(pred, genes)
-    clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
-    if clash:
-        raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
-    cols = {"spot_id": pred.spot_ids, "x": pred.xy[:, 0], "y": pred.xy[:, 1]}
-    if pred.array_rc is not None:
-        cols["array_row"], cols["array_col"] = pred.array_rc[:, 0], pred.array_rc[:, 1]
-    front = pd.DataFrame(cols)
-    return pd.concat([front, pd.DataFrame(export_values(vals), columns=names)], axis=1)
-
-
-def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
-    """The table of :func:`prediction_frame`, written ``chunk`` rows at a time (memory does not
-    grow with the slide). The header is pandas' ``to_csv`` header; the rows are written by
-    Arrow's CSV writer (C++, about 7x faster than ``to_csv`` for thousands of gene columns):
-    text columns quoted, numbers in their shortest text that reads back exactly (float32 genes,
-    float64 x and y), ``0`` rather than ``0.0``."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-
-    names, idx = _columns(pred, genes)
-    clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
-    if clash:
-        raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
-    n = len(pred.spot_ids)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            for start in range(0, max(n, 1), chunk):
-                sl = slice(start, start + chunk)
-                cols = {"spot_id": pred.spot_ids[sl], "x": pred.xy[sl, 0], "y": pred.xy[sl, 1]}
-                if pred.array_rc is not None:
-                    cols["array_row"], cols["array_col"] = pred.array_rc[sl, 0], pred.array_rc[sl, 1]
-                vals = pred.values[sl] if idx is None else pred.values[sl][:, idx]
-                if start == 0:
-                    f.write(pd.DataFrame(columns=[*cols, *names]).to_csv(index=False, lineterminator="\n").encode())
-                if not len(cols["x"]):
-                    break
-                columns = [np.asarray(v).astype(str) if k == "spot_id" else np.asarray(v) for k, v in cols.items()]
-                columns += list(np.asfortranarray(export_values(vals)).T)  # contiguous gene columns
-                table = pa.Table.from_arrays([pa.array(c) for c in columns], names=[*cols, *names])
-                pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
-    return Path(path)
-
-
-# ---------------------------------------------------------------- AnnData
-def _downscale(image, max_side: int) -> tuple[np.ndarray, float]:
-    """``image`` (possibly lazy, a pyramid) at most ``max_side`` px on its long side, area-averaged,
-    and the factor (thumbnail px per image px)."""
-    from PIL import Image
-
-    from .image import strided
-
-    h, w = int(image.shape[0]), int(image.shape[1])
-    f = min(1.0, max_side / max(h, w))
-    size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
-    coarse, _ = strided(image, max(1, int(1.0 / f)))
-    thumb = Image.fromarray(np.ascontiguousarray(np.asarray(coarse)[..., :3]).astype(np.uint8))
-    if thumb.size != size:
-        thumb = thumb.resize(size, Image.BOX)
-    return np.asarray(thumb), size[0] / w
-
-
-def spatial_images(pred) -> dict:
-    """``{"hires": (rgb uint8, scalef), "lowres": ...}`` for ``uns["spatial"]``: a Visium folder's
-    PNGs (at most 2,000 px; a larger HD hires PNG is downscaled and its scale factor with it), or a
-    downscaled copy of the image predicted on; ``scalef`` maps full-resolution pixels to the image."""
-    if pred.images is not None:
-        return dict(pred.images)
-    out = {}
-    files = (pred.meta or {}).get("image_files") or {}
-    sf = (pred.meta or {}).get("scalefactors") or {}
-    from .image import read_image
-
-    for kind, f in files.items():
-        try:
-            img = np.asarray(read_image(f))
-        except (OSError, ValueError):  # a PNG gone or unreadable since: the downscaled copy below stands in
-            continue
-        thumb, fac = _downscale(img, THUMB_SIDES["hires"])
-        out[kind] = (thumb, float(sf[f"tissue_{kind}_scalef"]) * fac)
-    if not out and pred.image is not None:
-        for kind, side in THUMB_SIDES.items():
-            thumb, fac = _downscale(pred.image, side)
-            out[kind] = (thumb, fac * float(pred.image_scale))
-    return out
-
-
-def to_anndata(pred, genes=None, with_values: bool = True):
-    """AnnData as ``scanpy.read_visium`` makes it, so ``sc.pl.spatial(adata, color=gene)`` and
-    ``squidpy.pl.spatial_scatter`` draw it without extra arguments. ``with_values=False`` leaves
-    ``X`` out (:func:`write_h5ad` streams it into the file)."""
-    import anndata as ad
-    import pandas as pd
-
-    if with_values:
-        names, vals = _select(pred, genes)
-        raw = np.asarray(vals, np.float32)
-        X = export_values(raw)
-    else:
-        names, _ = _columns(pred, genes)
-        raw, X = pred.values, None
-    obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
-    obs["in_tissue"] = np.ones(len(obs), np.int64)
-    if pred.array_rc is not None:
-        obs["array_row"], obs["array_col"] = np.asarray(pred.array_rc)[:, 0], np.asarray(pred.array_rc)[:, 1]
-    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names))
-    adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
-    meta = pred.meta or {}
-    lib = str(meta.get("library_id") or pred.name or "slide")
-    images = spatial_images(pred)
-    diam = spot_diameter_px(pred)
-    sf = {k: float(v) for k, v in (meta.get("scalefactors") or {}).items()}
-    sf["spot_diameter_fullres"] = float(sf.get("spot_diameter_fullres", diam))
-    for kind, (_, s) in images.items():
-        sf[f"tissue_{kind}_scalef"] = float(s)
-    adata.uns["spatial"] = {lib: {
-        "images": {k: img for k, (img, _) in images.items()},
-        "scalefactors": sf,
-        "metadata": {"source_image_path": str(meta.get("image_path") or ""), "software": "napari-hggep"},
-    }}
-    info = {
-        "X": VALUES,
-        "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else negative_fraction(raw),
-        "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
-        "um_per_px": float(pred.um_per_px),
-        "image_predicted_on": str(meta.get("image_path") or ""),
-        "image_scale": float(pred.image_scale),
-        "image_scale_means": "pixels of the image predicted on per full-resolution pixel",
-        "spot_shape": str(pred.spot_shape),
-        "spot_diameter_um": float(pred.spot_diameter_um or diam * pred.um_per_px),
-        "slide": str(pred.name),
-        "library_id": lib,
-        "reliable": f"held-out PCC >= {UNRELIABLE_PCC}; False where the model card has no PCC",
-    }
-    if meta.get("unfamiliar") is not None:
-        info["unfamiliar"] = bool(meta["unfamiliar"])
-        info["unfamiliar_score"] = float(meta["unfamiliar_score"])
-        info["unfamiliar_threshold"] = float(meta.get("unfamiliar_threshold", np.nan))
-        info["unfamiliar_means"] = UNFAMILIAR_MEANS
-    if meta.get("slide_reliability") is not None:
-        info["slide_reliability"] = SLIDE_RELIABILITY_MEANS
-    for k in ("model", "patch_um", "gene_pcc_protocol", "um_per_px_source", "bin_size_um"):
-        if meta.get(k) is not None:
-            info[k] = meta[k] if isinstance(meta[k], (int, float)) else str(meta[k])
-    adata.uns["napari_hggep"] = info
-    return adata
-
-
-def negative_fraction(values, rows: int = 16384) -> float:
-    """The fraction of ``values`` below 0, counted ``rows`` rows at a time."""
-    v = np.asarray(values)
-    if not v.size:
-        return 0.0
-    return sum(int(np.count_nonzero(v[i:i + rows] < 0)) for i in range(0, len(v), rows)) / v.size
-
-
-def write_h5ad(pred, path, genes=None, rows: int = 16384) -> Path:
-    """:func:`to_anndata` written to ``path``: everything but ``X`` through anndata, then ``X``
-    (the clipped values, see :data:`VALUES`) streamed into the same file ``rows`` spots at a
-    time, as anndata's dense-array encoding, so a slide's values are never copied whole (not even
-    for a gene subset or unclipped values). Written to a temporary file, renamed when complete."""
-    import h5py
-
-    adata = to_anndata(pred, genes, with_values=False)
-    _, idx = _columns(pred, genes)
-    vals = pred.values
-    n, g = adata.n_obs, adata.n_vars
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
-        with h5py.File(tmp, "a") as f:
-            if "X" in f:
-                del f["X"]
-            ds = f.create_dataset("X", shape=(n, g), dtype="float32")
-            ds.attrs["encoding-type"] = "array"
-            ds.attrs["encoding-version"] = "0.2.0"
-            for i in range(0, n, rows):
-                part = np.asarray(vals[i:i + rows] if idx is None else vals[i:i + rows][:, idx], np.float32)
-                ds[i:i + len(part)] = export_values(part)
-    return Path(path)
-
-
-# ---------------------------------------------------------------- QuPath GeoJSON
-def spot_outline(shape: str, diameter_px: float, n: int = 16) -> np.ndarray:
-    """The closed ring (k+1 x 2, first vertex repeated) around a spot centre: a 16-gon for a round
-    spot, a square of side ``diameter_px`` for a bin."""
-    r = diameter_px / 2.0
-    if shape == "square":
-        ring = np.array([[-r, -r], [r, -r], [r, r], [-r, r]])
-    else:
-        t = 2 * np.pi * np.arange(n) / n
-        ring = np.column_stack([r * np.cos(t), r * np.sin(t)])
-    return np.vstack([ring, ring[:1]])
-
-
-def write_geojson(pred, path, genes=None, chunk: int = 500) -> Path:
-    """A QuPath-readable FeatureCollection: one ``detection`` per spot, a closed polygon in
-    full-resolution pixels, the exported genes as ``measurements``. Written row by row to a
-    temporary file (memory does not grow with the slide), renamed when complete."""
-    import uuid
-
-    names, vals = _select(pred, genes)
-    vals = export_values(vals)  # not a copy where the values are already clipped
-    ring = spot_outline(pred.spot_shape, spot_diameter_px(pred))
-    fmt = ",".join(json.dumps(str(g)).replace("%", "%%") + ":%.6g" for g in names)
-    xy = np.asarray(pred.xy, float)
-    ids = np.asarray(pred.spot_ids).astype(str)
-    ns = uuid.uuid5(uuid.NAMESPACE_URL, f"napari-hggep/{pred.name}")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write('{"type":"FeatureCollection","features":[\n')
-            for start in range(0, len(xy), chunk):
-                lines = []
-                for i in range(start, min(start + chunk, len(xy))):
-                    pts = xy[i] + ring
-                    coords = ",".join(f"[{x:.2f},{y:.2f}]" for x, y in pts)
-                    lines.append(
-                        '{"type":"Feature","id":"' + str(uuid.uuid5(ns, ids[i])) + '",'
-                        '"geometry":{"type":"Polygon","coordinates":[[' + coords + ']]},'
-                        '"properties":{"objectType":"detection","name":' + json.dumps(ids[i]) + ","
-                        '"measurements":{' + (fmt % tuple(vals[i].tolist()) if names else "") + "}}}")
-                f.write(("" if start == 0 else ",\n") + ",\n".join(lines))
-            f.write("\n]}\n")
-    return Path(path)
-
-
-# ---------------------------------------------------------------- any format
 def write_prediction(pred, path, genes=None) -> Path:
     """Write ``pred`` to ``path`` in the format its name says."""
     fmt = check_output(path)
