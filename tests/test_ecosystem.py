@@ -8,7 +8,7 @@ import pytest
 
 from helpers import he_like_image, write_visium_study_section
 from napari_hggep import load_model, open_slide, predict_slide
-from napari_hggep.data import export
+from napari_hggep.data import export, geojson_export
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +40,16 @@ def test_hires_and_lowres_always_there_and_scanpy_squidpy_draw_with_defaults(pre
 
 def test_geojson_default_is_small_and_not_geographic(pred, tmp_path):
     gpd = pytest.importorskip("geopandas")
-    path = export.write_geojson(pred, tmp_path / "p.geojson")
+    path = geojson_export.write_geojson(pred, tmp_path / "p.geojson")
     per_spot = path.stat().st_size / len(pred.spot_ids)
     assert per_spot <= 10_000
     doc = json.loads(path.read_text())
     names = list(doc["features"][0]["properties"]["measurements"])
-    assert names == export.geojson_default_genes(pred) and 0 < len(names) <= export.GEOJSON_MAX_GENES
+    assert names == geojson_export.geojson_default_genes(pred) and 0 < len(names) <= geojson_export.GEOJSON_MAX_GENES
     g = gpd.read_file(path)
     assert g.crs is not None and not g.crs.is_geographic and "pixel" in g.crs.to_wkt()
     # every gene on request, values to 3 significant digits
-    full = export.write_geojson(pred, tmp_path / "all.geojson", export.check_genes(pred.genes, "all"))
+    full = geojson_export.write_geojson(pred, tmp_path / "all.geojson", export.check_genes(pred.genes, "all"))
     m = json.loads(full.read_text())["features"][3]["properties"]["measurements"]
     assert list(m) == pred.genes
     j = pred.genes.index("GNAS")

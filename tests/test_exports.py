@@ -14,7 +14,8 @@ from PIL import Image
 from helpers import he_like_image, write_visium, N_BUNDLED
 from napari_hggep import load_model
 from napari_hggep.cli import main
-from napari_hggep.data.export import UNRELIABLE_PCC, VALUES, check_output, output_format
+from napari_hggep.data.export import check_output, output_format
+from napari_hggep.data.export_values import UNRELIABLE_PCC, VALUES
 
 GENES = "GNAS,FN1,KRT8"
 
@@ -135,7 +136,7 @@ def test_every_format_at_once_with_h5ad_alias(tmp_path, visium):
     for sid in df.index[:10]:
         np.testing.assert_allclose(centres[sid], df.loc[sid, ["x", "y"]].to_numpy(float), atol=0.02)
         np.testing.assert_allclose([meas[sid][g] for g in GENES.split(",")], df.loc[sid, GENES.split(",")],
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=5e-3, atol=1e-6)  # GeoJSON keeps 3 significant digits
 
 
 # ---------------------------------------------------------------- full-resolution pixels everywhere
@@ -262,7 +263,7 @@ def test_geojson_is_streamed_atomically_and_a_failure_keeps_the_old_file(tmp_pat
     np.testing.assert_allclose(centres["s7"], pred.xy[7], atol=0.01)
     ring = np.asarray(json.load(open(out))["features"][0]["geometry"]["coordinates"][0])
     np.testing.assert_allclose(np.hypot(*(ring[:-1] - pred.xy[0]).T), 55.0, atol=0.02)  # diameter 110 px
-    assert meas["s3"]["C"] == pytest.approx(max(float(pred.values[3, 2]), 0), abs=1e-5)
+    assert meas["s3"]["C"] == pytest.approx(max(float(pred.values[3, 2]), 0), rel=5e-3, abs=1e-6)  # 3 digits
     good = out.read_bytes()
     calls = {"n": 0}
     import uuid

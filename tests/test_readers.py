@@ -57,7 +57,7 @@ def test_visium_round_trip(tmp_path, old):
 def test_visium_counts_match_h5(tmp_path):
     f = write_visium(tmp_path / "outs", he_like_image(500, 420))
     s = read_visium(f)
-    from napari_hggep.data.readers import read_10x_h5
+    from napari_hggep.data.space_ranger import read_10x_h5
 
     mat, names, bc = read_10x_h5(f / "filtered_feature_bc_matrix.h5")
     order = {b: i for i, b in enumerate(bc)}

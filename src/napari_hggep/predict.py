@@ -61,17 +61,17 @@ class Prediction:
             raise KeyError(f"gene {str(gene)!r} is not among the {len(self.genes)} predicted genes") from None
 
     def to_dataframe(self, genes: list[str] | None = None):
-        from .data.export import prediction_frame
+        from .data.csv_export import prediction_frame
 
         return prediction_frame(self, genes)
 
     def write_csv(self, path, genes: list[str] | None = None) -> Path:
-        from .data.export import write_csv
+        from .data.csv_export import write_csv
 
         return write_csv(self, path, genes)
 
     def write_h5ad(self, path, genes: list[str] | None = None) -> Path:
-        from .data.export import write_h5ad
+        from .data.anndata_export import write_h5ad
 
         return write_h5ad(self, path, genes)
 
@@ -188,7 +188,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
         rel["unfamiliar_threshold"] = float(bundle.reliability()["slide"]["threshold"])
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
     # further from any possible truth than the regression's raw output was
-    from .data.export import negative_fraction
+    from .data.export_values import negative_fraction
 
     clipped = negative_fraction(z)  # in row chunks: no slide-sized mask
     np.maximum(z, 0.0, out=z)

@@ -13,17 +13,11 @@ from scipy import sparse
 
 from .counts import read_10x_h5_sparse, read_counts_table
 from .image import is_image_path
-from .readers import (
-    decode_text,
-    is_her2st_folder,
-    is_visium_folder,
-    numeric_column,
-    parse_table,
-    read_her2st,
-    read_image_with_spots,
-    read_visium,
-)
+from .her2st import is_her2st_folder, read_her2st
+from .readers import read_image_with_spots
 from .slide import Slide, SlideError
+from .tables import decode_text, numeric_column, parse_table
+from .visium import is_visium_folder, read_visium
 
 SAMPLE_COLUMNS = ("section", "folder", "image", "patient", "um_per_px")
 COUNT_TABLES = ("counts.h5ad", "counts.tsv.gz", "counts.tsv", "counts.csv.gz", "counts.csv")

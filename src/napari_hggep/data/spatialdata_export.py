@@ -22,7 +22,7 @@ def _image_element(pred, transformations_mod, Image2DModel):
     export carries when the image itself is not at hand (an export from the napari layer)."""
     import dask.array as da
 
-    from .export import spatial_images
+    from .anndata_export import spatial_images
 
     if pred.image is not None:
         img, um = pred.image, float(pred.image_um_per_px)
@@ -51,7 +51,7 @@ def _shapes_element(pred, transformations_mod, ShapesModel):
     import geopandas as gpd
     import shapely
 
-    from .export import spot_diameter_px
+    from .export_values import spot_diameter_px
 
     xy = np.asarray(pred.xy, float)
     d = spot_diameter_px(pred)
@@ -71,7 +71,7 @@ def to_spatialdata(pred, genes=None):
     from spatialdata import transformations as tr
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
 
-    from .export import to_anndata
+    from .anndata_export import to_anndata
 
     adata = to_anndata(pred, genes)
     del adata.uns["spatial"]  # the image is an element of the store

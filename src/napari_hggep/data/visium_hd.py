@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .slide import Slide, SlideError
+from .space_ranger import read_visium_positions, visium_image_with_tissue, visium_named_image, visium_spatial_meta
 
 HD_BINS_UM = (2, 8, 16)
 DEFAULT_BIN_UM = 16
@@ -130,8 +131,6 @@ def read_hd_scalefactors(spatial: Path) -> tuple[dict, Path]:
 
 def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> Slide:
     """One bin folder (``binned_outputs/square_016um``): every in-tissue bin as a square spot."""
-    from .readers import read_visium_positions, visium_image_with_tissue, visium_named_image, visium_spatial_meta
-
     folder = Path(folder)
     spatial = folder / "spatial"
     if not spatial.is_dir():

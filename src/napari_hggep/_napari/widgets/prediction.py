@@ -256,7 +256,7 @@ def _predict_job_steps(req: dict, model_path, device: str):
             from ..layers import gene_ranges
 
             sd = (bundle.target_norm or {}).get("std")  # each gene's spread in training: the colour floor
-            from ...data.export import spatial_images
+            from ...data.anndata_export import spatial_images
 
             pred.images = spatial_images(pred)  # the slide's small copies for an AnnData export, made here
             pred.image = None

@@ -61,7 +61,7 @@ class SpaceRangerControls:
         (the one Predict uses) and the others to choose from; for Visium HD, the bin size."""
         from pathlib import Path
 
-        from ...data.readers import space_ranger_images
+        from ...data.space_ranger import space_ranger_images
 
         meta = {} if layer is None else layer.metadata.get(KEY, {})
         sr = meta.get("space_ranger")

@@ -1,0 +1,195 @@
+"""AnnData exports (``.h5ad``), laid out as ``scanpy.read_visium`` lays them out: ``obsm["spatial"]`` in
+full-resolution pixels, ``uns["spatial"][library_id]`` with images and scale factors, each gene's
+held-out PCC and reliability in ``var``; ``X`` streamed into the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._atomic import atomic_path
+from .export_values import (
+    UNRELIABLE_PCC,
+    VALUES,
+    _columns,
+    _select,
+    export_values,
+    gene_table,
+    negative_fraction,
+    spot_diameter_px,
+)
+
+SLIDE_RELIABILITY_MEANS = ("var['slide_reliability']: each gene's expected PCC on this slide, from the card's held-out "
+                           "PCC and the prediction's spread over this slide (var['spread'], relative to the gene's "
+                           "training variation); calibrated by leave-one-section-out and leave-one-patient-out")
+
+UNFAMILIAR_MEANS = ("True when the slide's tissue statistics lie further from every training section than the "
+                    "card's threshold (in units of the distance between sections of one training patient): "
+                    "the held-out figures may not hold on this slide")
+
+THUMB_SIDES = {"hires": 2000, "lowres": 600}  # the sizes of Space Ranger's PNGs
+MAPS_ARE = ("conditional means: each value is the model's expected expression given the tissue around the spot, "
+            "not a sample of it, so predicted maps are much smoother than measured expression (Moran's I, 6 nearest "
+            "neighbours, median over genes: 0.72-0.80 predicted vs 0.01-0.06 measured on five HER2+ sections; GNAS "
+            "0.72-0.82 vs 0.10-0.26; benchmarks/bench_smoothness.py). Spatial statistics (spatially variable "
+            "genes, Moran's I, neighbourhood enrichment) on predictions are not comparable with the same statistics "
+            "on measured data")
+MEASURED_MEANS = ("layers['measured']: the slide's own counts of each predicted gene, normalised as the prediction's "
+                  "target (see 'measured_normalisation'); obs['has_counts'] marks the spots the counts list (the "
+                  "others are empty rows); var['measured_pcc']: each gene's Pearson correlation between prediction and "
+                  "measurement over those spots")
+
+
+
+def _downscale(image, max_side: int) -> tuple[np.ndarray, float]:
+    """``image`` (possibly lazy, a pyramid) at most ``max_side`` px on its long side, area-averaged,
+    and the factor (thumbnail px per image px)."""
+    from PIL import Image
+
+    from .image import strided
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    f = min(1.0, max_side / max(h, w))
+    size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
+    coarse, _ = strided(image, max(1, int(1.0 / f)))
+    thumb = Image.fromarray(np.ascontiguousarray(np.asarray(coarse)[..., :3]).astype(np.uint8))
+    if thumb.size != size:
+        thumb = thumb.resize(size, Image.BOX)
+    return np.asarray(thumb), size[0] / w
+
+
+def spatial_images(pred) -> dict:
+    """``{"hires": (rgb uint8, scalef), "lowres": ...}`` for ``uns["spatial"]``: a Visium folder's
+    PNGs (at most 2,000 px; a larger HD hires PNG is downscaled and its scale factor with it), or a
+    downscaled copy of the image predicted on; ``scalef`` maps full-resolution pixels to the image."""
+    if pred.images is not None:
+        return dict(pred.images)
+    out = {}
+    files = (pred.meta or {}).get("image_files") or {}
+    sf = (pred.meta or {}).get("scalefactors") or {}
+    from .image import read_image
+
+    for kind, f in files.items():
+        try:
+            img = np.asarray(read_image(f))
+        except (OSError, ValueError):  # a PNG gone or unreadable since: the downscaled copy below stands in
+            continue
+        thumb, fac = _downscale(img, THUMB_SIDES["hires"])
+        if float(np.asarray(thumb, np.float32).std()) < 2.0:  # black or blank (Space Ranger 1.0 sometimes writes
+            continue  # one): a copy of the image predicted on stands in below
+        out[kind] = (thumb, float(sf[f"tissue_{kind}_scalef"]) * fac)
+    if pred.image is not None:  # hires and lowres always (scanpy's and squidpy's defaults ask for them):
+        for kind, side in THUMB_SIDES.items():  # the folder's own where usable, else from the image predicted on
+            if kind not in out:
+                thumb, fac = _downscale(pred.image, side)
+                out[kind] = (thumb, fac * float(pred.image_scale))
+    return out
+
+
+def to_anndata(pred, genes=None, with_values: bool = True):
+    """AnnData as ``scanpy.read_visium`` makes it, so ``sc.pl.spatial(adata, color=gene)`` and
+    ``squidpy.pl.spatial_scatter`` draw it without extra arguments. ``with_values=False`` leaves
+    ``X`` out (:func:`write_h5ad` streams it into the file)."""
+    import anndata as ad
+    import pandas as pd
+
+    if with_values:
+        names, vals = _select(pred, genes)
+        raw = np.asarray(vals, np.float32)
+        X = export_values(raw)
+    else:
+        names, _ = _columns(pred, genes)
+        raw, X = pred.values, None
+    obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
+    obs["in_tissue"] = np.ones(len(obs), np.int64)
+    if pred.array_rc is not None:
+        obs["array_row"], obs["array_col"] = np.asarray(pred.array_rc)[:, 0], np.asarray(pred.array_rc)[:, 1]
+    meta = pred.meta or {}
+    measured = getattr(pred, "measured", None)
+    layers = {}
+    if measured is not None:
+        _, idx = _columns(pred, genes)
+        layers["measured"] = measured.values if idx is None else measured.values[:, idx]
+        obs["has_counts"] = np.asarray(measured.has_counts, bool)
+    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None,
+                       shape=(len(obs), len(names)) if X is None else None)
+    adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
+    lib = str(meta.get("library_id") or pred.name or "slide")
+    images = spatial_images(pred)
+    diam = spot_diameter_px(pred)
+    sf = {k: float(v) for k, v in (meta.get("scalefactors") or {}).items()}
+    sf["spot_diameter_fullres"] = float(sf.get("spot_diameter_fullres", diam))
+    for kind, (_, s) in images.items():
+        sf[f"tissue_{kind}_scalef"] = float(s)
+    adata.uns["spatial"] = {lib: {
+        "images": {k: img for k, (img, _) in images.items()},
+        "scalefactors": sf,
+        "metadata": {"source_image_path": str(meta.get("image_path") or ""), "software": "napari-hggep"},
+    }}
+    info = {
+        "X": VALUES,
+        "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else negative_fraction(raw),
+        "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
+        "um_per_px": float(pred.um_per_px),
+        "image_predicted_on": str(meta.get("image_path") or ""),
+        "image_scale": float(pred.image_scale),
+        "image_scale_means": "pixels of the image predicted on per full-resolution pixel",
+        "spot_shape": str(pred.spot_shape),
+        "spot_diameter_um": float(pred.spot_diameter_um or diam * pred.um_per_px),
+        "slide": str(pred.name),
+        "library_id": lib,
+        "reliable": f"held-out PCC >= {UNRELIABLE_PCC}; False where the model card has no PCC",
+    }
+    if meta.get("unfamiliar") is not None:
+        info["unfamiliar"] = bool(meta["unfamiliar"])
+        info["unfamiliar_score"] = float(meta["unfamiliar_score"])
+        info["unfamiliar_threshold"] = float(meta.get("unfamiliar_threshold", np.nan))
+        info["unfamiliar_means"] = UNFAMILIAR_MEANS
+    if meta.get("slide_reliability") is not None:
+        info["slide_reliability"] = SLIDE_RELIABILITY_MEANS
+        if meta.get("reliability_protocol"):
+            info["slide_reliability_calibrated_on"] = str(meta["reliability_protocol"])
+    if meta.get("reliability_unknown"):
+        info["slide_reliability_unknown_because"] = str(meta["reliability_unknown"])
+        info["reliable"] += "; none on this slide, because its expected PCC is unknown"
+    info["values_are"] = MAPS_ARE
+    if meta.get("smooth_weight"):
+        info["neighbour_blending"] = (f"each spot's prediction is blended with the mean of its nearest ring of "
+                                      f"neighbours, weight {float(meta['smooth_weight']):g}")
+    if measured is not None:
+        info["measured"] = MEASURED_MEANS
+        info["measured_normalisation"] = str(measured.normalisation)
+        info["measured_source"] = str(measured.source)
+        info["measured_spots"] = int(measured.n_spots)
+        ok = np.isfinite(measured.pcc)
+        info["measured_pcc_mean"] = float(measured.pcc[ok].mean()) if ok.any() else float("nan")
+    for k in ("model", "patch_um", "gene_pcc_protocol", "um_per_px_source", "bin_size_um"):
+        if meta.get(k) is not None:
+            info[k] = meta[k] if isinstance(meta[k], (int, float)) else str(meta[k])
+    adata.uns["napari_hggep"] = info
+    return adata
+
+
+def write_h5ad(pred, path, genes=None, rows: int = 16384) -> Path:
+    """:func:`to_anndata` written to ``path``: everything but ``X`` through anndata, then ``X``
+    (the clipped values, see :data:`VALUES`) streamed into the same file ``rows`` spots at a
+    time, as anndata's dense-array encoding, so a slide's values are never copied whole (not even
+    for a gene subset or unclipped values). Written to a temporary file, renamed when complete."""
+    import h5py
+
+    adata = to_anndata(pred, genes, with_values=False)
+    _, idx = _columns(pred, genes)
+    vals = pred.values
+    n, g = adata.n_obs, adata.n_vars
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+        with h5py.File(tmp, "a") as f:
+            if "X" in f:
+                del f["X"]
+            ds = f.create_dataset("X", shape=(n, g), dtype="float32")
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            for i in range(0, n, rows):
+                part = np.asarray(vals[i:i + rows] if idx is None else vals[i:i + rows][:, idx], np.float32)
+                ds[i:i + len(part)] = export_values(part)
+    return Path(path)
