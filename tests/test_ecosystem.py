@@ -54,3 +54,56 @@ def test_geojson_default_is_small_and_not_geographic(pred, tmp_path):
     assert list(m) == pred.genes
     j = pred.genes.index("GNAS")
     assert m["GNAS"] == pytest.approx(float(pred.values[3, j]), rel=5e-3, abs=1e-6)
+
+
+def test_predictions_join_a_store_spatialdata_io_wrote_without_touching_it(tmp_path):
+    """`-o` to a store spatialdata-io wrote for the same Space Ranger folder adds one table that
+    annotates that store's own spots (its integer instance ids), in its coordinate systems."""
+    sd = pytest.importorskip("spatialdata")
+    sdio = pytest.importorskip("spatialdata_io")
+    from helpers import write_visium
+    from napari_hggep.cli import main
+    from napari_hggep.data.spatialdata_export import ADDED_TABLE
+
+    outs = write_visium(tmp_path / "lib1" / "outs", he_like_image(500, 420))
+    store = tmp_path / "lib1.zarr"
+    sdio.visium(outs, dataset_id="lib1").write(store)
+    before = sd.read_zarr(store)
+    assert main(["predict", str(outs), "-o", str(store), "--genes", "GNAS,FN1"]) == 0
+    after = sd.read_zarr(store)
+    assert set(after.tables) == {"table", ADDED_TABLE}
+    assert set(after.images) == set(before.images) and set(after.shapes) == set(before.shapes)
+    np.testing.assert_array_equal(after.tables["table"].X.toarray(), before.tables["table"].X.toarray())
+    t = after.tables[ADDED_TABLE]
+    attrs = t.uns["spatialdata_attrs"]
+    assert attrs["region"] == "lib1" and attrs["instance_key"] == "spot_id" and list(t.var_names) == ["GNAS", "FN1"]
+    theirs = before.tables["table"].obs
+    np.testing.assert_array_equal(t.obs["spot_id"].to_numpy(), theirs.loc[t.obs_names, "spot_id"].to_numpy())
+    # spatialdata's own join puts each prediction on the store's shape of the same barcode
+    from spatialdata import join_spatialelement_table
+
+    shapes, table = join_spatialelement_table(after, spatial_element_names="lib1", table_name=ADDED_TABLE, how="inner")
+    assert len(table) == t.n_obs == 64
+    # run again: the table is replaced, the rest stays
+    assert main(["predict", str(outs), "-o", str(store), "--genes", "GNAS"]) == 0
+    again = sd.read_zarr(store)
+    assert list(again.tables[ADDED_TABLE].var_names) == ["GNAS"] and set(again.tables) == {"table", ADDED_TABLE}
+
+
+def test_a_new_store_lines_up_with_spatialdata_io(tmp_path):
+    sd = pytest.importorskip("spatialdata")
+    sdio = pytest.importorskip("spatialdata_io")
+    from spatialdata.transformations import get_transformation
+
+    from helpers import write_visium
+    from napari_hggep.cli import main
+
+    outs = write_visium(tmp_path / "lib1" / "outs", he_like_image(500, 420))
+    ours = tmp_path / "pred.zarr"
+    assert main(["predict", str(outs), "-o", str(ours), "--genes", "GNAS"]) == 0
+    a, b = sd.read_zarr(ours), sdio.visium(outs, dataset_id="lib1")
+    assert set(a.shapes) == set(b.shapes) == {"lib1"} and "lib1_hires_image" in a.images and "lib1_hires_image" in b.images
+    assert {"lib1", "global"} <= set(a.coordinate_systems)
+    m = lambda el: np.asarray(get_transformation(el, "lib1").to_affine_matrix(("x", "y"), ("x", "y")))  # noqa: E731
+    np.testing.assert_allclose(m(a.images["lib1_hires_image"]), m(b.images["lib1_hires_image"]))
+    np.testing.assert_allclose(m(a.shapes["lib1"]), m(b.shapes["lib1"]))

@@ -312,10 +312,11 @@ def test_spatialdata_store_round_trip(tmp_path, visium):
     assert main(["predict", str(visium["fullres"]), "--visium", str(visium["sr2"]), "-o", str(z),
                  "--genes", GENES]) == 0
     s = sd.read_zarr(z)
-    assert set(s.images) == {"he"} and set(s.shapes) == {"spots"} and set(s.tables) == {"table"}
+    # named as spatialdata_io.visium names them (the library: the folder above outs/)
+    assert set(s.images) == {"sr2_full_image"} and set(s.shapes) == {"sr2"} and set(s.tables) == {"table"}
     t = s.tables["table"]
     assert list(t.var_names) == GENES.split(",") and "heldout_pcc" in t.var
-    shapes = s.shapes["spots"]
+    shapes = s.shapes["sr2"]
     assert len(shapes) == t.n_obs == 64 and (shapes["radius"] == 10.0).all()
     from spatialdata.transformations import get_transformation
 
@@ -323,7 +324,7 @@ def test_spatialdata_store_round_trip(tmp_path, visium):
     pos = visium["pos"]
     um = np.asarray(tr.to_affine_matrix(("x", "y"), ("x", "y")))[:2, :2].diagonal()
     np.testing.assert_allclose(um, 55.0 / 20.0)
-    he = s.images["he"]  # multiscale, in micrometres: the full-resolution image at 55 / 20 um per pixel
+    he = s.images["sr2_full_image"]  # multiscale, in micrometres: the full-resolution image at 55 / 20 um per pixel
     assert list(he.keys())[:2] == ["scale0", "scale1"] and he["scale0"]["image"].shape == (3, 500, 420)
     img_um = np.asarray(get_transformation(he, "global").to_affine_matrix(("y", "x"), ("y", "x")))[:2, :2].diagonal()
     np.testing.assert_allclose(img_um, 55.0 / 20.0)

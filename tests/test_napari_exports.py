@@ -113,10 +113,10 @@ def test_widget_exports_a_spatialdata_store(viewer, qtbot, tmp_path):
     wait_predict(qtbot, w)
     assert _export(w, tmp_path / "p.zarr").startswith("Exported"), w.status.value
     s = sd.read_zarr(tmp_path / "p.zarr")
-    t, shapes = s.tables["table"], s.shapes["spots"]
+    t, shapes = s.tables["table"], s.shapes["lib2"]
     assert t.n_obs == len(shapes) == 64 and t.n_vars == N_BUNDLED and "heldout_pcc" in t.var
     # the image is the hires copy the layer carries: 5.5 um per pixel; the spots 2.75 (full resolution)
-    he = s.images["he"]
+    he = s.images["lib2_hires_image"]
     img = he["scale0"]["image"] if hasattr(he, "keys") else he
     assert img.shape == (3, 250, 210)
     um = np.asarray(get_transformation(he, "global").to_affine_matrix(("y", "x"), ("y", "x")))[:2, :2].diagonal()
