@@ -14,6 +14,22 @@ def her2st_dir():
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def bundle():
+    """The bundled model on the CPU, loaded once per test module."""
+    from napari_hggep import load_model
+
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Two small HER2+ ST sections and their genes.txt, once per test module (test_distributed has three)."""
+    from helpers import write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("st"))
+
+
 @pytest.fixture
 def viewer(make_napari_viewer):
     """A real napari viewer (napari's pytest plugin closes it after the test)."""

@@ -19,6 +19,14 @@ def he_like_image(h=600, w=800, seed=0) -> np.ndarray:
     return img
 
 
+def smooth_he(h, w, seed=0) -> np.ndarray:
+    """:func:`he_like_image` blurred by a 3 px Gaussian: tissue without pixel noise."""
+    from scipy import ndimage as ndi
+
+    img = he_like_image(h, w, seed=seed).astype(np.float32)
+    return np.stack([ndi.gaussian_filter(img[..., c], 3) for c in range(3)], -1).round().astype(np.uint8)
+
+
 def write_her2st(folder: Path, img: np.ndarray, genes=("GA", "GB", "GC"), pitch_px=40.0, seed=0) -> Path:
     import pandas as pd
     from PIL import Image
@@ -207,3 +215,9 @@ def wait_predict(qtbot, w, timeout=180_000):
     before a signal could be connected here, so the widget's state is polled."""
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+
+
+def shown(widget) -> bool:
+    """Shown in its dock (magicgui's ``visible`` is False for every widget of a dock not on screen, as
+    in these tests, so the Qt widget's own hidden flag is asked)."""
+    return not widget.native.isHidden()

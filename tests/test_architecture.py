@@ -10,6 +10,10 @@ PACKAGE = "napari_hggep"
 MAX_LINES = 500
 QT = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt")
 QT_FREE = ("model", "data", "training", "cli")  # sub-packages (or modules) that never import Qt
+# the package's parts from the top down (as its __init__ docstring lists them): each imports only
+# parts further down
+LAYERS = ("cli", "_napari", "batch", "predict", "dense", "training", "_bundled", "reliability", "model", "data",
+          "distributed", "devices", "_atomic", "_version")
 
 
 def modules() -> dict[str, Path]:
@@ -105,6 +109,21 @@ def test_no_module_is_over_500_lines():
 def test_the_package_has_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycles (imports inside functions count): " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_parts_import_only_parts_further_down():
+    rank = {part: i for i, part in enumerate(LAYERS)}
+    bad, unknown = [], set()
+    for name, targets in import_graph().items():
+        part = name.split(".")[1] if "." in name else None
+        if part is None:  # the package's own __init__: a facade over everything
+            continue
+        unknown |= {p for p in [part, *(t.split(".")[1] for t in targets if "." in t)] if p not in rank}
+        bad += [f"{name} imports {t}" for t in sorted(targets)
+                if "." in t and t.split(".")[1] in rank and part in rank and t.split(".")[1] != part
+                and rank[t.split(".")[1]] < rank[part]]
+    assert not unknown, f"parts missing from LAYERS (add them where they belong): {sorted(unknown)}"
+    assert not bad, "imports against the layer order (LAYERS, top down): " + "; ".join(bad)
 
 
 def test_every_relative_import_names_a_module_of_the_package():

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hggep import load_model
 from napari_hggep.dense import grid_pitch_um, iter_shared_tokens, use_shared_trunk
 from napari_hggep.predict import _patch_tokens, predict_slide
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return load_model(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,11 @@ import pytest
 from PIL import Image
 
 from helpers import he_like_image, write_visium, N_BUNDLED
-from napari_hggep import load_model
 from napari_hggep.cli import main
 from napari_hggep.data.export import check_output, output_format
 from napari_hggep.data.export_values import UNRELIABLE_PCC, VALUES
 
 GENES = "GNAS,FN1,KRT8"
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return load_model(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,6 @@ from napari_hggep.devices import MemoryGuard, is_out_of_memory, resolve_device
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return load_model(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def slide():
     s = sample_slide()
     return s.subset(np.arange(s.n_spots) % 10 == 0)  # ~110 spots

@@ -190,9 +190,10 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path):
 
 
 def test_whole_slide_pyramids_open_as_multiscale_and_predict(viewer, qtbot, tmp_path):
-    from test_readers import _smooth_he, _write_pyramid, _write_svs
+    from helpers import smooth_he
+    from test_readers import _write_pyramid, _write_svs
 
-    img = _smooth_he(1536, 2048, seed=1)
+    img = smooth_he(1536, 2048, seed=1)
     ome = tmp_path / "slide.ome.tif"
     _write_pyramid(ome, img, um=0.5)
     assert get_reader(str(ome)) is not None

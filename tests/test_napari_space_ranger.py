@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict
+from helpers import he_like_image, shown, write_visium, write_visium_hd, N_BUNDLED, wait_predict
 from PIL import Image
 
 from napari_hggep._napari.layers import KEY
@@ -14,11 +14,6 @@ from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.space_ranger import OTHER_FULLRES
 
 pytest.importorskip("napari")
-
-
-def shown(widget) -> bool:
-    """Shown when the dock is (magicgui's ``visible`` is False for any widget of a dock not on screen)."""
-    return not widget.native.isHidden()
 
 
 def world(points):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import he_like_image, write_visium, N_BUNDLED, wait_predict
+from helpers import he_like_image, shown, smooth_he, write_visium, N_BUNDLED, wait_predict
 from napari_hggep._napari.layers import FLAT_FRACTION, KEY, gene_values, prediction_layer_data
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
@@ -17,18 +17,6 @@ from napari_hggep._napari.widgets.source import GENERATE
 from napari_hggep.predict import Prediction
 
 pytest.importorskip("napari")
-
-
-def shown(widget) -> bool:
-    """Visible in the dock (the dock itself is not shown in these tests)."""
-    return not widget.native.isHidden()
-
-
-def _smooth_he(h, w, seed=0):
-    from scipy import ndimage as ndi
-
-    img = he_like_image(h, w, seed=seed).astype(np.float32)
-    return np.stack([ndi.gaussian_filter(img[..., c], 3) for c in range(3)], -1).round().astype(np.uint8)
 
 
 def _write_ome(path, img, um):
@@ -55,7 +43,7 @@ def _spot_table(path, img_h, img_w, pitch=60):
 def test_spot_csv_over_ome_tiff_lands_on_the_image(viewer, qtbot, tmp_path, widget_first):
     h, w_ = 1024, 1536
     ome = tmp_path / "section.ome.tif"
-    _write_ome(ome, _smooth_he(h, w_, seed=3), um=0.69)
+    _write_ome(ome, smooth_he(h, w_, seed=3), um=0.69)
     csv = tmp_path / "section_spots.csv"
     df = _spot_table(csv, h, w_)
     assert df["x"].max() * 0.69 * 1.45 > 0  # sanity
@@ -193,7 +181,7 @@ def test_pixel_size_is_never_guessed_and_resets(viewer, qtbot, tmp_path):
     assert "brown" in w.image_warning.value
     # an image with metadata: filled in, and says where from
     ome = tmp_path / "s.ome.tif"
-    _write_ome(ome, _smooth_he(512, 512), 0.5)
+    _write_ome(ome, smooth_he(512, 512), 0.5)
     viewer.open(str(ome), plugin="napari-hggep")
     w.image_layer.value = viewer.layers["s"]
     assert w.um_per_px.value == "0.5" and w.um_source.value == "from OME PhysicalSizeX in the file"

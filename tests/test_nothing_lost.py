@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import he_like_image, write_tiny_dataset
+from helpers import he_like_image
 from napari_hggep._atomic import atomic_write_bytes
 from napari_hggep.model.checkpoint import read_checkpoint
 
 CLI = [sys.executable, "-m", "napari_hggep.cli"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return write_tiny_dataset(tmp_path_factory.mktemp("st"))
 
 
 def _temporaries(folder: Path):

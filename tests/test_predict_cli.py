@@ -6,19 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import N_BUNDLED, he_like_image, write_her2st, write_tiny_dataset, write_visium
+from helpers import N_BUNDLED, he_like_image, write_her2st, write_visium
 from napari_hggep import __version__, load_model, predict_slide
 from napari_hggep.cli import main
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return load_model(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return write_tiny_dataset(tmp_path_factory.mktemp("st"))
 
 
 def test_version_and_help():

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from helpers import he_like_image, write_her2st, write_visium
+from helpers import he_like_image, smooth_he, write_her2st, write_visium
 from napari_hggep.data import SlideError, open_slide, read_her2st, read_visium
 from napari_hggep.data.image import image_um_per_px, read_image
 from napari_hggep.data.patches import extract_patches, patch_window_px
@@ -152,13 +152,6 @@ def test_patches_physical_size_and_border(tmp_path):
     assert (p[1, :40, :40] == 255).all()  # padded outside the image, no crash
 
 
-def _smooth_he(h, w, seed=0):
-    from scipy import ndimage as ndi
-
-    img = he_like_image(h, w, seed=seed).astype(np.float32)
-    return np.stack([ndi.gaussian_filter(img[..., c], 3) for c in range(3)], -1).round().astype(np.uint8)
-
-
 def _write_pyramid(p, img, um=0.25, levels=3):
     with tifffile.TiffWriter(p) as tw:
         tw.write(img, subifds=levels - 1, tile=(256, 256), compression="zlib",
@@ -182,7 +175,7 @@ def test_patches_come_from_the_coarsest_sufficient_pyramid_level(tmp_path):
     from napari_hggep.data.patches import iter_patch_batches, spatial_order
     from napari_hggep.data.slide import Slide
 
-    img = _smooth_he(1536, 2048)
+    img = smooth_he(1536, 2048)
     p = tmp_path / "slide.ome.tif"
     _write_pyramid(p, img)
     im = read_image(p, lazy=True)
@@ -212,7 +205,7 @@ def test_features_read_from_the_pyramid_match_level_0(tmp_path):
     from napari_hggep.data.features import feature_names, tissue_features
     from napari_hggep.data.slide import Slide
 
-    img = _smooth_he(1536, 2048, seed=3)
+    img = smooth_he(1536, 2048, seed=3)
     p = tmp_path / "slide.ome.tif"
     _write_pyramid(p, img)
     im = read_image(p, lazy=True)
@@ -285,7 +278,7 @@ def _write_svs(p, img, mpp=0.5):
 def test_svs_mpp_levels_and_eager_read(tmp_path):
     from napari_hggep.data.image import as_pyramid, pyramid
 
-    img = _smooth_he(1024, 1536, seed=5)
+    img = smooth_he(1024, 1536, seed=5)
     p = tmp_path / "slide.svs"
     _write_svs(p, img, mpp=0.2527)
     assert image_um_per_px(p) == pytest.approx(0.2527)

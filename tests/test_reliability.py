@@ -117,13 +117,6 @@ def test_bundled_card_is_calibrated_on_folds(card):
     assert res and not any(f["flagged"] for f in res)
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    from napari_hggep._bundled import load_model
-
-    return load_model(None, "cpu")
-
-
 def test_predict_carries_reliability_into_every_output(bundle, tmp_path):
     import anndata as ad
 

@@ -181,7 +181,8 @@ def test_one_section_trains_without_heldout_and_says_so(tmp_path, capsys):
 
 def test_cancel_keeps_no_model_and_resume_finishes(visium_study, tmp_path):
     from napari_hggep.training.study import Study, StudyOptions
-    from napari_hggep.training.train import TrainConfig, TrainingCancelled
+    from napari_hggep.training.config import TrainConfig
+    from napari_hggep.training.train import TrainingCancelled
 
     rows = read_samples_table(visium_study / "samples.csv")
     opts = StudyOptions(hvg=20, train=TrainConfig(epochs=2, device="cpu"))

@@ -5,8 +5,10 @@ import torch
 from napari_hggep.model import preset
 from napari_hggep.training.augment import dihedral, hed_jitter, resolution_jitter, train_augment
 from napari_hggep.training.dataset import SectionData
-from napari_hggep.training.train import (TrainConfig, _split, gene_stats, init_stats_branch, pca_basis,
-                                         smooth_targets, train_model)
+from napari_hggep.training.config import TrainConfig
+from napari_hggep.training.initialise import gene_stats, init_stats_branch, pca_basis, smooth_targets
+from napari_hggep.training.train import train_model
+from napari_hggep.training.validation import _split
 
 N_FEAT = 6
 
@@ -85,7 +87,7 @@ def test_statistics_only_model_is_the_closed_form_ridge():
     # alpha was chosen within the training sections, and the model predicts the held-out signal
     assert bundle.meta["extra"]["ridge_alpha"] in (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
     from napari_hggep.training.metrics import gene_pcc
-    from napari_hggep.training.train import predict_section
+    from napari_hggep.training.validation import predict_section
 
     test = section("T", n=60, seed=7)
     tn = bundle.target_norm

@@ -177,7 +177,7 @@ class TrainWidget(JobRunner, Container):
     # -------------------------------------------------------------- training
     def _options(self):
         from ..training.study import StudyOptions
-        from ..training.train import TrainConfig
+        from ..training.config import TrainConfig
 
         genes_file = None
         if self.panel.value == GENE_FILE:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _train_config(a, device=None, epochs: int = 30):
-    from ..training.train import TrainConfig
+    from ..training.config import TrainConfig
 
     return TrainConfig(epochs=a.epochs or epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
                        val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,

@@ -17,7 +17,9 @@ from ..model.config import HGGEPConfig
 from .baseline import RidgeBaseline, colour_features
 from .dataset import SectionData
 from .metrics import mean_over_sections, slide_metrics
-from .train import TrainConfig, predict_section, train_model
+from .config import TrainConfig
+from .train import train_model
+from .validation import predict_section
 
 # HGGEP's published per-section mean PCC (reference repo Output/HGGEP_her2.npy; SPEC 4)
 PUBLISHED_PCC = {"B4": 0.315, "C2": 0.177, "C3": 0.233, "C4": 0.219, "C5": 0.229, "C6": 0.207}

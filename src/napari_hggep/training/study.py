@@ -23,7 +23,9 @@ from .dataset import SectionData, build_section, read_genes
 from ..reliability import prediction_spread
 from .metrics import gene_pcc, mean_over_sections
 from .panel import DEFAULT_HVG, Panel, panel_counts, panel_from_list, select_hvg
-from .train import TrainConfig, TrainingCancelled, predict_section, train_model
+from .config import TrainConfig
+from .train import TrainingCancelled, train_model
+from .validation import predict_section
 
 Log = Callable[[str], None]
 

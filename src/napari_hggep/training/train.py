@@ -1,5 +1,9 @@
 """Training with honest model selection: the validation spots come from the training
-sections only; the held-out section is never looked at while training."""
+sections only; the held-out section is never looked at while training.
+
+:func:`train_model` runs the epochs; it starts from :mod:`.initialise`, feeds the model through
+:mod:`.forward`, selects the best epoch by :mod:`.validation`, and saves and resumes through
+:mod:`.resume`. Its settings are :class:`.config.TrainConfig`."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +12,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -16,177 +20,21 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write_bytes
-from ..data.features import standardise_features
 from ..data.patches import to_tensor
 from ..devices import resolve_device
 from ..distributed import SINGLE, DistContext, all_sum, barrier
 from ..model.checkpoint import ModelBundle, save_checkpoint
 from ..model.config import HGGEPConfig
-from ..model.hggep import HGGEP, dihedral_view
+from ..model.hggep import HGGEP
 from ..model.losses import hggep_loss
 from ..model.pretrained import load_backbone_into
-from ..model.smoothing import neighbour_blend
-from .augment import resolution_jitter, train_augment
+from .augment import train_augment
+from .config import TrainConfig
 from .dataset import SectionData
-from .metrics import gene_pcc
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    zinb_weight: float = 0.25
-    val_frac: float = 0.15
-    # "spots": val_frac of every training section's spots; "section": one whole training
-    # section (closer to what a new slide is like; needs 2+ sections)
-    val_split: str = "spots"
-    seed: int = 0
-    ema: float = 0.9  # exponential moving average of the weights, per step
-    jitter: float = 0.08  # colour jitter strength
-    smooth_targets: float = 0.0  # weight of the neighbours' mean in denoised training targets (0: raw)
-    device: str = "auto"
-    backbone: str | None = None  # pretrained image path from `napari-hggep pretrain`
-    freeze_backbone: bool = False  # keep GEM + ShuffleNet fixed (their outputs are computed once)
-    res_range: tuple[float, float] = (0.5, 4.0)  # scan resolutions (um/px) the image path sees in training
-    ridge_alpha: float | None = None  # statistics branch; None: chosen by leave-one-section-out on the training sections
-    # sections whose gradients are averaged into one step; under torchrun each rank takes its share
-    # of a group (default there: one section per rank), and one process with the same group size
-    # gives the same loss curve
-    sections_per_step: int = 1
-    # a napari-hggep checkpoint to start from (e.g. the bundled model): every weight of the image
-    # path whose name and shape match is copied; the outputs (heads, PCA basis, statistics
-    # ridge) are new, made for this run's genes
-    init_from: str | None = None
-    # keep GEM + ShuffleNet + the stage projections fixed: each spot's tokens are computed once
-    # for a few flipped/rotated/rescaled views, and only the slide-level part (attention,
-    # hypergraph, fusion, heads) trains; the cheap way to use a pretrained image path on a CPU
-    freeze_encoder: bool = False
-    encoder_views: int = 2
-    max_minutes: float | None = None  # time budget for the epochs (the best model so far is kept)
-    # a section with more spots trains window by window (overlapping spatial windows, the loss on
-    # each window's core), gradients accumulated into the section's step: bounded memory
-    train_window_spots: int = 2048
-
-
-def smooth_targets(target: np.ndarray, coords_um: np.ndarray, weight: float) -> np.ndarray:
-    """Denoise ST targets: blend each spot with the mean of its nearest-ring neighbours."""
-    if weight <= 0 or len(target) < 3:
-        return target
-    t = neighbour_blend(torch.from_numpy(np.asarray(target, np.float32)),
-                        torch.from_numpy(np.asarray(coords_um, np.float32)), weight)
-    return t.numpy().astype(np.float32)
-
-
-def gene_stats(sections: list[SectionData], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    y = np.concatenate([s.target[m] for s, m in zip(sections, masks)])
-    return y.mean(0), np.maximum(y.std(0), 1e-3)
-
-
-def pca_basis(z: np.ndarray, k: int, blocks=None) -> np.ndarray:
-    """The top ``k`` principal axes (``k x G``, orthonormal rows) of standardised targets; with
-    ``blocks`` (gene counts of consecutive blocks), ``k`` axes per block, each zero outside its
-    block (``k * len(blocks) x G``)."""
-    if blocks:
-        out = np.zeros((k * len(blocks), z.shape[1]), np.float32)
-        start = 0
-        for b, n in enumerate(blocks):
-            out[b * k:(b + 1) * k, start:start + n] = pca_basis(z[:, start:start + n], k)
-            start += n
-        return out
-    _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-    basis = np.zeros((k, z.shape[1]), np.float32)
-    basis[: min(k, len(vt))] = vt[:k]  # fewer axes than k when there are few genes or spots
-    return basis
-
-
-def _stats_rows(sec: SectionData, mask: np.ndarray) -> np.ndarray:
-    """A section's z-scored statistics at its own resolution, then at the resampled ones."""
-    return np.concatenate([standardise_features(f)[mask] for f in (sec.stats, *sec.stats_aug)])
-
-
-@torch.no_grad()
-def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None) -> float:
-    """Fix the statistics branch at the ridge solution from the tissue statistics to the
-    output (principal components, or genes) on the training spots, and freeze it; the image
-    path then learns what the statistics cannot explain. Rows computed on the slide resampled
-    to other resolutions are added, so the branch holds at any scan resolution. ``alpha``
-    None: chosen by leave-one-section-out over the training sections. Returns alpha."""
-    from .baseline import choose_alpha, ridge_solve
-
-    if any(s.stats is None for s in sections):
-        raise ValueError("the statistics branch needs the sections' tissue statistics")
-    basis = model.pca_basis.cpu().numpy() if model.config.pca_k is not None else None
-    xs, ys, zs = [], [], []
-    for sec, z, m in zip(sections, z_targets, masks):
-        copies = 1 + len(sec.stats_aug)
-        xs.append(_stats_rows(sec, m))
-        out = z[m] @ basis.T if basis is not None else z[m]
-        ys.append(np.concatenate([out] * copies))
-        zs.append(z[m])
-
-    def score(pred, i):
-        p = pred[: len(zs[i])]
-        return float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, zs[i])))
-
-    alpha = choose_alpha(xs, ys, score) if alpha is None else float(alpha)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    w = ridge_solve(x, y - y.mean(0), alpha)
-    model.stats_head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
-    model.stats_head.bias.copy_(torch.from_numpy(y.mean(0).astype(np.float32)))
-    model.stats_head.requires_grad_(False)
-    return alpha
-
-
-def _stats_tensor(sec: SectionData, device):
-    return None if sec.stats is None else torch.from_numpy(standardise_features(sec.stats)).to(device)
-
-
-@torch.no_grad()
-def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.ndarray, device,
-                    views: int = 1) -> np.ndarray:
-    """A section's predicted expression; patches are encoded in batches of 256 (memory stays
-    bounded on a section of thousands of spots), then attention and the hypergraph run over
-    the whole section."""
-    model.eval()
-    tokens = None
-    if model.config.image_path:
-        colour = None
-        if model.config.colour_norm == "slide":  # the section's own colour statistics, as one batch would give
-            s1, s2, n = np.zeros(3), np.zeros(3), 0
-            for i in range(0, sec.n_spots, 256):
-                p = sec.patches[i:i + 256].reshape(-1, 3).astype(np.float64) / 255.0
-                s1, s2, n = s1 + p.sum(0), s2 + (p * p).sum(0), n + len(p)
-            mu = s1 / n
-            sd = np.sqrt(np.maximum(s2 - n * mu * mu, 0) / max(n - 1, 1))
-            colour = (torch.tensor(mu, dtype=torch.float32, device=device),
-                      torch.tensor(np.maximum(sd, 1e-3), dtype=torch.float32, device=device))
-        tokens = torch.cat([model.encode_views(to_tensor(sec.patches[i:i + 256]).to(device), colour, views=views)
-                            for i in range(0, sec.n_spots, 256)])
-    c = torch.from_numpy(sec.coords_um).to(device)
-    st = _stats_tensor(sec, device) if model.config.stats_features else None
-    z = model.forward_tokens(tokens, c, st)["expr"].float().cpu().numpy()
-    return z * std + mean
-
-
-def _split(sections: list[SectionData], frac: float, seed: int, how: str = "spots") -> list[np.ndarray]:
-    """Training masks per section (False: a validation spot)."""
-    rng = np.random.default_rng(seed)
-    if how == "section":
-        if len(sections) < 2:
-            raise ValueError("a whole-section validation split needs at least two training sections")
-        held = int(rng.integers(len(sections)))
-        return [np.full(s.n_spots, i != held) for i, s in enumerate(sections)]
-    if how != "spots":
-        raise ValueError(f"val_split must be 'spots' or 'section', not {how!r}")
-    masks = []
-    for s in sections:
-        m = np.ones(s.n_spots, bool)
-        nval = int(round(frac * s.n_spots))
-        if nval and s.n_spots > 5:
-            m[rng.choice(s.n_spots, nval, replace=False)] = False
-        masks.append(m)
-    return masks
+from .forward import _frozen_token_views, _frozen_trunk_views, _train_windows, _TrainForward
+from .initialise import gene_stats, init_from_checkpoint, init_stats_branch, pca_basis, smooth_targets
+from .resume import _draw_seed, _read_state, _rng_scope
+from .validation import _split, _stats_tensor, _val_pcc
 
 
 def train_model(
@@ -414,188 +262,3 @@ def train_model(
 
 class TrainingCancelled(Exception):
     """The user stopped training; nothing was written but the resumable state."""
-
-
-OUTPUT_PREFIXES = ("head.", "zinb_", "stats_head.", "pca_basis")
-
-
-def init_from_checkpoint(model: HGGEP, path) -> dict:
-    """Start ``model`` from a napari-hggep checkpoint (e.g. the bundled model): every weight of
-    the image path whose name and shape match is copied; the outputs, which belong to the
-    checkpoint's genes, are not. Returns provenance for the model card."""
-    from ..model.checkpoint import CheckpointError, read_checkpoint
-
-    meta, state = read_checkpoint(path)
-    own = model.state_dict()
-    body = [k for k in own if not k.startswith(OUTPUT_PREFIXES)]
-    bad = [k for k in body if k in state and state[k].shape != own[k].shape]
-    if bad or not any(k in state for k in body):
-        k = bad[0] if bad else body[0]
-        raise CheckpointError(f"{path}: its image path does not fit this model (e.g. {k}); start from a model of the "
-                              "same preset, or use --from-scratch")
-    copied = 0
-    with torch.no_grad():
-        for k in body:
-            if k in state:
-                own[k].copy_(state[k].to(own[k].dtype))
-                copied += 1
-    pre = meta.get("extra", {}).get("pretrained_backbone")
-    return {"checkpoint": Path(path).name, "sections": meta.get("sections"), "tensors_copied": copied,
-            "image_path_pretraining": pre}
-
-
-class _TrainForward(torch.nn.Module):
-    """One training forward pass as a module, so DistributedDataParallel can wrap it: patches
-    (or a frozen trunk's views, or frozen tokens) to tokens, then attention, hypergraph and heads."""
-
-    def __init__(self, model: HGGEP):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs, coords, stats):
-        return self.model.forward_tokens(_tokens(self.model, inputs), coords, stats)
-
-
-def _tokens(model: HGGEP, inputs):
-    """Patches (``N x 3 x P x P``), a frozen trunk's stage maps (a list) or tokens (``N x 3 x d``)."""
-    if isinstance(inputs, list):
-        return model.project(inputs)
-    return inputs if inputs.ndim == 3 else model.encode(inputs)
-
-
-def _draw_seed(seed: int, epoch: int, step_start: int, position: int) -> int:
-    return (int(seed) * 1_000_003 + epoch * 10_007 + step_start * 101 + position) % (2**63 - 1)
-
-
-@contextlib.contextmanager
-def _rng_scope(own: bool, gen: torch.Generator, device: torch.device):
-    """With ``own``: dropout and the like draw from a stream seeded from ``gen`` (the same on
-    one process or many); otherwise from the run's global stream, as always."""
-    if not own:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(gen.initial_seed() + 1)
-        yield
-
-
-def _read_state(path: Path, fingerprint: dict) -> dict:
-    """A resumable state, refused with a clear message when it belongs to another run."""
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable training state ({type(e).__name__}); delete it to start "
-                         "afresh") from None
-    have = st.get("fingerprint") if isinstance(st, dict) else None
-    if have is None or "torch_rng" not in st:
-        raise ValueError(f"{path} was written by an older napari-hggep and cannot be resumed exactly; delete it "
-                         "to start afresh")
-    for key, what in (("genes", "gene set"), ("sections", "set of training sections"), ("config", "model config"),
-                      ("seed", "seed")):
-        if have.get(key) != fingerprint[key]:
-            detail = {"genes": f"{len(have['genes'])} genes, this run {len(fingerprint['genes'])}",
-                      "config": "they differ"}.get(key, f"{have.get(key)} vs {fingerprint[key]}")
-            raise ValueError(f"{path} was made for another {what} ({detail}); resume with the same "
-                             "arguments, or choose another --out")
-    return st
-
-
-def _val_pcc(model, sections, masks, mean, std, device, frozen=None, kind="maps") -> float:
-    """Mean gene PCC on the validation spots of the training sections (never a test section).
-    ``frozen``: the precomputed trunk maps (their first view is the patch as it is)."""
-    rs = []
-    for i, (sec, m) in enumerate(zip(sections, masks)):
-        if (~m).sum() > 2:
-            if frozen is None:
-                pred = predict_section(model, sec, mean, std, device)
-            else:
-                with torch.no_grad():
-                    model.eval()
-                    tokens = _tokens(model, frozen[i][0][0] if kind == "tokens" else [v[0] for v in frozen[i]])
-                    z = model.forward_tokens(tokens, torch.from_numpy(sec.coords_um).to(device),
-                                             _stats_tensor(sec, device))["expr"].float().cpu().numpy()
-                pred = z * std + mean
-            rs.append(np.nanmean(gene_pcc(pred[~m], sec.target[~m])))
-    return float(np.mean(rs)) if rs else float("nan")
-
-
-@torch.no_grad()
-def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainConfig, device,
-                        n_views: int = 8, batch: int = 256) -> list[list[torch.Tensor]]:
-    """With a frozen GEM + ShuffleNet, their stage maps are computed once per spot for
-    ``n_views`` (up to 8) views: the flips/rotations, every second one also at a random scan resolution
-    in ``tcfg.res_range``. Per section: [S3, S4, S5] tensors ``V x N x C x h x w``."""
-    was = model.training
-    model.eval()
-    cfg = model.config
-    out = []
-    for sec in sections:
-        per_view = []
-        for k in range(n_views):
-            maps = []
-            for i in range(0, sec.n_spots, batch):
-                x = to_tensor(sec.patches[i:i + batch])
-                x = dihedral_view(x, k)
-                if k % 2:
-                    x = resolution_jitter(x, g, cfg.patch_um / cfg.patch_px, cfg.patch_um, *tcfg.res_range)
-                maps.append(model.trunk(x.contiguous().to(device)))
-            per_view.append([torch.cat(m) for m in zip(*maps)])
-        out.append([torch.stack(v) for v in zip(*per_view)])
-    model.train(was)
-    return out
-
-
-@torch.no_grad()
-def _frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch: int = 256) -> list[list[torch.Tensor]]:
-    """With a frozen encoder, each spot's tokens for ``tcfg.encoder_views`` views (the patch as
-    it is, then flips/rotations, every second one at a random scan resolution): per section
-    ``[V x N x 3 x d]``. The views are drawn per section (seeded by its name), so they are the
-    same in every fold that trains on it, and cached on the section for the same encoder."""
-    import hashlib
-
-    from ..model.hggep import use_fast_inference_layout
-
-    was = model.training
-    model.eval()
-    use_fast_inference_layout(model)  # the frozen encoder only runs here, without gradients: ~2x on a CPU
-    cfg = model.config
-    enc = hashlib.sha1()
-    for k, v in model.state_dict().items():
-        if k.startswith(("gem.", "backbone.", "stages.")):
-            enc.update(k.encode())
-            enc.update(v.detach().cpu().float().numpy().tobytes())
-    key = (enc.hexdigest(), int(tcfg.encoder_views), tuple(tcfg.res_range), str(device))
-    out = []
-    for sec in sections:
-        cache = getattr(sec, "_token_cache", None)
-        if cache is not None and cache[0] == key:
-            out.append(cache[1])
-            continue
-        gen = torch.Generator().manual_seed(int(hashlib.sha1(sec.name.encode()).hexdigest()[:8], 16))
-        views = []
-        for k in range(max(int(tcfg.encoder_views), 1)):
-            toks = []
-            for i in range(0, sec.n_spots, batch):
-                x = dihedral_view(to_tensor(sec.patches[i:i + batch]), k)
-                if k % 2:
-                    x = resolution_jitter(x, gen, cfg.patch_um / cfg.patch_px, cfg.patch_um, *tcfg.res_range)
-                toks.append(model.encode(x.to(device).contiguous(memory_format=torch.channels_last)))
-            views.append(torch.cat(toks))
-        entry = [torch.stack(views)]
-        sec._token_cache = (key, entry)
-        out.append(entry)
-    model.train(was)
-    return out
-
-
-def _train_windows(sec: SectionData, max_spots: int, device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-    """``[(spot indices, core mask)]`` of a section's training windows; ``[(None, None)]``
-    (the whole section at once) when it has at most ``max_spots`` spots."""
-    from ..model.windows import spatial_windows
-
-    if sec.n_spots <= max_spots:
-        return [(None, None)]
-    out = []
-    for idx, w in spatial_windows(sec.coords_um, max_spots):
-        out.append((torch.from_numpy(idx).to(device), torch.from_numpy(w >= 1.0 - 1e-9).to(device)))
-    return out
