@@ -168,7 +168,7 @@ def test_the_bundled_card_is_calibrated_on_new_patients(bundle):
 
 def test_score_an_existing_model_without_training(bundle, tmp_path):
     from napari_hggep.data.samples import rows_from_data_dir
-    from napari_hggep.training.score import check_score_dir, score_model, write_score
+    from napari_hggep.scoring import check_score_dir, score_model, write_score
 
     genes = list(bundle.genes[:60])
     outs, barcodes, counts = _visium_with_counts(tmp_path / "data", genes)

@@ -1,5 +1,5 @@
 """``napari-hggep evaluate``: without ``--loo``, an existing model (``--model``, default the bundled
-one) scored on labelled sections as it is (:mod:`napari_hggep.training.score`); with ``--loo``,
+one) scored on labelled sections as it is (:mod:`napari_hggep.scoring`); with ``--loo``,
 leave-one-section-out and leave-one-patient-out evaluation by retraining, of the expert recipe
 (``--data``) or of the study's (``--samples``)."""
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _score(a) -> int:
     sections, no training. Everything that needs no slide is checked first."""
     from .._bundled import load_model
     from ..data.samples import read_samples_table, rows_from_data_dir
-    from ..training.score import check_score_dir, markdown, score_model, write_score
+    from ..scoring import check_score_dir, markdown, score_model, write_score
 
     if not (a.samples or a.data):
         raise SystemExit("error: give the labelled sections to score the model on: --samples TABLE or --data DIR")

@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from .._atomic import atomic_path, atomic_write_bytes
-from .measured import measured_expression, sparse_gene_pcc
-from .metrics import mean_over_sections, slide_metrics
+from ._atomic import atomic_path, atomic_write_bytes
+from .training.measured import measured_expression, sparse_gene_pcc
+from .training.metrics import mean_over_sections, slide_metrics
 
 SCORE_FILES = ("score.json", "score.md", "score_sections.csv", "score_genes.csv")
 
@@ -37,7 +37,7 @@ def _spearman(a, b) -> float | None:
 def score_section(bundle, lab, progress: Callable[[int, int], None] | None = None) -> tuple[dict, np.ndarray]:
     """One labelled section (:class:`~napari_hggep.data.samples.LabelledSection`): its figures and
     the per-gene PCC (the model's genes, NaN where constant or not in the counts)."""
-    from ..predict import predict_slide
+    from .predict import predict_slide
 
     lab.slide.meta["counts_source"] = False  # compared below with the counts in hand, not read again
     pred = predict_slide(bundle, lab.slide, progress=progress)
@@ -70,7 +70,7 @@ def score_section(bundle, lab, progress: Callable[[int, int], None] | None = Non
 
 def score_model(bundle, rows, log: Callable[[str], None] | None = None) -> dict:
     """Score ``bundle`` on the labelled sections of a samples table (``rows``)."""
-    from ..data.samples import read_labelled_section
+    from .data.samples import read_labelled_section
 
     log = log or (lambda m: None)
     sections, per_gene = [], {}
@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
 def check_score_dir(out_dir) -> Path:
     """The folder the score files go to, checked before any work: it must be (or become) a
     writable folder."""
-    from ..data.export import OutputError
+    from .data.export import OutputError
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
