@@ -198,3 +198,34 @@ def test_evaluate_without_loo_scores_the_bundled_model_from_the_command_line(bun
     bad.write_text("x")
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--out", str(bad)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_counts_from_a_spatialdata_store_and_from_a_table_beside_an_image(bundle, tmp_path):
+    """The two other sources: the raw counts table of a store spatialdata-io wrote, and an
+    ``.h5ad`` counts table beside an image with its spot table."""
+    sdio = pytest.importorskip("spatialdata_io")
+    genes = list(bundle.genes[:30])
+    outs, barcodes, counts = _visium_with_counts(tmp_path, genes)
+    store = tmp_path / "S1.zarr"
+    sdio.visium(outs, dataset_id="S1").write(store)
+    pred = predict_slide(bundle, open_slide(store, um_per_px=55 / 20))
+    assert pred.measured is not None and pred.measured.n_spots == len(barcodes)
+    ind = _independent(counts)
+    order = pd.Index(barcodes)  # spatialdata-io numbers the spots in the matrix's order
+    got = np.asarray(pred.measured.values[:, :30].todense())[np.argsort(pred.spot_ids.astype(int))]
+    assert np.nanmin(gene_pcc(got, ind[: len(order)])) > 0.999
+    # an image, its spot table and counts.h5ad beside them
+    from PIL import Image
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    img = he_like_image(520, 700)
+    Image.fromarray(img).save(folder / "he.png")
+    pos = pd.read_csv(outs / "spatial" / "tissue_positions.csv")
+    pos = pos[pos.in_tissue == 1]
+    pd.DataFrame({"spot_id": pos.barcode, "x": pos.pxl_col_in_fullres, "y": pos.pxl_row_in_fullres}).to_csv(
+        folder / "spots.csv", index=False)
+    ad.AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=pd.DataFrame(index=barcodes),
+               var=pd.DataFrame(index=genes)).write_h5ad(folder / "counts.h5ad")
+    p2 = predict_slide(bundle, open_slide(folder / "he.png", spots=folder / "spots.csv", um_per_px=55 / 20))
+    assert p2.measured is not None and "counts.h5ad" in p2.measured.source and p2.measured.n_spots == len(barcodes)

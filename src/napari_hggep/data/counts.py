@@ -26,6 +26,7 @@ class CountsSource:
 
     kind: str
     path: Path
+    shapes: str | None = None  # "spatialdata": the shapes element the counts belong to
 
     def read(self) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray | None, np.ndarray]:
         """``(counts, symbols, ids, spot_ids)``: spots x genes CSR (float32)."""
@@ -33,6 +34,8 @@ class CountsSource:
             return read_10x_h5_sparse(self.path)
         if self.kind == "st":
             return read_st_counts(self.path)
+        if self.kind == "spatialdata":
+            return read_spatialdata_counts(self.path, self.shapes)
         return read_counts_table(self.path)
 
     def describe(self) -> str:
@@ -42,7 +45,9 @@ class CountsSource:
 def counts_source(slide: Slide) -> CountsSource | None:
     """The counts that belong to ``slide``'s spots, if its source has them: a Space Ranger
     folder's (or Visium HD bin folder's) ``filtered_feature_bc_matrix.h5``, a HER2+ ST folder's
-    ``counts.tsv.gz``, or one recorded by the reader (``meta["counts_source"]``)."""
+    ``counts.tsv.gz``, a SpatialData store's table of raw counts, a counts table beside an image
+    with a spot table (``counts.h5ad``, ``counts.tsv.gz``, ...), or one recorded by the reader
+    (``meta["counts_source"]``)."""
     meta = slide.meta or {}
     given = meta.get("counts_source")
     if given is False:  # the caller compares with counts it holds itself
@@ -61,11 +66,45 @@ def counts_source(slide: Slide) -> CountsSource | None:
             if cand.is_file():
                 return CountsSource("10x_h5", cand)
         return None
-    src = Path(slide.source) if slide.source else None
+    src = Path(str(slide.source).split("::")[0]) if slide.source else None
+    if src is not None and src.is_dir() and src.name.lower().endswith(".zarr"):  # a SpatialData store's table
+        return CountsSource("spatialdata", src, meta["spatialdata_shapes"]) if meta.get("spatialdata_shapes") else None
     for folder in [p for p in (src, src.parent if src is not None else None) if p is not None]:
         if folder.is_dir() and (folder / "spots.tsv").is_file() and (folder / "counts.tsv.gz").is_file():
             return CountsSource("st", folder / "counts.tsv.gz")
+    if src is not None and src.is_file():  # an image with a spot table: a counts table beside it, as in a study
+        table = next((src.parent / n for n in COUNT_TABLES if (src.parent / n).is_file()), None)
+        if table is not None:
+            return CountsSource("table", table)
     return None
+
+
+# the counts tables a folder of an image and its spot table may hold (the study's "table" sections)
+COUNT_TABLES = ("counts.h5ad", "counts.tsv.gz", "counts.tsv", "counts.csv.gz", "counts.csv")
+
+
+def read_spatialdata_counts(path, shapes_key: str):
+    """The raw counts of a SpatialData store's table annotating ``shapes_key`` (as
+    ``spatialdata_io.visium`` writes them: ``X`` counts, the instance ids in the instance key
+    column), keyed by the shapes' instance ids."""
+    import spatialdata as sd
+
+    s = sd.read_zarr(path)
+    for t in s.tables.values():
+        attrs = t.uns.get("spatialdata_attrs") or {}
+        regions = attrs.get("region")
+        regions = [regions] if isinstance(regions, str) else list(regions or [])
+        if shapes_key in regions and attrs.get("instance_key") in t.obs and "napari_hggep" not in t.uns:
+            sub = t[t.obs[attrs["region_key"]].astype(str) == shapes_key] if attrs.get("region_key") in t.obs else t
+            x = sparse.csr_matrix(sub.X, dtype=np.float32)
+            data = x.data
+            if data.size and not np.allclose(data, np.round(data)):
+                raise SlideError(f"{path}: the table of {shapes_key!r} does not hold raw counts (its values are not "
+                                 "whole numbers)")
+            _check_counts(x, path)
+            ids = sub.var["gene_ids"].to_numpy().astype(str) if "gene_ids" in sub.var else None
+            return x, np.asarray(sub.var_names, str), ids, sub.obs[attrs["instance_key"]].to_numpy().astype(str)
+    raise SlideError(f"{path}: no table of the store annotates {shapes_key!r} with counts")
 
 
 def read_st_counts(path) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray | None, np.ndarray]:

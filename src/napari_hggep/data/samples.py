@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .counts import read_10x_h5_sparse, read_counts_table
+from .counts import COUNT_TABLES, read_10x_h5_sparse, read_counts_table
 from .image import is_image_path
 from .her2st import is_her2st_folder, read_her2st
 from .readers import read_image_with_spots
@@ -20,7 +20,6 @@ from .tables import decode_text, numeric_column, parse_table
 from .visium import is_visium_folder, read_visium
 
 SAMPLE_COLUMNS = ("section", "folder", "image", "patient", "um_per_px")
-COUNT_TABLES = ("counts.h5ad", "counts.tsv.gz", "counts.tsv", "counts.csv.gz", "counts.csv")
 
 
 @dataclass

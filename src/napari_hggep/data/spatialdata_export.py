@@ -352,7 +352,7 @@ def read_spatialdata(path, um_per_px: float | None = None, pixel_size_needed: bo
     return Slide(image=image, um_per_px=upp, spot_ids=np.asarray(shapes.index).astype(str), xy=px,
                  name=path.name[: -len(".zarr")] if path.name.lower().endswith(".zarr") else path.name,
                  spot_diameter_um=d_um, source=str(path),
-                 meta={"image_path": f"{path}::{ikey}", "spot_shape": shape,
+                 meta={"image_path": f"{path}::{ikey}", "spot_shape": shape, "spatialdata_shapes": skey,
                        "um_per_px_source": "the store's micrometre coordinates (written by napari-hggep)"
                        if not um_per_px and ours else "given",
                        **({"um_per_px_unknown": True} if unknown else {})})
