@@ -40,8 +40,8 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
     assert shown(w.sr_image) and not shown(w.bins)
     labels = [c for c in w.sr_image.choices]
     assert len(labels) == 4 and labels[-1] == OTHER_FULLRES
-    assert w.sr_image.value.endswith("tissue_hires_image.png")
-    assert "tissue_hires_image.png (hires PNG, 0.5 × full resolution)" in w.image_used.value
+    # the best image by default: the full-resolution TIFF beside outs/ (issue 27), said in the widget
+    assert w.sr_image.value.endswith("lib1_fullres.tif") and "lib1_fullres.tif" in w.image_used.value
     spots_um = world(pts)
     want_px = lambda ids: pos.loc[ids, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
 
@@ -96,6 +96,7 @@ def test_visium_hires_screenshot_lines_up(make_napari_viewer, qtbot, tmp_path):
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w, name="HGGEP")
     viewer.window._qt_window.resize(1400, 1150)
+    w.sr_image.value = next(c for c in w.sr_image.choices if str(c).endswith("tissue_hires_image.png"))
     wait_predict(qtbot, w)
     assert "from tissue_hires_image.png (hires PNG, 0.5 × full resolution)" in w.status.value, w.status.value
     assert w.sr_image.value.endswith("tissue_hires_image.png") and w.sr_image.native.currentText().startswith(

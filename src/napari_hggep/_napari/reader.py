@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.image import TIFF_SUFFIXES
-from ..data.readers import is_her2st_folder, is_visium_folder, read_her2st, read_spots_csv, read_visium
+from ..data.readers import is_her2st_folder, is_visium_folder, on_best_image, read_her2st, read_spots_csv, read_visium
 from ..data.spatialdata_export import is_spatialdata_store
 from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
 from .layers import KEY, image_data_tuple, image_layer_data, spots_layer_data
@@ -59,13 +59,15 @@ def space_ranger_layers(folder, image=None, bin_um=None) -> tuple[list, object]:
 
     folder = Path(folder)
     if is_visium_hd_folder(folder) or bins_root(folder) is not None:  # squares of the bin size
-        slide = read_visium_hd(folder, bin_um, image=image)
+        slide = read_visium_hd(folder, bin_um, image=image) if image is not None else \
+            on_best_image(lambda im: read_visium_hd(folder, bin_um, image=im), folder)
         where = (f"microns_per_pixel in scalefactors_json.json (Visium HD, {slide.spot_diameter_um:g} µm bins"
                  + (f"; default {DEFAULT_BIN_UM} µm)" if slide.spot_diameter_um == DEFAULT_BIN_UM else ")"))
     elif is_visium_folder(folder):
         if bin_um is not None:
             raise SlideError(f"{folder} is a Visium folder (55 µm spots); bins are for Visium HD folders")
-        slide = read_visium(folder, image=image, with_counts=False)
+        slide = read_visium(folder, image=image, with_counts=False) if image is not None else \
+            on_best_image(lambda im: read_visium(folder, image=im, with_counts=False), folder)
         where = "spot_diameter_fullres in scalefactors_json.json (Visium spots are 55 µm)"
     else:
         raise SlideError(f"{folder} is not a Space Ranger outs/ folder (Visium or Visium HD)")
