@@ -114,7 +114,8 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None,
                        shape=(len(obs), len(names)) if X is None else None)
     adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
-    lib = str(meta.get("library_id") or pred.name or "slide")
+    # a library id names an HDF5 group: no "/" in it (a slide named "/" made an unreadable .h5ad)
+    lib = str(meta.get("library_id") or pred.name or "slide").replace("/", "_").strip() or "slide"
     images = spatial_images(pred)
     diam = spot_diameter_px(pred)
     sf = {k: float(v) for k, v in (meta.get("scalefactors") or {}).items()}
