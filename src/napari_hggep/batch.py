@@ -75,12 +75,22 @@ def list_slides(inputs) -> list[tuple[str, Path]]:
         found.extend(inside)
     named: dict[str, Path] = {}
     for p in found:
-        name = output_stem(image_stem(p))
+        name = slide_output_name(p)
         if name in named and named[name].resolve() != p.resolve():
             raise SlideError(f"{named[name]} and {p} would both write {name}.*; rename one or predict them "
                              "into different folders")
         named[name] = p
     return sorted(named.items())
+
+
+def slide_output_name(path) -> str:
+    """The name a slide's files get in ``--out-dir``: the image's name without its suffix, a slide
+    folder's name, and for a Space Ranger ``outs/`` folder the folder above it (``C2/outs`` -> ``C2``,
+    the standard layout), made safe as a file name."""
+    p = Path(path)
+    if p.name.lower() == "outs" and p.is_dir() and p.resolve().parent.name:
+        return output_stem(p.resolve().parent.name)
+    return output_stem(image_stem(p))
 
 
 def _is_slide_folder(p: Path) -> bool:
@@ -92,8 +102,10 @@ def outputs_for(out_dir: Path, name: str, formats) -> list[Path]:
 
 
 def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, dist: DistContext = SINGLE,
-                   log=None) -> BatchReport:
-    """This rank's share of ``slides``; one model load, then slide by slide."""
+                   log=None, bundle=None) -> BatchReport:
+    """This rank's share of ``slides``; one model load (or ``bundle``, loaded already), then slide
+    by slide. Each slide's notices, image warnings and reliability lines are logged as a single
+    ``predict`` prints them, after the slide's name."""
     from ._bundled import load_model
     from .data.readers import open_slide
     from .predict import predict_slide
@@ -109,8 +121,11 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
             todo.append((name, path))
     if not todo:
         return report
-    bundle = load_model(opts.model, opts.device)
+    if bundle is None:
+        bundle = load_model(opts.model, opts.device)
     from .data.export import check_genes
+    from .data.quality import image_warnings, require_tissue
+    from .reliability import slide_verdict
 
     check_genes(bundle.genes, opts.genes)  # before any slide runs
     for name, path in todo:
@@ -120,15 +135,19 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
             slide = open_slide(path, grid=opts.grid and not path.is_dir(), um_per_px=opts.um_per_px,
                                pitch_um=opts.pitch_um, bin_um=opts.bin_um if hd else None)
             slide.validate()
+            require_tissue(slide)
+            slide.meta["tissue_checked"] = True
+            if slide.meta.get("notice"):
+                log(f"napari-hggep: {name}: notice: {slide.meta['notice']}")
+            for m in image_warnings(slide.image, slide.um_per_px):
+                log(f"napari-hggep: {name}: warning: {m}")
             pred = predict_slide(bundle, slide, opts.batch_size,
                                  notify=lambda m, n=name: log(f"napari-hggep: {n}: notice: {m}"),
                                  shared_trunk=opts.shared_trunk)
+            for m in slide_verdict(pred):  # the same reliability lines as a single predict
+                log(f"napari-hggep: {name}: {m}")
             for f in outputs_for(out_dir, name, opts.formats):
                 pred.write(f, opts.genes)
-            if (pred.meta or {}).get("unfamiliar"):
-                from .reliability import slide_verdict
-
-                log(f"napari-hggep: {name}: {slide_verdict(pred)[0]}")
         except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             report.failed[name] = msg
@@ -149,9 +168,10 @@ def _worker(args) -> BatchReport:
 
 
 def predict_many(slides, out_dir, opts: BatchOptions, dist: DistContext = SINGLE, workers: int = 1,
-                 device=None) -> dict:
+                 device=None, bundle=None) -> dict:
     """All of ``slides`` across torchrun ranks or ``workers`` local processes; returns the
-    summary every rank agrees on: counts of done, skipped and failed slides."""
+    summary every rank agrees on: counts of done, skipped and failed slides. ``bundle``: the
+    model, loaded already (used in this process; worker processes load their own)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if workers > 1 and not dist.active:
@@ -168,7 +188,7 @@ def predict_many(slides, out_dir, opts: BatchOptions, dist: DistContext = SINGLE
             report.skipped += r.skipped
             report.failed.update(r.failed)
     else:
-        report = predict_slides(slides, out_dir, opts, dist)
+        report = predict_slides(slides, out_dir, opts, dist, bundle=bundle)
     done, skipped, failed = all_sum(dist, [len(report.done), len(report.skipped), len(report.failed)], device)
     return {"slides": len(slides), "done": int(done), "skipped": int(skipped), "failed": int(failed),
             "failures": report.failed}

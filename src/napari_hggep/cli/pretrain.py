@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .checks import UsageError, check_in_path, check_out_file, check_um_per_px
 from .progress import Bar
 from .torchrun import _distributed_command
 
@@ -13,10 +14,15 @@ def _cmd_pretrain(a, dist, device) -> int:
     from ..data.readers import open_slide
     from ..training.pretrain import PretrainConfig, pretrain
 
+    check_out_file(a.out, "--out")  # before any slide is read
     paths = [Path(a.data) / s for s in a.sections] if a.sections else []
     paths += [Path(p) for p in a.images or []]
     if not paths:
-        raise SystemExit("error: give --sections (folders under --data) and/or --images to pretrain on")
+        raise UsageError("give --sections (folders under --data) and/or --images to pretrain on")
+    for p in paths:
+        check_in_path(p, "--sections" if p.parent == Path(a.data) and a.sections and p.name in a.sections
+                      else "--images")
+    check_um_per_px(a.um_per_px)
     slides = [open_slide(p, grid=not p.is_dir(), um_per_px=a.um_per_px) for p in paths]
     cfg = PretrainConfig(minutes=a.minutes, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
                          patches_per_slide=a.patches_per_slide, seed=a.seed, device=str(device))

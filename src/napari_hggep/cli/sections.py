@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .checks import UsageError, check_in_file, check_out_dir
+
 
 def _train_config(a, device=None, epochs: int = 30):
     from ..training.config import TrainConfig
@@ -39,7 +41,7 @@ def _sections(a):
     from ..training.dataset import load_sections, read_genes
 
     if a.data is None:
-        raise SystemExit("error: give --samples TABLE.csv or --data DIR (a folder of section folders)")
+        raise UsageError("give --samples TABLE.csv or --data DIR (a folder of section folders)")
     genes = read_genes(a.genes or Path(a.data) / "genes.txt")
     cfg = _model_config(a, genes)
     names = a.sections or sorted(p.name for p in Path(a.data).iterdir() if p.is_dir())
@@ -75,3 +77,45 @@ def _study(a, log):
                         cache=a.cache, keep_state=getattr(a, "keep_state", False),
                         preset=a.preset)
     return Study(rows, opts, log=log)
+
+
+def check_training_inputs(a, expert: bool = False) -> list:
+    """Before any section is read (``train``, ``evaluate``): one source of sections, the samples
+    table or data folder readable and every section folder there, the gene list readable
+    (``expert``: the recipe needs DATA/genes.txt or --genes), the cache folder writable, a
+    pretrained backbone loadable. Returns the sample rows."""
+    from ..data.samples import read_samples_table, rows_from_data_dir
+    from ..training.dataset import read_genes
+
+    if a.samples and a.data:
+        raise UsageError("give --samples TABLE.csv or --data DIR, not both")
+    if not (a.samples or a.data):
+        raise UsageError("give --samples TABLE.csv (columns section,folder[,image,patient,um_per_px]) or --data DIR "
+                         "(a folder of section folders)")
+    if a.hvg and a.genes:
+        raise UsageError("give --hvg N or --genes FILE, not both")
+    if a.samples:
+        check_in_file(a.samples, "--samples", "samples table")
+        rows = read_samples_table(a.samples)
+        unknown = sorted(set(a.sections or []) - {r.section for r in rows})
+        if unknown:
+            raise UsageError(f"--sections {' '.join(unknown)}: not in {a.samples} (its sections: "
+                             f"{', '.join(r.section for r in rows[:10])}{' …' if len(rows) > 10 else ''})")
+    else:
+        if not Path(a.data).is_dir():
+            raise UsageError(f"--data {a.data} is not a folder; give a folder of section folders")
+        rows = rows_from_data_dir(a.data, a.sections)
+    genes = a.genes or (str(Path(a.data) / "genes.txt") if expert and a.data else None)
+    if genes:
+        flag = "--genes" if a.genes else f"--data {a.data}: its genes.txt"
+        if not a.genes and not Path(genes).is_file():
+            raise UsageError(f"--data {a.data} has no genes.txt; give the gene list with --genes FILE")
+        check_in_file(genes, flag, "gene list")
+        read_genes(genes)
+    if a.cache:
+        check_out_dir(a.cache, "--cache")
+    if getattr(a, "backbone", None):
+        from ..model.pretrained import read_backbone
+
+        read_backbone(a.backbone)  # a wrong file fails now, not after the sections are read
+    return rows

@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from .checks import UsageError, check_in_file, check_out_file
 from .progress import _epoch_printer, _StudyBar
-from .sections import _sections, _study, _train_config
+from .sections import _sections, _study, _train_config, check_training_inputs
 from .torchrun import _distributed_command
 
 
@@ -17,13 +18,32 @@ def _expert_train(a) -> bool:
     return bool(a.card_metrics or a.backbone or a.freeze_backbone or a.sections_per_step > 1)
 
 
+def _card_metrics(path) -> dict:
+    """``--card-metrics``: an evaluation's loo.json, read before any section is."""
+    check_in_file(path, "--card-metrics", "loo.json")
+    try:
+        ev = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeError) as e:
+        raise UsageError(f"--card-metrics {path}: not a JSON file ({e}); give the loo.json that evaluate --loo "
+                         "wrote") from None
+    if not isinstance(ev, dict) or "summary" not in ev:
+        raise UsageError(f"--card-metrics {path}: not an evaluation's results (no 'summary'); give the loo.json "
+                         "that evaluate --loo wrote")
+    return ev
+
+
 def _cmd_train(a) -> int:
     import os
 
-    if _expert_train(a) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if a.samples:
-            raise SystemExit("error: --samples trains a study model; --card-metrics, --backbone, --freeze-backbone, "
-                             "--sections-per-step and torchrun take --data DIR with a genes.txt")
+    check_out_file(a.out, "--out")  # before anything is read or trained
+    expert = _expert_train(a) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if expert and a.samples:
+        raise UsageError("--samples trains a study model; --card-metrics, --backbone, --freeze-backbone, "
+                         "--sections-per-step and torchrun take --data DIR with a genes.txt")
+    check_training_inputs(a, expert=expert)
+    if a.card_metrics:
+        a.card_metrics_loaded = _card_metrics(a.card_metrics)
+    if expert:
         return _cmd_train_expert(a)
     log = lambda m: print(f"\n{m}" if bar.open else m, file=sys.stderr, flush=True)  # noqa: E731
     bar = _StudyBar()
@@ -34,17 +54,14 @@ def _cmd_train(a) -> int:
 
 @_distributed_command
 def _cmd_train_expert(a, dist, device) -> int:
-    from ..model.pretrained import read_backbone
     from ..training.train import train_model
 
-    if a.backbone:
-        read_backbone(a.backbone)  # a wrong file fails now, not after the sections are read
     secs, genes, cfg = _sections(a)
     if dist.active:
         print(f"rank {dist.rank} of {dist.world} on {device}", file=sys.stderr)
     metrics = None
     if a.card_metrics:
-        ev = json.loads(Path(a.card_metrics).read_text())
+        ev = getattr(a, "card_metrics_loaded", None) or _card_metrics(a.card_metrics)
         # the gene selector's held-out PCC: on a new patient when the evaluation had 2+ patients
         # (the usual case for a user's slide), otherwise on a new section
         lopo = ev.get("gene_pcc_lopo")

@@ -86,6 +86,34 @@ def spatial_images(pred) -> dict:
     return out
 
 
+def absolute_path(path) -> str:
+    """``path`` made absolute (against the working directory it was given in), so an export says
+    where its image is wherever the file is opened later; a SpatialData element
+    (``store.zarr::image``) keeps its element name; no path stays ``""``."""
+    text = str(path or "")
+    if not text:
+        return ""
+    store, sep, element = text.partition("::")
+    return str(Path(store).expanduser().resolve()) + sep + element
+
+
+def library_id(pred) -> str:
+    """The library id of an export (the key of ``uns["spatial"]``): the one the slide's files give (a
+    Space Ranger folder's sample name), else the stem of the image predicted on (``slide7.ome.tif``
+    -> ``slide7``), else the slide's name."""
+    from .image import image_stem, is_image_path
+
+    meta = pred.meta or {}
+    # a library id names an HDF5 group: no "/" in it (a slide named "/" made an unreadable .h5ad)
+    clean = lambda s: str(s).replace("/", "_").strip() or "slide"  # noqa: E731
+    if meta.get("library_id"):
+        return clean(meta["library_id"])
+    path = str(meta.get("image_path") or "")
+    if path and "::" not in path and is_image_path(path):
+        return clean(image_stem(path))
+    return clean(pred.name or "slide")
+
+
 def to_anndata(pred, genes=None, with_values: bool = True):
     """AnnData as ``scanpy.read_visium`` makes it, so ``sc.pl.spatial(adata, color=gene)`` and
     ``squidpy.pl.spatial_scatter`` draw it without extra arguments. ``with_values=False`` leaves
@@ -114,8 +142,8 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None,
                        shape=(len(obs), len(names)) if X is None else None)
     adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
-    # a library id names an HDF5 group: no "/" in it (a slide named "/" made an unreadable .h5ad)
-    lib = str(meta.get("library_id") or pred.name or "slide").replace("/", "_").strip() or "slide"
+    lib = library_id(pred)
+    image_path = absolute_path(meta.get("image_path"))
     images = spatial_images(pred)
     diam = spot_diameter_px(pred)
     sf = {k: float(v) for k, v in (meta.get("scalefactors") or {}).items()}
@@ -125,14 +153,14 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     adata.uns["spatial"] = {lib: {
         "images": {k: img for k, (img, _) in images.items()},
         "scalefactors": sf,
-        "metadata": {"source_image_path": str(meta.get("image_path") or ""), "software": "napari-hggep"},
+        "metadata": {"source_image_path": image_path, "software": "napari-hggep"},
     }}
     info = {
         "X": VALUES,
         "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else negative_fraction(raw),
         "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
         "um_per_px": float(pred.um_per_px),
-        "image_predicted_on": str(meta.get("image_path") or ""),
+        "image_predicted_on": image_path,
         "image_scale": float(pred.image_scale),
         "image_scale_means": "pixels of the image predicted on per full-resolution pixel",
         "spot_shape": str(pred.spot_shape),

@@ -6,6 +6,8 @@
 * :func:`stain_warning`: does the tissue look like H&E (pink and purple), not an IHC stain (brown
   DAB) or a grey image? A warning: the model was trained on H&E only.
 * :func:`resolution_warning`: the model was trained on scans between about 0.25 and 4 µm/px.
+* :func:`plausible_um_per_px_problem`: a pixel size typed by hand outside
+  :data:`PLAUSIBLE_UM_PER_PX` is a typo, not a scan (refused before any work).
 
 All of them look at a thumbnail (the coarsest pyramid level that has it), never at level 0.
 No Qt here.
@@ -19,6 +21,10 @@ import numpy as np
 from .slide import Slide, SlideError
 
 TRAINED_UM_PER_PX = (0.25, 4.0)  # pretraining resampled to 0.25-4 um/px; statistics recomputed at 1-4 um/px
+# what an H&E image can be: a 40x scan is about 0.25 um/px, a 600 px Visium lowres PNG about 10-20;
+# a pixel size given by hand outside this range is a typo (0.02 for 0.2), not a scan
+PLAUSIBLE_UM_PER_PX = (0.1, 20.0)
+NO_TISSUE_IMAGE = "none of this folder's images shows tissue under the spots"  # a Space Ranger folder's notice
 MIN_SPREAD = 3.0  # grey levels (0-255): below this the image under the spots is uniform
 MIN_STAINED = 0.05  # fraction of spots with stained tissue under them
 MAX_BROWN = 0.3  # fraction of tissue pixels that are brown (DAB) above which it is not H&E
@@ -42,6 +48,14 @@ class TissueReport:
         if self.stained < MIN_STAINED:
             return (f"no stained tissue under the spots (only {100 * self.stained:.0f} % of {self.n_spots} spots "
                     "sit on tissue; the rest is glass, black or white)")
+        return ""
+
+    def reason(self) -> str:
+        """The problem in a few words, without parentheses (to be listed inside another sentence)."""
+        if self.spread < MIN_SPREAD:
+            return f"blank or nearly uniform, grey-level spread {self.spread:.1f} of 255"
+        if self.stained < MIN_STAINED:
+            return f"stained tissue under only {100 * self.stained:.0f} % of {self.n_spots} spots"
         return ""
 
 
@@ -88,9 +102,11 @@ def require_tissue(slide: Slide) -> TissueReport:
     """Raise a :class:`SlideError` when the image under the slide's spots shows no tissue."""
     rep = slide_tissue(slide)
     if not rep.ok:
+        notice = str(slide.meta.get("notice") or "")
+        if notice.startswith(NO_TISSUE_IMAGE):  # a Space Ranger folder: the notice lists its images and what to do
+            raise SlideError(f"{slide.name}: {notice}")
         src = f" ({slide.source})" if slide.source else ""
-        note = f" ({slide.meta['notice']})" if slide.meta.get("notice") else ""
-        raise SlideError(f"{slide.name}{src}: {rep.problem()}{note}. Nothing would be predicted from tissue: check "
+        raise SlideError(f"{slide.name}{src}: {rep.problem()}. Nothing would be predicted from tissue: check "
                          "that this is the slide's image and that the spots belong to it, or use another image of "
                          "the same slide (e.g. the full-resolution scan).")
     return rep
@@ -119,6 +135,26 @@ def stain_warning(image, max_side: int = 512) -> str | None:
         return (f"the image does not look like H&E: only {100 * pink_purple:.0f} % of its tissue is pink or purple "
                 "(grey, fluorescence or another stain?). The model was trained on H&E only; its predictions here "
                 "mean little.")
+    return None
+
+
+def plausible_um_per_px_problem(um_per_px) -> str | None:
+    """What is wrong with ``um_per_px`` as an H&E image's pixel size, as the end of a sentence
+    that starts with the value ("0.02 µm/px ..."); None when it is plausible (a positive number
+    within :data:`PLAUSIBLE_UM_PER_PX`)."""
+    try:
+        v = float(um_per_px)
+    except (TypeError, ValueError):
+        return "is not a number of micrometres per pixel"
+    if not (np.isfinite(v) and v > 0):
+        return "is not a pixel size: it must be a positive number of micrometres per pixel (e.g. 0.5 for a 20x scan)"
+    lo, hi = PLAUSIBLE_UM_PER_PX
+    if v < lo:
+        return (f"is finer than any light-microscope scan (H&E scans are {lo:g}-{hi:g} µm/px: about 0.25 at 40x, "
+                "0.5 at 20x)")
+    if v > hi:
+        return (f"is coarser than any H&E image the model can use ({lo:g}-{hi:g} µm/px: about 0.25 at 40x, 0.5 at "
+                "20x, 10-20 for a Visium lowres PNG)")
     return None
 
 

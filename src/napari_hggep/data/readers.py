@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .her2st import is_her2st_folder, read_her2st
-from .image import image_um_per_px, is_image_path, read_image
+from .image import image_stem, image_um_per_px, is_image_path, read_image
 from .slide import Slide, SlideError
 from .space_ranger import space_ranger_images
 from .tables import decode_text, numeric_column, parse_table
@@ -64,8 +64,9 @@ def read_image_with_spots(image_path, spots_csv, um_per_px: float | None = None)
         spot_ids=df["spot_id"].to_numpy(),
         xy=df[["x", "y"]].to_numpy(float),
         array_rc=rc,
-        name=Path(image_path).stem,
+        name=image_stem(image_path),  # slide.ome.tif -> slide: the library id of its exports
         source=str(image_path),
+        meta={"library_id": image_stem(image_path), "image_path": str(image_path)},
     )
 
 
@@ -73,7 +74,9 @@ def read_image_with_grid(image_path, um_per_px: float | None = None, pitch_um: f
     """A plain H&E slide: spots on a hexagonal grid over the detected tissue."""
     image = read_image(image_path)
     upp = _resolve_um_per_px(image_path, um_per_px)
-    return grid_slide(image, upp, pitch_um, name=Path(image_path).stem, source=str(image_path))
+    slide = grid_slide(image, upp, pitch_um, name=image_stem(image_path), source=str(image_path))
+    slide.meta.update({"library_id": image_stem(image_path), "image_path": str(image_path)})
+    return slide
 
 
 def grid_slide(image, um_per_px: float, pitch_um: float = DEFAULT_PITCH_UM, name: str = "slide", source: str = "") -> Slide:

@@ -36,17 +36,18 @@ def read_visium_positions(spatial: Path) -> pd.DataFrame:
         missing = [c for c in cols if c not in df.columns]
         if missing:
             raise SlideError(f"{pq}: columns {missing} are missing (expected {cols})")
-        df = df[cols]
+        df, first_row = df[cols], 1
     else:
         df = parse_table(decode_text(src.read_bytes(), src), src, "tissue positions table", sep=",", header=None)
+        first_row = 1  # the file's line of the first spot (1.x files have no header)
         if [str(c).strip() for c in df.iloc[0, :6]] == cols:  # Space Ranger 2+ writes a header; 1.x does not
-            df = df.iloc[1:]
+            df, first_row = df.iloc[1:], 2
         if df.shape[1] < 6:
             raise SlideError(f"{src}: expected 6 columns ({', '.join(cols)}), found {df.shape[1]}")
         df = df.iloc[:, :6].set_axis(cols, axis=1)
     out = pd.DataFrame({"barcode": df["barcode"].astype(str).to_numpy()})
     for c in cols[1:]:
-        out[c] = numeric_column(df[c], src, c, whole=c in ("in_tissue", "array_row", "array_col"))
+        out[c] = numeric_column(df[c], src, c, whole=c in ("in_tissue", "array_row", "array_col"), first_row=first_row)
     out[["in_tissue", "array_row", "array_col"]] = out[["in_tissue", "array_row", "array_col"]].astype(np.int64)
     return out
 
@@ -92,7 +93,7 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
     that shows no tissue under the spots (Space Ranger 1.0 sometimes writes a black one), the lowres
     PNG or a full-resolution image beside ``spatial/``. Returns ``(path, image, scale, notice)``."""
     from .image import IMAGE_SUFFIXES
-    from .quality import tissue_under_spots
+    from .quality import NO_TISSUE_IMAGE, tissue_under_spots
 
     cands = [spatial / "tissue_hires_image.png", spatial / "tissue_lowres_image.png"]
     cands += sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
@@ -100,27 +101,33 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
     if not cands:
         raise SlideError(f"{spatial}: no tissue_hires_image.png or tissue_lowres_image.png; name the "
                          "full-resolution image")
-    problems = []
+    problems: list[tuple[str, str]] = []  # (file name, what is wrong with it), said once each
+
+    def listed() -> str:
+        if len(problems) == 1:
+            return problems[0][1]
+        return "; ".join(f"{n}: {why}" for n, why in problems)
+
     for path in cands:
         try:
             img = read_image(path)
             scale = visium_image_scale(path.name, img.shape, xy, sf, sf_path)
         except SlideError as e:
-            problems.append(f"{path.name}: {e}")
+            problems.append((path.name, str(e)))
             continue
         rep = tissue_under_spots(img, xy * scale, diameter * scale)
         if rep.ok:
             notice = None
             if path != cands[0]:
-                notice = (f"{cands[0].name} shows no tissue under the spots ({'; '.join(problems)}); "
-                          f"predicting from {path.name} instead")
+                notice = f"{cands[0].name} shows no tissue under the spots ({listed()}); predicting from {path.name} instead"
             return path, img, scale, notice
-        problems.append(f"{path.name}: {rep.problem()}")
+        problems.append((path.name, rep.reason()))
     # the folder still reads (positions, counts); predicting on it is refused by quality.require_tissue
     first = cands[0]
     img = read_image(first)
-    notice = (f"none of this folder's images shows tissue under the spots ({'; '.join(problems)}); give the "
-              "slide's full-resolution image (predict IMAGE --visium outs/, or open it in napari with the spots)")
+    problems_said = "; ".join(f"{n}: {why}" for n, why in problems)
+    notice = (f"{NO_TISSUE_IMAGE} ({problems_said}); give the slide's full-resolution image (predict IMAGE "
+              "--visium outs/, or open it in napari with the spots)")
     return first, img, visium_image_scale(first.name, img.shape, xy, sf, sf_path), notice
 
 

@@ -30,8 +30,10 @@ def element_names(pred) -> dict:
     full-resolution pixel coordinate system), ``image`` and ``table``."""
     import re
 
+    from .anndata_export import library_id
+
     meta = pred.meta or {}
-    lib = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.get("library_id") or pred.name or "slide")) or "slide"
+    lib = re.sub(r"[^A-Za-z0-9_.-]", "_", library_id(pred)) or "slide"
     scale = float(pred.image_scale or 1.0)
     sf = meta.get("scalefactors") or {}
     kind = "full"
@@ -212,7 +214,19 @@ def add_to_store(pred, path, genes=None) -> Path:
 
 def write_zarr(pred, path, genes=None) -> Path:
     """Write a SpatialData store to ``path`` (a folder): to a temporary folder first, then renamed
-    over ``path``; a failed write leaves the old store."""
+    over ``path``; a failed write leaves the old store.
+
+    anndata 0.12 warns "zarr v3 autosharding will be the default in the next minor release" for
+    every array of a table it writes (14 per store): a note to developers about a default, not about
+    this store. That warning alone is silenced, only while the store is written."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding will be the default", category=UserWarning)
+        return _write_zarr(pred, path, genes)
+
+
+def _write_zarr(pred, path, genes=None) -> Path:
     path = Path(str(path).rstrip("/\\"))
     if path.exists() and is_spatialdata_store(path) and not _written_by_us(path):
         return add_to_store(pred, path, genes)  # another tool's store: add to it, never replace it

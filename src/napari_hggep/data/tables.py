@@ -58,8 +58,10 @@ def _parse_floats(cells: np.ndarray) -> np.ndarray:
         return out
 
 
-def numeric_column(values, path, column: str, whole: bool = False, decimal_comma: bool = False) -> np.ndarray:
-    """A column of numbers, or a SlideError that names the first bad row (spreadsheet numbering)."""
+def numeric_column(values, path, column: str, whole: bool = False, decimal_comma: bool = False,
+                   first_row: int = 2) -> np.ndarray:
+    """A column of numbers, or a SlideError that names the first bad row as a spreadsheet numbers
+    it: ``first_row`` is the file's line of the first value (2 below a header, 1 without one)."""
     dtype = getattr(values, "dtype", None)
     if dtype is not None and (pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype)) \
             and not pd.api.types.is_extension_array_dtype(dtype):
@@ -80,5 +82,5 @@ def numeric_column(values, path, column: str, whole: bool = False, decimal_comma
     if bad.any():
         i = int(np.argmax(bad))
         kind = "a whole number" if whole else "a finite number"
-        raise SlideError(f"{path}: {column} must be {kind} on every row; row {i + 2} has {str(raw.iloc[i])[:40]!r}")
+        raise SlideError(f"{path}: {column} must be {kind} on every row; row {i + first_row} has {str(raw.iloc[i])[:40]!r}")
     return num

@@ -65,7 +65,12 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
         if not (np.isfinite(v) and v >= 0):
             raise SlideError(f"{sf_path}: {key} must be a positive number")
     pos = read_visium_positions(spatial)
+    n_rows = len(pos)
     pos = pos[pos["in_tissue"] == 1]
+    if len(pos) == 0:
+        raise SlideError(f"{spatial}: no spot is in tissue (in_tissue is 0 on all {n_rows} rows of the tissue "
+                         "positions), so there is nothing to predict; check that this is the right Space Ranger "
+                         "folder, or predict on its full-resolution image with --grid")
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
     um_per_px = VISIUM_SPOT_UM / diameter
     notice = None

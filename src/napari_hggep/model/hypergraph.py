@@ -61,12 +61,25 @@ def hyperedges(
     return torch.stack([members.reshape(-1), edge.reshape(-1)])
 
 
+def hypergraph_conv():
+    """torch_geometric's ``HypergraphConv``. Importing torch_geometric runs ``torch.jit.script`` on
+    two of its classes, which torch 2.9+ answers with a FutureWarning that means nothing to a user
+    (and that torch_geometric will have to act on, not us): only that warning is silenced, and only
+    during the import."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        from torch_geometric.nn import HypergraphConv
+    return HypergraphConv
+
+
 class HAM(nn.Module):
     """Two HypergraphConv layers (d -> d/2 -> d), ReLU between, LayerNorm, dropout, residual."""
 
     def __init__(self, dim: int, k: int = 3, rule: str = "nearest", dropout: float = 0.1):
         super().__init__()
-        from torch_geometric.nn import HypergraphConv
+        HypergraphConv = hypergraph_conv()
 
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, not {rule!r}")

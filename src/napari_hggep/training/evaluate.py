@@ -21,8 +21,34 @@ from .config import TrainConfig
 from .train import train_model
 from .validation import predict_section
 
-# HGGEP's published per-section mean PCC (reference repo Output/HGGEP_her2.npy; SPEC 4)
+# HGGEP's published per-section mean PCC (reference repo Output/HGGEP_her2.npy; SPEC 4), over the
+# paper's HER2+ panel of 785 genes: comparable only with an evaluation of exactly those genes
 PUBLISHED_PCC = {"B4": 0.315, "C2": 0.177, "C3": 0.233, "C4": 0.219, "C5": 0.229, "C6": 0.207}
+PAPER_PANEL_SIZE = 785
+# sha256 of the 785 gene symbols of the HER2+ panel (her2st genes.txt), sorted, one per line
+PAPER_PANEL_SHA256 = "cd583bbf070dd3eeda2a128cfbb573326ef2b3ceeef3b1e654c12817bfbd76e4"
+
+
+def is_paper_panel(genes) -> bool:
+    """Are ``genes`` exactly the paper's 785 HER2+ genes (in any order)? Only then are HGGEP's
+    published figures comparable with an evaluation."""
+    import hashlib
+
+    names = sorted({str(g) for g in genes or []})
+    if len(names) != PAPER_PANEL_SIZE:
+        return False
+    return hashlib.sha256("\n".join(names).encode()).hexdigest() == PAPER_PANEL_SHA256
+
+
+def published_note(genes) -> str | None:
+    """Why HGGEP's published PCC is left out of a table (None when it is shown)."""
+    if genes is None:
+        return ("HGGEP's published PCC is not shown: these results do not list their genes, and the published "
+                "figures hold only for the paper's 785-gene HER2+ panel")
+    if is_paper_panel(genes):
+        return None
+    return (f"HGGEP's published PCC is not shown: it was measured on the paper's {PAPER_PANEL_SIZE}-gene HER2+ "
+            f"panel, and these {len(list(genes))} genes are another panel")
 
 # the ablation: which branches a variant keeps (SPEC/issue: statistics alone, image alone, both)
 ABLATION = {
@@ -123,6 +149,7 @@ def evaluate(
         raise ValueError("leave-one-out needs at least two sections")
     by_name = {s.name: s for s in sections}
     names = list(by_name)
+    published = PUBLISHED_PCC if is_paper_panel(genes) else {}  # comparable only on the paper's panel
     feats = {s.name: colour_features(s.patches) for s in sections} if baseline else {}
     per_section, gene_pccs, res_out, lopo_genes = {}, {}, {}, {}
     calib = {"leave-one-section-out": {}, "leave-one-patient-out": {}}
@@ -137,7 +164,7 @@ def evaluate(
         m = slide_metrics(preds[held.name], held.target, lab)
         gene_pccs[held.name] = m["gene_pcc"]
         calib["leave-one-section-out"][held.name] = _calibration_row(m, preds[held.name], fold, held, train)
-        row = {"hggep": _summary(m), "published_hggep_pcc": PUBLISHED_PCC.get(held.name), "best_epoch": best}
+        row = {"hggep": _summary(m), "published_hggep_pcc": published.get(held.name), "best_epoch": best}
         if baseline:
             ridge = RidgeBaseline().fit(np.concatenate([feats[s.name] for s in train]),
                                         np.concatenate([s.target for s in train]))
@@ -182,8 +209,8 @@ def evaluate(
         "hggep_rmse": mean("rmse", "hggep"),
         "lopo_pcc_mean": float(np.mean(lopo_all)) if lopo_all else None,
         "resampled_pcc_mean": {um: float(np.mean([v["pcc_mean"] for v in d.values()])) for um, d in res_out.items()},
-        "published_pcc_mean_same_sections": float(np.mean([PUBLISHED_PCC[n] for n in names if n in PUBLISHED_PCC]))
-        if any(n in PUBLISHED_PCC for n in names) else None,
+        "published_pcc_mean_same_sections": float(np.mean([published[n] for n in names if n in published]))
+        if any(n in published for n in names) else None,
     }
     if baseline:
         summary["ridge_pcc_mean"] = mean("pcc_mean", "ridge_baseline")
@@ -201,6 +228,7 @@ def evaluate(
             "config": config.to_dict(),
             "train": {k: v for k, v in tcfg.__dict__.items()},
             "backbones_pretrained_without_patient": backbones or {},
+            "published_comparable": bool(published),
         },
         "per_section": per_section,
         "leave_one_patient_out": lopo,
@@ -237,30 +265,59 @@ def ablation(sections, config: HGGEPConfig, genes, tcfg=TrainConfig(), resampled
     return out
 
 
+def _result_genes(result: dict):
+    """The genes an evaluation's results were measured on, or None for results that do not say."""
+    genes = (result.get("calibration") or {}).get("genes")
+    if genes is None and isinstance(result.get("gene_pcc"), dict):
+        genes = list(result["gene_pcc"])
+    return genes
+
+
 def markdown_table(result: dict) -> str:
+    """The results as Markdown tables. HGGEP's published PCC is a column only when the evaluated
+    genes are the paper's 785-gene HER2+ panel (one line says why otherwise); without a
+    leave-one-patient-out row (one patient) a line says so."""
     res_ums = sorted(result.get("resampled", {}), key=float)
-    head = ["section", "spots", "PCC mean", "PCC median", "SSIM", "RMSE", "colour ridge PCC", "HGGEP published PCC"]
+    note = published_note(_result_genes(result))
+    pub_col = note is None
+    s = result["summary"]
+    if pub_col and not any(r.get("published_hggep_pcc") is not None for r in result["per_section"].values()):
+        pub_col = False
+        note = (f"HGGEP's published PCC: none for these sections (the paper reports {', '.join(PUBLISHED_PCC)} on "
+                "the same panel)")
+    head = ["section", "spots", "PCC mean", "PCC median", "SSIM", "RMSE", "colour ridge PCC"]
+    head += ["HGGEP published PCC"] if pub_col else []
     head += [f"PCC at {u} um/px" for u in res_ums]
     rows = ["## Leave-one-section-out", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in result["per_section"].items():
-        h, b, p = r["hggep"], r.get("ridge_baseline"), r["published_hggep_pcc"]
+        h, b, p = r["hggep"], r.get("ridge_baseline"), r.get("published_hggep_pcc")
         cells = [name, str(h["n_spots"]), f"{h['pcc_mean']:.3f}", f"{h['pcc_median']:.3f}", f"{h['ssim_mean']:.3f}",
-                 f"{h['rmse']:.3f}", "" if b is None else f"{b['pcc_mean']:.3f}", "" if p is None else f"{p:.3f}"]
+                 f"{h['rmse']:.3f}", "" if b is None else f"{b['pcc_mean']:.3f}"]
+        cells += ["" if p is None else f"{p:.3f}"] if pub_col else []
         cells += [f"{result['resampled'][u][name]['pcc_mean']:.3f}" if name in result["resampled"][u] else ""
                   for u in res_ums]
         rows.append("| " + " | ".join(cells) + " |")
-    s = result["summary"]
-    pub = s["published_pcc_mean_same_sections"]
+    pub = s.get("published_pcc_mean_same_sections")
     cells = ["**mean**", "", f"**{s['hggep_pcc_mean']:.3f}**", "", f"{s['hggep_ssim_mean']:.3f}", f"{s['hggep_rmse']:.3f}",
-             "" if s.get("ridge_pcc_mean") is None else f"{s['ridge_pcc_mean']:.3f}", "" if pub is None else f"{pub:.3f}"]
+             "" if s.get("ridge_pcc_mean") is None else f"{s['ridge_pcc_mean']:.3f}"]
+    cells += ["" if pub is None else f"{pub:.3f}"] if pub_col else []
     cells += [f"**{s['resampled_pcc_mean'][u]:.3f}**" for u in res_ums]
     rows.append("| " + " | ".join(cells) + " |")
+    if note:
+        rows += ["", note + "."]
     if result.get("leave_one_patient_out"):
         rows += ["", "## Leave-one-patient-out", "", "| test <- train | section | PCC mean |", "|---|---|---|"]
         for key, d in result["leave_one_patient_out"].items():
             for t, v in d.items():
                 rows.append(f"| {key} | {t} | {v['pcc_mean']:.3f} |")
         rows.append(f"| **mean** | | **{s['lopo_pcc_mean']:.3f}** |")
+    else:
+        pats = sorted(set((result.get("protocol") or {}).get("patients", {}).values()))
+        who = f" ({pats[0]})" if len(pats) == 1 else ""
+        rows += ["", "## Leave-one-patient-out", "",
+                 f"one patient{who}: no leave-one-patient-out. Every section comes from the same patient, so no "
+                 "split tests the model on a new patient; add sections of another patient (or name each section's "
+                 "patient with --patients SECTION=PATIENT)."]
     if result.get("ablation"):
         rows += ["", "## Ablation (mean PCC)", ""]
         secs = list(result["per_section"])
