@@ -108,7 +108,7 @@ def test_cli_errors_are_clear_and_keep_old_output(tmp_path, capsys):
 def test_train_resume_predict_evaluate(tiny_data, tmp_path):
     ck = tmp_path / "m.pt"
     args = ["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--keep-state", "--epochs", "2",
-            "--out", str(ck), "--seed", "1"]
+            "--branches", "both", "--out", str(ck), "--seed", "1"]  # both: the image path kept whatever it adds
     assert main(args) == 0
     b = load_model(ck, device="cpu")
     assert b.genes == ["GA", "GB", "GC", "GD"] and b.meta["sections"] == ["S1", "S2"]

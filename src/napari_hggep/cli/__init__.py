@@ -133,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same model")
         _device(t, "training")
         t.add_argument("--cache", help="folder to cache extracted patches and statistics in")
-        t.add_argument("--branches", choices=["both", "stats", "image"], default="both",
-                       help="which branches the model has: tissue statistics, image path, or both")
+        t.add_argument("--branches", choices=["auto", "both", "stats", "image"], default="auto",
+                       help="which branches the model has: tissue statistics, image path, or both; auto (default): "
+                            "both, and a study leaves the image path out of its final model when it adds under "
+                            "0.005 mean PCC in the held-out folds")
         t.add_argument("--backbone", help="pretrained image path made by napari-hggep pretrain")
         t.add_argument("--freeze-backbone", action="store_true",
                        help="keep the (pretrained) GEM + ShuffleNet fixed; much faster on a CPU")

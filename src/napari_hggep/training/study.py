@@ -55,7 +55,7 @@ class StudyOptions:
     default_genes_file: str | None = None  # a data folder's genes.txt, used when neither is given
     from_scratch: bool = False  # random image path instead of the bundled model's
     finetune: bool = False  # train the whole image path (slow on a CPU) instead of a frozen encoder
-    branches: str = "both"  # "both", "stats" or "image"
+    branches: str = "auto"  # "auto" (both; the image path kept only if it earns its place), "both", "stats", "image"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12))  # epochs, lr, seed, device, ...
     minutes: float | None = None  # time budget for all trainings together (held-out folds + final)
     heldout: bool = True  # measure per-gene held-out PCC among the sections (2+ sections)
@@ -222,7 +222,7 @@ class Study:
         done: dict = {}
         spreads: dict = {}  # held-out section -> each gene's prediction spread (for the reliability)
         stats_only: dict = {}  # the same, from the fold's statistics branch alone (does the image path earn its place?)
-        both = bool(self.config.image_path and self.config.stats_features)
+        both = bool(self.config.image_path and self.config.stats_features and o.branches == "auto")
         if resume and study_state.is_file():
             st = json.loads(study_state.read_text())
             if st.get("fingerprint") == fingerprint:
@@ -283,7 +283,7 @@ class Study:
             atomic_write_bytes(study_state, json.dumps({"fingerprint": fingerprint, "folds": done,
                                                         "spreads": spreads, "stats_only": stats_only}).encode())
         config, image_note = self.config, None
-        if both and done and all(t in stats_only for fold in done.values() for t in fold):
+        if both and o.branches == "auto" and done and all(t in stats_only for fold in done.values() for t in fold):
             full = np.mean([np.nanmean(np.array(v, dtype=float)) for fold in done.values() for v in fold.values()])
             alone = np.mean([np.nanmean(np.array(stats_only[t]["pcc"], dtype=float))
                              for fold in done.values() for t in fold])
