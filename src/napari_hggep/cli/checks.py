@@ -124,6 +124,11 @@ def check_um_per_px(value, flag: str = "--um-per-px") -> float | None:
 
 def _probe_folder(folder: Path, flag: str, shown) -> None:
     """``folder`` exists (it is made now when missing) and takes a new file."""
+    above = folder
+    while not above.exists() and above.parent != above:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise UsageError(f"{flag} {shown}: {above} is a file, not a folder; choose a folder you can write to")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".napari-hggep-write-test-", dir=folder)

@@ -116,6 +116,7 @@ def _score(a) -> int:
     from ..data.samples import read_samples_table, rows_from_data_dir
     from ..scoring import check_score_dir, markdown, score_model, write_score
 
+    check_out_dir(a.out, "--out", ("score.json", "score.md", "score_sections.csv", "score_genes.csv"))
     out = check_score_dir(a.out)
     if not (a.samples or a.data):
         raise UsageError("give the labelled sections to score the model on: --samples TABLE or --data DIR")
