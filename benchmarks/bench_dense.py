@@ -119,7 +119,7 @@ full = open_slide(tif, visium=outs, bin_um=bin_um)
 c = full.coords_um
 keep = np.argsort(((c - c.mean(0)) ** 2).sum(1))[:k]
 s = full.subset(np.sort(keep)); n = s.n_spots
-s.meta["tissue_checked"] = True
+s.info.tissue_checked = True
 res = {"subset_bins": n}
 def timed(fn):
     t = time.perf_counter(); out = fn()

@@ -33,8 +33,8 @@ def run(n_spots: int, n_genes: int) -> None:
     rng = np.random.default_rng(0)
     genes = [f"G{i}" for i in range(n_genes)]
     pred = Prediction(spot_ids=np.arange(n_spots).astype(str), xy=rng.random((n_spots, 2)) * 10000, genes=genes,
-                      values=rng.random((n_spots, n_genes)).astype(np.float32), um_per_px=0.5)
-    data, kwargs, _ = prediction_layer_data(pred, 55.0)
+                      values=rng.random((n_spots, n_genes)).astype(np.float32), um_per_px=0.5, spot_diameter_um=55.0)
+    data, kwargs, _ = prediction_layer_data(pred)
     layer = Points(data, **kwargs)
     color_by_gene(layer, genes[0])
     ts = []

@@ -221,3 +221,8 @@ def shown(widget) -> bool:
     """Shown in its dock (magicgui's ``visible`` is False for every widget of a dock not on screen, as
     in these tests, so the Qt widget's own hidden flag is asked)."""
     return not widget.native.isHidden()
+
+
+def wait_idle(qtbot, w, timeout=120_000):
+    """Wait until a dock's job (an export, a folder read again, a prediction) has ended."""
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)

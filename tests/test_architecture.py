@@ -12,8 +12,8 @@ QT = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "sup
 QT_FREE = ("model", "data", "training", "cli")  # sub-packages (or modules) that never import Qt
 # the package's parts from the top down (as its __init__ docstring lists them): each imports only
 # parts further down
-LAYERS = ("cli", "_napari", "batch", "scoring", "predict", "dense", "training", "_bundled", "reliability", "model", "data",
-          "distributed", "devices", "_atomic", "_version")
+LAYERS = ("cli", "_napari", "batch", "scoring", "predict", "cost", "dense", "training", "_bundled", "reliability", "model", "data",
+          "records", "distributed", "devices", "_atomic", "_version")
 
 
 def modules() -> dict[str, Path]:

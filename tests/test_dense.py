@@ -29,7 +29,7 @@ def _grid(sample, pitch_um: float, box_um: float | None = 450.0):
     mid = np.median(c, axis=0)
     keep = np.nonzero(np.all(np.abs(c - mid) < box_um / 2, axis=1))[0]
     sub = s.subset(keep)
-    sub.meta["tissue_checked"] = True
+    sub.info.tissue_checked = True
     return sub
 
 
@@ -57,7 +57,7 @@ def test_shared_trunk_agrees_with_the_per_patch_path(bundle, sample):
     assert 200 < s.n_spots < 800
     off = predict_slide(bundle, s, shared_trunk="off")
     on = predict_slide(bundle, s, shared_trunk="on")
-    assert off.meta["image_encoding"] == "per patch" and on.meta["image_encoding"] == "shared trunk"
+    assert off.provenance.image_encoding == "per patch" and on.provenance.image_encoding == "shared trunk"
     pcc = _gene_pcc(off.values, on.values)
     assert len(pcc) > 700 and pcc.mean() >= 0.98, pcc.mean()
     # the image path's tokens themselves (what the statistics branch does not hide)
@@ -165,7 +165,7 @@ def test_cli_flag_forces_either_way(bundle, sample, tmp_path, monkeypatch):
     # and the parameter of predict_slide, by default chosen by density
     dense = _grid(sample, 25.0, 150.0)
     calls.clear()
-    assert predict_slide(bundle, dense).meta["image_encoding"] == "shared trunk" and calls
+    assert predict_slide(bundle, dense).provenance.image_encoding == "shared trunk" and calls
     with pytest.raises(SystemExit):
         main(["predict", img, "--grid", "-o", str(tmp_path / "x.csv"), "--shared-trunk", "maybe"])
 

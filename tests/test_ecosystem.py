@@ -9,6 +9,7 @@ import pytest
 from helpers import he_like_image, write_visium_study_section
 from napari_hggep import load_model, open_slide, predict_slide
 from napari_hggep.data import export, geojson_export
+from napari_hggep.data.export import write_prediction
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def test_hires_and_lowres_always_there_and_scanpy_squidpy_draw_with_defaults(pre
     matplotlib.use("Agg")
     import scanpy as sc
 
-    a = ad.read_h5ad(pred.write(tmp_path / "p.h5ad", genes=["GNAS", "FN1"]))
+    a = ad.read_h5ad(write_prediction(pred, tmp_path / "p.h5ad", genes=["GNAS", "FN1"]))
     lib = next(iter(a.uns["spatial"]))
     sp = a.uns["spatial"][lib]
     assert {"hires", "lowres"} <= set(sp["images"])

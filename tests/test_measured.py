@@ -14,6 +14,7 @@ from napari_hggep import load_model, open_slide, predict_slide
 from napari_hggep.cli import main
 from napari_hggep.reliability import assess, gene_reliability, slide_verdict
 from napari_hggep.training.metrics import gene_pcc
+from napari_hggep.data.export import write_prediction
 
 
 @pytest.fixture(scope="module")
@@ -94,19 +95,19 @@ def test_her2st_and_hd_counts_are_compared_and_absent_genes_have_no_pcc(bundle, 
                  [f"E{i}" for i in range(40)], c)
     hd = predict_slide(bundle, open_slide(outs))
     assert hd.measured is not None and sparse.issparse(hd.measured.values)
-    assert hd.measured.n_spots == len(pos) and np.isfinite(hd.meta["measured_pcc"][:20]).any()
+    assert hd.measured.n_spots == len(pos) and np.isfinite(hd.measured_pcc[:20]).any()
 
 
 def test_no_counts_nothing_read_and_bad_counts_never_cost_the_prediction(bundle, tmp_path):
     outs = write_visium(tmp_path / "S" / "outs", he_like_image(520, 700), with_h5=False)
     pred = predict_slide(bundle, open_slide(outs))
-    assert pred.measured is None and "measured_pcc" not in pred.meta
-    a = pred.write(tmp_path / "p.h5ad")
+    assert pred.measured is None and pred.measured_pcc is None
+    a = write_prediction(pred, tmp_path / "p.h5ad")
     assert "measured" not in ad.read_h5ad(a).layers
     (outs / "filtered_feature_bc_matrix.h5").write_bytes(b"not an HDF5 file")
     with pytest.warns(UserWarning, match="not compared"):
         pred = predict_slide(bundle, open_slide(outs))
-    assert pred.values.shape[0] > 0 and "not a readable 10x" in pred.meta["measured_error"]
+    assert pred.values.shape[0] > 0 and "not a readable 10x" in pred.measured_error
 
 
 CALIB = {"gene": {"prior_mean": 0.1, "prior_sd": 0.1, "spread_mean": -2.0, "spread_sd": 0.5, "a": 0.05, "b": 0.1,
@@ -136,10 +137,10 @@ def test_unknown_slides_export_no_reliable_gene_and_say_why(bundle, tmp_path):
     slide = open_slide(write_her2st(tmp_path / "ST1", he_like_image(520, 520), genes=list(bundle.genes[:5])))
     slide.um_per_px = 12.0  # a typo: far coarser than anything trained on
     pred = predict_slide(bundle, slide)
-    assert np.isnan(pred.meta["slide_reliability"]).all()
-    assert "outside" in pred.meta["reliability_unknown"]
+    assert np.isnan(pred.reliability.slide_reliability).all()
+    assert "outside" in pred.reliability.unknown_because
     assert any("expected PCC on this slide: unknown" in line for line in slide_verdict(pred))
-    a = ad.read_h5ad(pred.write(tmp_path / "p.h5ad"))
+    a = ad.read_h5ad(write_prediction(pred, tmp_path / "p.h5ad"))
     assert not a.var["reliable"].any() and "outside" in a.uns["napari_hggep"]["slide_reliability_unknown_because"]
 
 

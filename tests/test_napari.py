@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict
+from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict, wait_idle
 from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
 from napari_hggep._napari.predict_widget import PredictWidget
@@ -28,7 +28,7 @@ def test_sample_data(sample_viewer):
     # a whole section at reduced resolution, within 1.5 MB, with a 100 um grid over its tissue
     assert sum(f.stat().st_size for f in SAMPLE_DIR.iterdir()) <= 1_500_000
     assert img.rgb and img.data.shape == (2292, 2668, 3) and img.scale[0] == pytest.approx(2.0, rel=1e-3)
-    assert pts.data.shape[0] > 800 and img.metadata[KEY]["um_per_px"] == pytest.approx(img.scale[0])
+    assert pts.data.shape[0] > 800 and img.metadata[KEY].um_per_px == pytest.approx(img.scale[0])
     world = pts.data * pts.scale
     d, _ = cKDTree(world).query(world, k=2)
     assert np.median(d[:, 1]) == pytest.approx(100.0, rel=0.01)  # µm between neighbours
@@ -57,12 +57,12 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     sample_viewer.window.add_dock_widget(w)
     assert w.image_layer.value is sample_viewer.layers[0]
     assert w.spots.value is sample_viewer.layers[1]
-    assert float(w.um_per_px.value) == pytest.approx(sample_viewer.layers[0].metadata[KEY]["um_per_px"], abs=1e-3)
+    assert float(w.um_per_px.value) == pytest.approx(sample_viewer.layers[0].metadata[KEY].um_per_px, abs=1e-3)
     wait_predict(qtbot, w)
     n = len(sample_viewer.layers[1].data)
     assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for {n} spots"), w.status.value
     layer = sample_viewer.layers["HER2+ B4 genes"]
-    assert layer.metadata[KEY]["values"].shape == (n, N_BUNDLED) and w.result.value is layer
+    assert layer.metadata[KEY].values.shape == (n, N_BUNDLED) and w.result.value is layer
     assert w.predict_btn.enabled and not w.cancel_btn.enabled
     # gene selector: filter by typing, labels show PCC and range
     w.gene_filter.value = "KRT"
@@ -71,34 +71,36 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     w.gene.value = "KRT8"
     c1 = layer.face_color.copy()
     w.gene_filter.value = ""
-    other = next(g for g in layer.metadata[KEY]["genes"] if g != "KRT8" and gene_values(layer, g).std() > 0)
+    other = next(g for g in layer.metadata[KEY].genes if g != "KRT8" and gene_values(layer, g).std() > 0)
     w.gene.value = other
     assert not np.allclose(layer.face_color, c1), "switching genes must recolour"
-    assert layer.metadata[KEY]["gene"] == other
+    assert layer.metadata[KEY].gene == other
     # coloured through napari's own feature colouring, so its controls and colour bar show the scale
     assert layer.face_color_mode == "colormap" and layer.face_colormap.name == "viridis"
-    assert layer.face_contrast_limits == pytest.approx(layer.metadata[KEY]["contrast_limits"])
+    assert layer.face_contrast_limits == pytest.approx(layer.metadata[KEY].contrast_limits)
     assert layer.face_colorbar.visible
     # the canvas names the gene and its held-out PCC beside the colour bar
     assert sample_viewer.text_overlay.visible and sample_viewer.text_overlay.text.startswith(other)
     assert "held-out PCC" in sample_viewer.text_overlay.text
     # the bundled model's per-gene PCC was measured on patients it had not seen, and says so
-    assert layer.metadata[KEY]["gene_pcc_protocol"] == "leave-one-patient-out"
+    assert layer.metadata[KEY].prediction.provenance.gene_pcc_protocol == "leave-one-patient-out"
     assert "held-out PCC" in w.gene_info.value and "patients not trained on" in w.gene_info.value
     w.colormap.value = "magma"
-    assert layer.metadata[KEY]["colormap"] == "magma" and layer.face_colormap.name == "magma"
+    assert layer.metadata[KEY].colormap == "magma" and layer.face_colormap.name == "magma"
     # export writes a file that reads back equal
     out = tmp_path / "pred.csv"
     w.export_file.value = str(out)
     w.export()
+    wait_idle(qtbot, w)
     df = pd.read_csv(out)
     assert df.shape == (n, 3 + 2 + N_BUNDLED)
-    np.testing.assert_allclose(df[layer.metadata[KEY]["genes"]].to_numpy(), layer.metadata[KEY]["values"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(df[layer.metadata[KEY].genes].to_numpy(), layer.metadata[KEY].values, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(df[["y", "x"]].to_numpy(), layer.data, atol=1e-3)  # CSV keeps 4 decimals of a pixel
     h5 = tmp_path / "pred.h5ad"
     w.export_file.value = str(h5)
     w.export_selected.value = True
     w.export()
+    wait_idle(qtbot, w)
     import anndata as ad
 
     a = ad.read_h5ad(h5)
@@ -199,7 +201,7 @@ def test_whole_slide_pyramids_open_as_multiscale_and_predict(viewer, qtbot, tmp_
     assert get_reader(str(ome)) is not None
     (layer,) = viewer.open(str(ome), plugin="napari-hggep")
     assert layer.multiscale and len(layer.data) == 3 and layer.name == "slide"
-    assert layer.scale[-1] == pytest.approx(0.5) and layer.metadata[KEY]["um_per_px"] == pytest.approx(0.5)
+    assert layer.scale[-1] == pytest.approx(0.5) and layer.metadata[KEY].um_per_px == pytest.approx(0.5)
     assert [d.shape[:2] for d in layer.data] == [(1536, 2048), (768, 1024), (384, 512)]
     svs = tmp_path / "scan.svs"
     _write_svs(svs, img, mpp=0.2527)
@@ -303,9 +305,11 @@ def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypa
     # export errors
     w.export_file.value = str(tmp_path / "pred.txt")
     w.export()
+    wait_idle(qtbot, w)
     assert "'.txt' is not one of them" in w.status.value and ".geojson" in w.status.value
     w.export_file.value = str(tmp_path / "no" / "such" / "pred.csv")
     w.export()
+    wait_idle(qtbot, w)
     assert w.status.value.startswith("Error") and "does not exist" in w.status.value
     monkeypatch.setattr(bundled, "load_model", real_load)
     wait_predict(qtbot, w)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict
+from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict, wait_idle
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.export import EXPORT_FILTER
@@ -23,6 +23,14 @@ def _export(w, path, only_gene=False):
     w.export_file.value = str(path)
     w.export_selected.value = only_gene
     w.export()
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    t = time.time()
+    while w.worker is not None and time.time() - t < 120:  # written in a worker thread
+        QApplication.processEvents()
+        time.sleep(0.01)
     return w.status.value
 
 
@@ -31,7 +39,7 @@ def test_visium_hires_prediction_exports_full_resolution_in_every_format(viewer,
     v = write_visium(tmp_path / "lib1" / "outs", full)
     Image.fromarray(full[::10, ::10]).save(v / "spatial" / "tissue_lowres_image.png")
     img, pts = viewer.open(str(v), plugin="napari-hggep")
-    assert img.metadata[KEY]["image_scale"] == 0.5  # the hires PNG
+    assert img.metadata[KEY].slide.image_scale == 0.5  # the hires PNG
     w = PredictWidget(viewer)
     assert all(f"*{e}" in EXPORT_FILTER for e in (".csv", ".h5ad", ".geojson", ".zarr"))
     wait_predict(qtbot, w)
@@ -40,11 +48,11 @@ def test_visium_hires_prediction_exports_full_resolution_in_every_format(viewer,
     pos = pd.read_csv(v / "spatial" / "tissue_positions.csv").set_index("barcode")
     want = lambda ids: pos.loc[ids, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)  # noqa: E731
     # the layer sits on the hires image, in its pixels
-    np.testing.assert_allclose(layer.data[:, ::-1], want(layer.metadata[KEY]["spot_ids"]) * 0.5)
+    np.testing.assert_allclose(layer.data[:, ::-1], want(layer.metadata[KEY].prediction.spot_ids) * 0.5)
     assert _export(w, tmp_path / "p.csv").startswith("Exported"), w.status.value
     df = pd.read_csv(tmp_path / "p.csv")
     np.testing.assert_allclose(df[["x", "y"]].to_numpy(), want(df.spot_id), atol=1e-9)
-    assert df[layer.metadata[KEY]["genes"]].to_numpy().min() >= 0
+    assert df[layer.metadata[KEY].genes].to_numpy().min() >= 0
     assert _export(w, tmp_path / "p.h5ad").startswith("Exported"), w.status.value
     a = ad.read_h5ad(tmp_path / "p.h5ad")
     np.testing.assert_allclose(a.obsm["spatial"], want(a.obs_names))
@@ -81,8 +89,8 @@ def test_visium_hd_folder_opens_with_square_bins_and_predicts(viewer, qtbot, tmp
     img_full = he_like_image(640, 800)
     outs = write_visium_hd(tmp_path / "hdA", img_full, mpp=0.5, bins=(8, 16))
     img, pts = viewer.open(str(outs), plugin="napari-hggep")
-    assert img.metadata[KEY]["um_per_px"] == pytest.approx(0.5 / 0.25)  # microns_per_pixel / hires scale
-    assert "microns_per_pixel" in img.metadata[KEY]["um_per_px_source"]
+    assert img.metadata[KEY].um_per_px == pytest.approx(0.5 / 0.25)  # microns_per_pixel / hires scale
+    assert "microns_per_pixel" in img.metadata[KEY].um_per_px_source
     assert img.scale[-1] == pytest.approx(2.0)
     assert pts.symbol[0].value == "square" and pts.size[0] == pytest.approx(16 / 2.0)  # a 16 um bin
     w = PredictWidget(viewer)

@@ -7,29 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import he_like_image, study_counts, wait_predict, write_10x_h5, write_visium
-from napari_hggep._napari.layers import KEY, measured_values
+from helpers import he_like_image, study_counts, wait_predict, write_10x_h5, write_visium, wait_idle
+from napari_hggep._napari.layers import KEY, MapLayerInfo, measured_values
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.genes import SORT_CHOICES
 from napari_hggep._napari.widgets.measured import DIFF_COLORMAP, SHOW_CHOICES
 
 pytest.importorskip("napari")
-
-
-@pytest.fixture
-def outs_with_counts(tmp_path):
-    from napari_hggep._bundled import bundled_card
-
-    genes = list(bundled_card()["genes"][:40])
-    img = he_like_image(520, 700)
-    outs = write_visium(tmp_path / "secA" / "outs", img, with_h5=False)
-    pos = pd.read_csv(outs / "spatial" / "tissue_positions.csv")
-    pos = pos[pos.in_tissue == 1]
-    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
-    counts = study_counts(img, xy, len(genes)) + np.random.default_rng(1).poisson(3, (len(xy), len(genes)))
-    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", pos.barcode, genes, [f"E{i}" for i in range(len(genes))],
-                 counts)
-    return outs, genes
 
 
 def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_path, outs_with_counts):
@@ -41,8 +25,8 @@ def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_
     wait_predict(qtbot, w)
     layer = w.result.value
     assert layer is not None, w.status.value
-    meta = layer.metadata[KEY]
-    assert meta["measured"] is not None and len(meta["measured_pcc"]) == len(meta["genes"])
+    info = layer.metadata[KEY]
+    assert info.prediction.measured is not None and len(info.prediction.measured_pcc) == len(info.genes)
     assert not w.measured_show.native.isHidden() or w.measured_show.visible
     # the selector shows the measured PCC and sorts by it
     w.sort_by.value = SORT_CHOICES[3]  # the gene shown stays; the list is reordered
@@ -50,7 +34,7 @@ def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_
     assert first in genes  # genes with counts come first; the others have no measured figure
     w.gene.native.setCurrentIndex(0)
     assert w.gene.value == first
-    pcc = meta["measured_pcc"]
+    pcc = info.per_gene(info.prediction.measured_pcc)
     best = max((g for g in genes if np.isfinite(pcc[g])), key=lambda g: pcc[g])
     assert first == best and f"measured {pcc[best]:.2f}" in w.gene.native.currentText()
     assert f"measured {pcc[best]:.2f}" in viewer.text_overlay.text
@@ -78,7 +62,7 @@ def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_
     assert f"{layer.name} measured" not in viewer.layers and d.face_colormap.name == DIFF_COLORMAP
     lo, hi = d.face_contrast_limits
     assert lo == pytest.approx(-hi)
-    want = measured_values(layer, second)[0] - meta["values"][has, meta["genes"].index(second)]
+    want = measured_values(layer, second)[0] - info.values[has, info.genes.index(second)]
     np.testing.assert_allclose(d.features.iloc[:, 0].to_numpy(), want, rtol=1e-5, atol=1e-6)
     # hidden again: the prediction is back; the export carries the counts
     w.measured_show.value = SHOW_CHOICES[0]
@@ -86,10 +70,11 @@ def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_
     out = tmp_path / "w.h5ad"
     w.export_file.value = str(out)
     w.export()
+    wait_idle(qtbot, w)
     a = ad.read_h5ad(out)
     assert "measured" in a.layers and "measured_pcc" in a.var
     assert a.var.loc[second, "measured_pcc"] == pytest.approx(pcc[second], abs=1e-5)
     # the measured maps go with their prediction
     w.measured_show.value = SHOW_CHOICES[1]
     viewer.layers.remove(layer)
-    assert not any(ly.metadata.get(KEY, {}).get("kind") in ("measured", "difference") for ly in viewer.layers)
+    assert not any(isinstance(ly.metadata.get(KEY), MapLayerInfo) for ly in viewer.layers)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import he_like_image, shown, write_visium, write_visium_hd, N_BUNDLED, wait_predict
+from helpers import he_like_image, shown, write_visium, write_visium_hd, N_BUNDLED, wait_predict, wait_idle
 from PIL import Image
 
 from napari_hggep._napari.layers import KEY
@@ -47,10 +47,11 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
 
     # lowres: the image and its spots are replaced, in the lowres pixels, at the same place in µm
     w.sr_image.value = next(c for c in w.sr_image.choices if str(c).endswith("tissue_lowres_image.png"))
+    wait_idle(qtbot, w)
     img2, pts2 = w.image_layer.value, w.spots.value
     assert img not in viewer.layers and pts not in viewer.layers and len(viewer.layers) == 2
     assert img2.data.shape[:2] == (50, 42) and img2.scale[-1] == pytest.approx(27.5)
-    assert img2.metadata[KEY]["image_scale"] == pytest.approx(0.1)
+    assert img2.metadata[KEY].slide.image_scale == pytest.approx(0.1)
     np.testing.assert_allclose(pts2.data[:, ::-1], want_px(pts2.features["spot_id"]) * 0.1)
     np.testing.assert_allclose(world(pts2), spots_um)
     assert pts2.size[0] == pytest.approx(2.0)  # 55 µm at 27.5 µm per pixel
@@ -59,6 +60,7 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
 
     # the full-resolution TIFF found beside outs/: predict on it, and the widget says so
     w.sr_image.value = next(c for c in w.sr_image.choices if str(c).endswith("lib1_fullres.tif"))
+    wait_idle(qtbot, w)
     img3, pts3 = w.image_layer.value, w.spots.value
     assert img3.data.shape[:2] == (500, 420) and img3.scale[-1] == pytest.approx(2.75)
     np.testing.assert_allclose(world(pts3), spots_um)
@@ -67,23 +69,26 @@ def test_visium_choose_the_image_to_predict_on(viewer, qtbot, tmp_path):
     assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for 64 spots"), w.status.value
     assert "from lib1_fullres.tif (full resolution)" in w.status.value
     res = w.result.value
-    assert res.metadata[KEY]["image_scale"] == 1.0 and res.metadata[KEY]["image_path"].endswith("lib1_fullres.tif")
+    assert res.metadata[KEY].prediction.image_scale == 1.0 and res.metadata[KEY].prediction.image_path.endswith("lib1_fullres.tif")
     np.testing.assert_allclose(world(res), spots_um)  # drawn over the image it was predicted on
-    np.testing.assert_allclose(res.data[:, ::-1], want_px(res.metadata[KEY]["spot_ids"]))
+    np.testing.assert_allclose(res.data[:, ::-1], want_px(res.metadata[KEY].prediction.spot_ids))
 
     # another full-resolution file, chosen by name
     other = tmp_path / "elsewhere.png"
     Image.fromarray(np.asarray(img3.data)).save(other)
     w.sr_image.value = OTHER_FULLRES
+    wait_idle(qtbot, w)
     assert shown(w.sr_fullres)
     w.sr_fullres.value = str(other)
-    assert w.image_layer.value.metadata[KEY]["image_path"] == str(other)
+    wait_idle(qtbot, w)
+    assert w.image_layer.value.metadata[KEY].slide.image_path == str(other)
     assert w.sr_image.value == str(other) and "elsewhere.png (full resolution)" in w.image_used.value
     # an image that is none of the folder's: said, and what is open stays
     bad = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(bad)
     before = w.image_layer.value
     w.sr_fullres.value = str(bad)
+    wait_idle(qtbot, w)
     assert w.status.value.startswith("Error:") and "spots fall outside it" in w.status.value, w.status.value
     assert w.image_layer.value is before and w.sr_image.value == str(other)
 
@@ -97,13 +102,14 @@ def test_visium_hires_screenshot_lines_up(make_napari_viewer, qtbot, tmp_path):
     viewer.window.add_dock_widget(w, name="HGGEP")
     viewer.window._qt_window.resize(1400, 1150)
     w.sr_image.value = next(c for c in w.sr_image.choices if str(c).endswith("tissue_hires_image.png"))
+    wait_idle(qtbot, w)
     wait_predict(qtbot, w)
     assert "from tissue_hires_image.png (hires PNG, 0.5 × full resolution)" in w.status.value, w.status.value
     assert w.sr_image.value.endswith("tissue_hires_image.png") and w.sr_image.native.currentText().startswith(
         "tissue_hires_image.png (hires PNG)")  # still shown after napari reset the dock's choices
     res = w.result.value
     np.testing.assert_allclose(world(res), world(w.spots.value))
-    w.gene.value = "GNAS" if "GNAS" in res.metadata[KEY]["genes"] else res.metadata[KEY]["genes"][0]
+    w.gene.value = "GNAS" if "GNAS" in res.metadata[KEY].genes else res.metadata[KEY].genes[0]
     viewer.reset_view()
     qtbot.wait(300)  # let Qt lay out the new status text before the grab
     shot = viewer.screenshot(canvas_only=False, flash=False)
@@ -119,10 +125,11 @@ def test_visium_hd_bins_in_the_widget(viewer, qtbot, tmp_path):
     assert shown(w.bins) and w.bins.value == "16 µm" and shown(w.sr_image)
     n16 = len(pts.data)
     w.bins.value = "8 µm"
+    wait_idle(qtbot, w)
     img8, pts8 = w.image_layer.value, w.spots.value
     assert img8.name == "hdA_008um" and len(viewer.layers) == 2
     assert pts8.symbol[0].value == "square" and pts8.size[0] == pytest.approx(4.0)  # 8 µm at 2 µm per pixel
-    assert len(pts8.data) > 3 * n16 and pts8.metadata[KEY]["spot_diameter_um"] == 8
+    assert len(pts8.data) > 3 * n16 and pts8.metadata[KEY].spot_diameter_um == 8
     pq = pd.read_parquet(outs / "binned_outputs" / "square_008um" / "spatial" / "tissue_positions.parquet")
     pq = pq[pq.in_tissue == 1].set_index("barcode")
     np.testing.assert_allclose(pts8.data[:, ::-1], pq.loc[pts8.features["spot_id"],
@@ -130,14 +137,17 @@ def test_visium_hd_bins_in_the_widget(viewer, qtbot, tmp_path):
     assert w.status.value.startswith(f"Showing {len(pq):,} bins on tissue_hires_image.png")
     # 2 µm: refused with the reason, the 8 µm bins stay
     w.bins.value = "2 µm"
+    wait_idle(qtbot, w)
     assert w.status.value.startswith("Error: 2 µm bins are refused") and "Choose 8 or 16 µm bins" in w.status.value
     assert w.bins.value == "8 µm" and w.spots.value is pts8 and pts8 in viewer.layers
     # the lowres PNG with 8 µm bins, then back to 16 µm: bins follow the image
     w.sr_image.value = next(c for c in w.sr_image.choices if str(c).endswith("tissue_lowres_image.png"))
-    assert w.image_layer.value.metadata[KEY]["image_scale"] == pytest.approx(0.1)
+    wait_idle(qtbot, w)
+    assert w.image_layer.value.metadata[KEY].slide.image_scale == pytest.approx(0.1)
     w.bins.value = "16 µm"
+    wait_idle(qtbot, w)
     img16, pts16 = w.image_layer.value, w.spots.value
-    assert len(pts16.data) == n16 and img16.metadata[KEY]["image_scale"] == pytest.approx(0.1)
+    assert len(pts16.data) == n16 and img16.metadata[KEY].slide.image_scale == pytest.approx(0.1)
     assert pts16.size[0] == pytest.approx(16 / 5.0)
 
 
@@ -217,7 +227,7 @@ def test_spatialdata_store_opens_ready_to_predict(viewer, qtbot, tmp_path):
     xy = [(60 + c * 20, 60 + r * 34) for r in range(2, 10) for c in range(16) if (r + c) % 2 == 0]
     z = _store(tmp_path, "other.zarr", full, xy)
     img, pts = viewer.open(str(z), plugin="napari-hggep")
-    assert img.data.shape[:2] == (500, 420) and img.metadata[KEY]["um_per_px"] is None
+    assert img.data.shape[:2] == (500, 420) and img.metadata[KEY].um_per_px is None
     np.testing.assert_allclose(pts.data[:, ::-1], xy)
     assert pts.size[0] == pytest.approx(20.0)
     w = PredictWidget(viewer)
@@ -230,7 +240,7 @@ def test_spatialdata_store_opens_ready_to_predict(viewer, qtbot, tmp_path):
     assert "other.zarr::he" in w.status.value
     res = w.result.value
     np.testing.assert_allclose(world(res), world(pts))
-    assert res.metadata[KEY]["spot_diameter_um"] == pytest.approx(55.0)
+    assert res.metadata[KEY].prediction.spot_diameter_um == pytest.approx(55.0)
     # a store without an image: said in the status line
     bare = _store(tmp_path, "bare.zarr", None, xy)
     w.open_path.value = str(bare)
@@ -243,17 +253,17 @@ def test_our_spatialdata_store_opens_in_micrometres(viewer, qtbot, tmp_path):
     pytest.importorskip("spatialdata")
     import tifffile
 
-    from napari_hggep._napari.jobs import _import_torch_stack
+    from napari_hggep._napari.jobs import import_torch_stack
     from napari_hggep.cli import main
 
-    _import_torch_stack()  # as the widget does: triton's LLVM next to Mesa's would crash this process
+    import_torch_stack()  # as the widget does: triton's LLVM next to Mesa's would crash this process
     outs, pos = write_visium_with_images(tmp_path)
     z = tmp_path / "ours.zarr"
     assert main(["predict", str(tmp_path / "lib1" / "lib1_fullres.tif"), "--visium", str(outs), "-o", str(z),
                  "--genes", "GNAS"]) == 0
     assert tifffile.imread(tmp_path / "lib1" / "lib1_fullres.tif").shape[:2] == (500, 420)
     img, pts = viewer.open(str(z), plugin="napari-hggep")
-    assert img.metadata[KEY]["um_per_px"] == pytest.approx(2.75) and img.scale[-1] == pytest.approx(2.75)
+    assert img.metadata[KEY].um_per_px == pytest.approx(2.75) and img.scale[-1] == pytest.approx(2.75)
     assert pts.size[0] == pytest.approx(20.0) and len(pts.data) == 64
     np.testing.assert_allclose(pts.data[:, ::-1], pos.loc[pts.features["spot_id"],
                                                           ["pxl_col_in_fullres", "pxl_row_in_fullres"]])

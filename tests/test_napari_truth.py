@@ -14,7 +14,7 @@ from napari_hggep._napari.layers import FLAT_FRACTION, KEY, gene_values, predict
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
 from napari_hggep._napari.widgets.source import GENERATE
-from napari_hggep.predict import Prediction
+from napari_hggep.records import Prediction, Provenance
 
 pytest.importorskip("napari")
 
@@ -88,9 +88,9 @@ def _visium_with_images(folder, hires_blank=True, lowres_blank=False):
 def test_blank_hires_png_falls_back_to_lowres_with_a_notice(viewer, qtbot, tmp_path):
     v = _visium_with_images(tmp_path / "outs")
     img, pts = viewer.open(str(v), plugin="napari-hggep")
-    assert img.metadata[KEY]["source"].endswith("tissue_lowres_image.png")
+    assert img.metadata[KEY].source.endswith("tissue_lowres_image.png")
     assert img.data.shape[:2] == (50, 42)
-    note = img.metadata[KEY]["notice"]
+    note = img.metadata[KEY].slide.notice
     assert "tissue_hires_image.png" in note and "tissue_lowres_image.png instead" in note
     w = PredictWidget(viewer)
     assert shown(w.image_warning) and "tissue_lowres_image.png instead" in w.image_warning.value
@@ -99,13 +99,13 @@ def test_blank_hires_png_falls_back_to_lowres_with_a_notice(viewer, qtbot, tmp_p
     assert w.status.value.startswith(f"Predicted {N_BUNDLED} genes for 64 spots"), w.status.value
 
 
-def test_folder_without_any_tissue_image_is_refused(viewer, tmp_path):
+def test_folder_without_any_tissue_image_is_refused(viewer, qtbot, tmp_path):
     v = _visium_with_images(tmp_path / "outs", lowres_blank=True)
     img, pts = viewer.open(str(v), plugin="napari-hggep")  # positions still read; predicting is refused
     w = PredictWidget(viewer)
     assert shown(w.image_warning) and "none of this folder's images shows tissue" in w.image_warning.value
-    w.run()
-    assert w.worker is None and "blank or nearly uniform" in w.status.value, w.status.value
+    wait_predict(qtbot, w)  # refused in the worker (the tissue check is never on the GUI thread)
+    assert "blank or nearly uniform" in w.status.value, w.status.value
     assert "none of this folder's images shows tissue" in w.status.value and "outs genes" not in viewer.layers
 
 
@@ -115,8 +115,8 @@ def test_blank_image_under_spots_is_never_predicted(viewer, qtbot):
     w = PredictWidget(viewer)
     w.um_per_px.value = "1"
     w.spots.value = viewer.layers["spots"]
-    w.run()
-    assert w.worker is None and "blank or nearly uniform" in w.status.value, w.status.value
+    wait_predict(qtbot, w)  # refused in the worker, before the model runs
+    assert "blank or nearly uniform" in w.status.value, w.status.value
     assert "black genes" not in viewer.layers
 
 
@@ -126,9 +126,9 @@ def _flat_layer(bundle_std, n=300, spread=1e-4, seed=0):
     values = 2.0 + spread * rng.random((n, 3)).astype(np.float32)
     values[:, 2] = rng.normal(3, 0.5, n)  # KRT8 varies
     pred = Prediction(spot_ids=np.arange(n).astype(str), xy=rng.random((n, 2)) * 500, genes=genes,
-                      values=values, um_per_px=1.0, name="flat")
-    return prediction_layer_data(pred, 30.0, {"GNAS": 0.48, "FN1": 0.41, "KRT8": 0.2}, name="flat genes",
-                                 gene_std=bundle_std)
+                      values=values, um_per_px=1.0, name="flat", spot_diameter_um=30.0,
+                      provenance=Provenance(gene_pcc={"GNAS": 0.48, "FN1": 0.41, "KRT8": 0.2}))
+    return prediction_layer_data(pred, name="flat genes", gene_std=bundle_std)
 
 
 def test_flat_predictions_are_not_stretched_and_the_caption_says_so(viewer):
@@ -177,7 +177,8 @@ def test_pixel_size_is_never_guessed_and_resets(viewer, qtbot, tmp_path):
     viewer.add_image(immunohistochemistry(), name="ihc", rgb=True)
     w.image_layer.value = viewer.layers["ihc"]
     assert w.um_per_px.value == "" and "enter the pixel size" in w.um_source.value
-    assert shown(w.image_warning) and "does not look like H&E" in w.image_warning.value
+    qtbot.waitUntil(lambda: "does not look like H&E" in w.image_warning.value, timeout=30_000)  # judged in a worker
+    assert shown(w.image_warning)
     assert "brown" in w.image_warning.value
     # an image with metadata: filled in, and says where from
     ome = tmp_path / "s.ome.tif"
@@ -206,7 +207,7 @@ def _items(w):
 
 def test_gene_selector_sorting_filter_range_labels_and_hover(predicted):
     viewer, w, layer = predicted
-    pcc = {g: v for g, v in layer.metadata[KEY]["gene_pcc"].items() if v is not None}
+    pcc = {g: v for g, v in layer.metadata[KEY].prediction.provenance.gene_pcc.items() if v is not None}
     best = sorted(pcc, key=lambda g: -pcc[g])
     genes, _ = _items(w)
     assert genes[:5] == best[:5] and w.gene.value == best[0]
@@ -215,7 +216,7 @@ def test_gene_selector_sorting_filter_range_labels_and_hover(predicted):
     w.gene.value = "FN1"
     w.gene_filter.value = ""
     genes, labels = _items(w)
-    assert genes == best + [g for g in layer.metadata[KEY]["genes"] if g not in pcc]  # sorting survives
+    assert genes == best + [g for g in layer.metadata[KEY].genes if g not in pcc]  # sorting survives
     assert w.gene.value == "FN1"  # the user's pick survives too
     # one range, named; labels hold the name and PCC only, and the popup is wide enough for all of them
     assert "1st–99th percentile" in w.gene_info.value and "–" not in labels[0]
@@ -228,7 +229,7 @@ def test_gene_selector_sorting_filter_range_labels_and_hover(predicted):
     assert _items(w)[0] == [] and w.gene.value is None
     assert "No gene matches 'NOSUCHGENE'" in w.gene_info.value
     assert not viewer.text_overlay.visible and not layer.face_colorbar.visible
-    assert layer.metadata[KEY]["gene"] is None and list(layer.features.columns) == ["spot_id"]
+    assert layer.metadata[KEY].gene is None and list(layer.features.columns) == ["spot_id"]
     assert np.ptp(layer.face_color[:, :3], axis=0).max() == 0  # plain grey
     w.gene_filter.value = ""
     assert w.gene.value == "FN1" and viewer.text_overlay.visible and viewer.text_overlay.text.startswith("FN1")
@@ -246,9 +247,10 @@ def test_gene_selector_with_20000_genes_stays_fast(viewer, qtbot):
     n, g = 2000, 20000
     genes = [f"GENE{i:05d}" for i in range(g)]
     pred = Prediction(spot_ids=np.arange(n).astype(str), xy=rng.random((n, 2)) * 2000, genes=genes,
-                      values=rng.random((n, g), dtype=np.float32), um_per_px=1.0, name="big")
-    pcc = dict(zip(genes, rng.uniform(-0.1, 0.5, g)))
-    data, kwargs, _ = prediction_layer_data(pred, 20.0, pcc, name="big genes", gene_std=np.ones(g))
+                      values=rng.random((n, g), dtype=np.float32), um_per_px=1.0, name="big", spot_diameter_um=20.0,
+                      provenance=Provenance(gene_pcc=dict(zip(genes, rng.uniform(-0.1, 0.5, g)))))
+    pcc = pred.provenance.gene_pcc
+    data, kwargs, _ = prediction_layer_data(pred, name="big genes", gene_std=np.ones(g))
     layer = viewer.add_points(data, **kwargs)
     w = PredictWidget(viewer)
     assert w.gene.native.count() == g
@@ -266,7 +268,7 @@ def test_gene_selector_with_20000_genes_stays_fast(viewer, qtbot):
     print(f"clearing the filter with {g} genes: {ms:.0f} ms")
     assert w.gene.native.count() == g and ms < 500, ms
     assert w.gene.native.itemData(0) == max(pcc, key=pcc.get) and w.gene.value == picked
-    assert layer.metadata[KEY]["gene"] == w.gene.value
+    assert layer.metadata[KEY].gene == w.gene.value
 
 
 # ---------------------------------------------------------------- errors in plain words; add_model

@@ -10,6 +10,7 @@ import pytest
 from napari_hggep.reliability import (assess, gene_reliability, prediction_spread, slide_signature,
                                      spread_of_components)
 from napari_hggep.training.calibrate import calibrate, gene_rows
+from napari_hggep.data.export import write_prediction
 
 
 def _section(name, rng, shift=0.0, n=200, f=12):
@@ -124,23 +125,23 @@ def test_predict_carries_reliability_into_every_output(bundle, tmp_path):
     from napari_hggep.predict import predict_slide
 
     pred = predict_slide(bundle, sample_slide())
-    rel = np.asarray(pred.meta["slide_reliability"])
+    rel = np.asarray(pred.reliability.slide_reliability)
     known = np.array([bundle.gene_pcc().get(g) is not None for g in pred.genes])
     assert rel.shape == (len(pred.genes),) and (np.isfinite(rel) == known).all()  # no held-out PCC: none here
-    assert pred.meta["unfamiliar"] is False  # the sample is a training section (B4)
+    assert pred.reliability.unfamiliar is False  # the sample is a training section (B4)
     # the spread comes from the low-rank components: it equals the values' own spread wherever
     # clipping at 0 left a gene untouched
     ok = (pred.values > 0).all(axis=0)
     assert ok.sum() > 100
     ref = prediction_spread(pred.values[:, ok], {"std": np.asarray(bundle.target_norm["std"])[ok]})
-    np.testing.assert_allclose(np.asarray(pred.meta["spread"])[ok], ref, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pred.reliability.spread)[ok], ref, rtol=1e-3, atol=1e-6)
     # the estimate follows the prediction's own spread for genes of equal held-out PCC
-    pred.write(tmp_path / "p.h5ad")
+    write_prediction(pred, tmp_path / "p.h5ad")
     a = ad.read_h5ad(tmp_path / "p.h5ad")
     np.testing.assert_allclose(a.var["slide_reliability"].to_numpy(), rel, rtol=1e-6)
     assert a.uns["napari_hggep"]["unfamiliar"] is False or a.uns["napari_hggep"]["unfamiliar"] == 0
     assert a.uns["napari_hggep"]["unfamiliar_score"] < a.uns["napari_hggep"]["unfamiliar_threshold"]
-    pred.write(tmp_path / "p.csv", genes=["GNAS", "ERBB2"])
+    write_prediction(pred, tmp_path / "p.csv", genes=["GNAS", "ERBB2"])
     t = pd.read_csv(tmp_path / "p.genes.csv", index_col=0)
     assert list(t.index) == ["GNAS", "ERBB2"]
     assert {"heldout_pcc", "reliable", "slide_reliability", "spread", "slide_unfamiliar"} <= set(t.columns)
@@ -192,8 +193,9 @@ def test_gene_selector_shows_and_sorts_by_this_slides_reliability(make_napari_vi
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=180_000)
     layer = viewer.layers["HER2+ B4 genes"]
-    here = layer.metadata[KEY]["slide_reliability"]
-    assert len(here) == len(layer.metadata[KEY]["genes"])
+    info = layer.metadata[KEY]
+    assert len(info.prediction.reliability.slide_reliability) == len(info.genes)
+    here = info.per_gene(info.prediction.reliability.slide_reliability)
     box = w.gene.native
     labels = [box.itemText(i) for i in range(box.count())]
     genes = [box.itemData(i) for i in range(box.count())]
@@ -203,10 +205,10 @@ def test_gene_selector_shows_and_sorts_by_this_slides_reliability(make_napari_vi
     vals = [here[g] for g in genes]
     assert vals == sorted(vals, reverse=True) and genes[0] == max(here, key=here.get)
     tip = box.toolTip()
-    assert "5 held-out sections of 2 patients" in tip and "third HER2+ patient" in tip
+    assert "5 held-out sections of 2 patients" in tip and "new patient" in tip and "calibrated on" in tip
     w.gene.value = genes[0]
     assert f"expected PCC on this slide {here[genes[0]]:.2f}" in w.gene_info.value
     assert f"expected here {here[genes[0]]:.2f}" in viewer.text_overlay.text
     assert "Unlike the training tissue" not in w.status.value  # the sample is a training section
     w.sort_by.value = SORT_CHOICES[2]
-    assert [box.itemData(i) for i in range(3)] == layer.metadata[KEY]["genes"][:3]
+    assert [box.itemData(i) for i in range(3)] == sorted(layer.metadata[KEY].genes, key=str.upper)[:3]

@@ -67,7 +67,7 @@ def test_train_cancel_resume_then_predict_with_the_new_model(make_napari_viewer,
     qtbot.waitUntil(lambda: pw.worker is None, timeout=300_000)
     layer = next(ly for ly in viewer.layers if ly.name.endswith("genes"))
     assert pw.status.value.startswith("Predicted 20 genes"), pw.status.value
-    assert layer.metadata[KEY]["genes"] == card["genes"]
+    assert layer.metadata[KEY].genes == card["genes"]
     # a Predict widget opened later is offered the model too
     pw2 = PredictWidget(viewer)
     assert "study (trained here)" in pw2.model_choice.choices

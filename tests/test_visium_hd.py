@@ -39,16 +39,16 @@ def test_reading_hd_folders_pixel_size_from_microns_per_pixel(hd):
     for where in (outs, outs.parent, outs / "binned_outputs", outs / "binned_outputs" / "square_016um"):
         assert is_visium_hd_folder(where)
         s = read_visium_hd(where)  # default: 16 um bins, on the hires PNG (x0.25)
-        assert s.spot_diameter_um == 16 and s.meta["spot_shape"] == "square"
+        assert s.spot_diameter_um == 16 and s.info.spot_shape == "square"
         assert s.um_per_px == pytest.approx(MPP / 0.25)  # never 55 / spot_diameter_fullres
-        assert s.meta["image_scale"] == pytest.approx(0.25) and s.n_spots == len(_positions(outs, 16))
+        assert s.info.image_scale == pytest.approx(0.25) and s.n_spots == len(_positions(outs, 16))
     s8 = read_visium_hd(outs, 8)
     assert s8.spot_diameter_um == 8 and s8.n_spots == len(_positions(outs, 8))
     # the bin folder through the plain Visium reader: still HD rules (the 2.37 um/px bug)
     s = read_visium(outs / "binned_outputs" / "square_016um", with_counts=False)
     assert s.um_per_px == pytest.approx(MPP / 0.25) and s.spot_diameter_um == 16
     s = open_slide(full, visium=outs, bin_um=8)
-    assert s.um_per_px == pytest.approx(MPP) and s.meta["image_scale"] == 1.0 and s.spot_diameter_um == 8
+    assert s.um_per_px == pytest.approx(MPP) and s.info.image_scale == 1.0 and s.spot_diameter_um == 8
     np.testing.assert_allclose(s.xy, _positions(outs, 8).loc[s.spot_ids, ["pxl_col_in_fullres",
                                                                           "pxl_row_in_fullres"]].to_numpy())
 

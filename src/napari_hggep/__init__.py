@@ -16,6 +16,9 @@ below :mod:`._napari` imports Qt):
 * :mod:`.model`: the HGGEP network, its config, losses and checkpoint format;
 * :mod:`.data`: the slide object, readers of every input format, images, patches, tissue
   statistics, and the exports;
+* :mod:`.records`: the typed objects every part passes on: what a reader knows of a slide
+  (``SlideInfo``), a prediction and its parts (``Prediction``: provenance, reliability, measured
+  counts);
 * :mod:`.distributed`, :mod:`.devices`, :mod:`._atomic`, :mod:`._version`: torchrun, devices,
   atomic file output, the version.
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.export import output_stem
+from .data.export import output_stem, write_prediction
 from .data.image import image_stem, is_image_path
 from .data.readers import is_her2st_folder, is_visium_folder
 from .data.slide import SlideError
@@ -136,9 +136,9 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
                                pitch_um=opts.pitch_um, bin_um=opts.bin_um if hd else None)
             slide.validate()
             require_tissue(slide)
-            slide.meta["tissue_checked"] = True
-            if slide.meta.get("notice"):
-                log(f"napari-hggep: {name}: notice: {slide.meta['notice']}")
+            slide.info.tissue_checked = True
+            if slide.info.notice:
+                log(f"napari-hggep: {name}: notice: {slide.info.notice}")
             for m in image_warnings(slide.image, slide.um_per_px):
                 log(f"napari-hggep: {name}: warning: {m}")
             pred = predict_slide(bundle, slide, opts.batch_size,
@@ -147,7 +147,7 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
             for m in slide_verdict(pred):  # the same reliability lines as a single predict
                 log(f"napari-hggep: {name}: {m}")
             for f in outputs_for(out_dir, name, opts.formats):
-                pred.write(f, opts.genes)
+                write_prediction(pred, f, opts.genes)
         except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             report.failed[name] = msg

@@ -3,83 +3,40 @@ the napari widget alike. Patches are encoded in batches (progress, cancel); atte
 hypergraph then run across all spots of the slide."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Generator
 
 import numpy as np
 
 from .data.patches import extract_patches, iter_patch_batches, to_tensor
 from .data.slide import Slide
+from .records import Prediction, Provenance, Reliability
+
+__all__ = ["Prediction", "predict_steps", "predict_slide", "prediction_of", "attach_measured"]
 
 
-@dataclass
-class Prediction:
-    """Predicted log-normalised expression, spots x genes, with where the spots are.
+class Step(tuple):
+    """A prediction's progress: ``(done, total)`` in work units (one per spot's patch, then shares
+    for the tissue statistics, the slide-wide attention, the reliability and counts, and the
+    caller's own last step), with the ``phase`` it is in, in words. ``predict_steps`` never reaches
+    ``total``: the last units are the caller's (writing the files, adding the layer)."""
 
-    ``xy`` and ``um_per_px`` are in full-resolution pixels whichever image was predicted on: a
-    Visium hires / lowres PNG is ``image_scale`` (its ``tissue_*_scalef``) times smaller, and
-    :attr:`image_xy` gives the positions on it. ``image`` is the image predicted on (kept by
-    reference, for the downscaled copy an AnnData export carries); ``images`` may hold that copy
-    ready-made (``{"hires": (array, scalef), ...}``)."""
+    def __new__(cls, done: int, total: int, phase: str = ""):
+        step = super().__new__(cls, (int(done), int(total)))
+        step.phase = phase
+        return step
 
-    spot_ids: np.ndarray
-    xy: np.ndarray  # full-resolution pixel (x, y)
-    genes: list[str]
-    values: np.ndarray  # N x G float32
-    array_rc: np.ndarray | None = None
-    um_per_px: float = 1.0  # micrometres per full-resolution pixel
-    name: str = "slide"
-    meta: dict = field(default_factory=dict)
-    image_scale: float = 1.0  # pixels of the image predicted on per full-resolution pixel
-    spot_diameter_um: float | None = None
-    spot_shape: str = "circle"  # "square" for Visium HD bins
-    image: object = field(default=None, repr=False)
-    images: dict | None = field(default=None, repr=False)
-    # the slide's own counts in the target space (``training.measured.Measured``), when its source has them
-    measured: object = field(default=None, repr=False)
 
-    @property
-    def image_xy(self) -> np.ndarray:
-        """Spot centres in pixels of the image predicted on."""
-        return np.asarray(self.xy, float) * self.image_scale
-
-    @property
-    def image_um_per_px(self) -> float:
-        return float(self.um_per_px) / float(self.image_scale)
-
-    def write(self, path, genes: list[str] | None = None) -> Path:
-        """Write to ``path`` in the format its name says (.csv, .h5ad, .geojson, .zarr)."""
-        from .data.export import write_prediction
-
-        return write_prediction(self, path, genes)
-
-    def gene_index(self, gene: str) -> int:
-        try:
-            return self.genes.index(gene)
-        except ValueError:
-            raise KeyError(f"gene {str(gene)!r} is not among the {len(self.genes)} predicted genes") from None
-
-    def to_dataframe(self, genes: list[str] | None = None):
-        from .data.csv_export import prediction_frame
-
-        return prediction_frame(self, genes)
-
-    def write_csv(self, path, genes: list[str] | None = None) -> Path:
-        from .data.csv_export import write_csv
-
-        return write_csv(self, path, genes)
-
-    def write_h5ad(self, path, genes: list[str] | None = None) -> Path:
-        from .data.anndata_export import write_h5ad
-
-        return write_h5ad(self, path, genes)
+def plan_units(n: int, image_path: bool, stats: bool) -> dict:
+    """The work units of each phase of a prediction of ``n`` spots (see :class:`Step`)."""
+    return {"patches": n if image_path else 0, "statistics": max(1, n // 10) if stats else 0,
+            "attention": max(1, n // 4), "reliability": max(1, n // 20), "caller": max(1, n // 20)}
 
 
 def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                   notify: Callable[[str], None] | None = None,
-                  shared_trunk: str = "auto") -> Generator[tuple[int, int], None, Prediction]:
-    """Generator: yields ``(spots_done, total)`` after each batch, returns a :class:`Prediction`.
+                  shared_trunk: str = "auto") -> Generator[Step, None, Prediction]:
+    """Generator: yields a :class:`Step` (``(done, total)`` with its ``phase``) after each batch and
+    at each phase, returns a :class:`Prediction`; the last units of ``total`` are left to the caller.
 
     ``shared_trunk``: ``"auto"`` encodes spots closer than the model's patch with the shared
     convolutional trunk (:mod:`napari_hggep.dense`: the tissue once, not every patch), ``"on"``
@@ -96,17 +53,19 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
 
     slide.validate()
     shared = use_shared_trunk(slide, bundle.config, shared_trunk)  # also checks the mode
-    if not slide.meta.get("tissue_checked"):  # never predict silently on a blank image
+    if not slide.info.tissue_checked:  # never predict silently on a blank image
         from .data.quality import require_tissue
 
         require_tissue(slide)
-        slide.meta["tissue_checked"] = True
+        slide.info.tissue_checked = True
     cfg = bundle.config
     device = bundle.device
     model = bundle.model.eval()
     guard = MemoryGuard(model, batch_size, notify)
     n = slide.n_spots
-    yield 0, n
+    units = plan_units(n, bool(cfg.image_path), bool(cfg.stats_features))
+    total = sum(units.values())
+    yield Step(0, total, "reading patches and running the image model" if cfg.image_path else "tissue statistics")
     stats_job = pool = None
     if cfg.stats_features:  # tissue statistics around every spot, in a thread beside the image path
         from concurrent.futures import ThreadPoolExecutor
@@ -141,15 +100,17 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                 for idx, tok in encoded:
                     tokens[torch.from_numpy(idx)] = tok
                     done += len(idx)
-                    yield done, n
+                    yield Step(done, total, f"patches and image model: {done:,}/{n:,} spots")
             stats_z = raw_stats = None
             if stats_job is not None:
                 from .data.features import standardise_features
 
+                if cfg.image_path:
+                    yield Step(units["patches"], total, "tissue statistics around the spots")
                 raw_stats = stats_job.result()
                 stats_z = torch.from_numpy(standardise_features(raw_stats))
-                if not cfg.image_path:
-                    yield n, n
+            yield Step(units["patches"] + units["statistics"], total,
+                       f"slide-wide attention and hypergraph over {n:,} spots")
             coords = torch.from_numpy(slide.coords_um.astype(np.float32))
             window = overlap = None
             if shared:  # dense grids: smaller attention windows (see dense.DENSE_WINDOW_SPOTS)
@@ -166,6 +127,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                 return out["expr"].float().cpu(), out["components"].float().cpu()
 
             z, components = (t.numpy() for t in guard.run(across_spots, 1, "the slide's spots")[0])
+        yield Step(total - units["reliability"] - units["caller"], total, "reliability and the slide's counts")
     finally:  # done, cancelled or failed: never wait for an unfinished statistics job
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -184,41 +146,45 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
 
     rel = assess(z, raw_stats, list(bundle.genes), bundle.gene_pcc(), bundle.target_norm, bundle.reliability(),
                  spread, um_per_px=float(slide.um_per_px), trained_um_per_px=TRAINED_UM_PER_PX)
-    if "unfamiliar" in rel:
-        rel["unfamiliar_threshold"] = float(bundle.reliability()["slide"]["threshold"])
+    threshold = float(bundle.reliability()["slide"]["threshold"]) if "unfamiliar" in rel else None
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
     # further from any possible truth than the regression's raw output was
     from .data.export_values import negative_fraction
 
     clipped = negative_fraction(z)  # in row chunks: no slide-sized mask
     np.maximum(z, 0.0, out=z)
-    pred = prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False),
-                         {"model": bundle.path, "patch_um": cfg.patch_um, "gene_pcc": bundle.gene_pcc(),
-                          "image_encoding": ("shared trunk" if shared else "per patch") if cfg.image_path else None,
-                          "gene_pcc_protocol": bundle.gene_pcc_protocol(), "clipped_fraction": clipped,
-                          "heldout_basis": bundle.heldout_basis(), "smooth_weight": float(cfg.smooth_weight), **rel})
+    pred = prediction_of(slide, list(bundle.genes), z.astype(np.float32, copy=False))
+    pred.provenance = Provenance(
+        model=bundle.path, patch_um=cfg.patch_um, gene_pcc=bundle.gene_pcc() or {},
+        image_encoding=("shared trunk" if shared else "per patch") if cfg.image_path else None,
+        gene_pcc_protocol=bundle.gene_pcc_protocol(), heldout_basis=bundle.heldout_basis(),
+        smooth_weight=float(cfg.smooth_weight))
+    pred.reliability = Reliability(
+        slide_reliability=rel.get("slide_reliability"), spread=rel.get("spread"), unfamiliar=rel.get("unfamiliar"),
+        unfamiliar_score=rel.get("unfamiliar_score"), unfamiliar_threshold=threshold,
+        unknown_because=rel.get("reliability_unknown"), protocol=rel.get("reliability_protocol"),
+        clipped_fraction=clipped)
     attach_measured(pred, slide, notify)
+    yield Step(total - units["caller"], total, "predicted")
     return pred
 
 
 def attach_measured(pred: Prediction, slide: Slide, notify: Callable[[str], None] | None = None) -> None:
     """When the slide's source has counts, put the measured expression of the predicted genes
-    beside the prediction (``pred.measured``) and each gene's PCC on this slide in
-    ``pred.meta["measured_pcc"]``. Unreadable counts never cost the prediction: a notice instead."""
+    beside the prediction (``pred.measured``, with each gene's PCC on this slide). Unreadable
+    counts never cost the prediction: ``pred.measured_error`` and a notice instead."""
     from .data.slide import SlideError
     from .training.measured import compare
 
     try:
         m = compare(slide, pred.genes, pred.values)
     except SlideError as e:
-        pred.meta["measured_error"] = str(e)
+        pred.measured_error = str(e)
         (notify or _warn)(f"the slide's counts were not compared with the prediction: {e}")
         return
     if m is None:
         return
     pred.measured = m
-    pred.meta.update({"measured_pcc": m.pcc, "measured_spots": m.n_spots, "measured_normalisation": m.normalisation,
-                      "measured_source": m.source, "measured_genes_absent": m.genes_absent})
 
 
 def _warn(msg: str) -> None:
@@ -246,14 +212,12 @@ def _patch_tokens(model, slide: Slide, guard, colour, fast: bool, batch_size: in
         yield idx, torch.cat(guard.run(encode, len(idx)))
 
 
-SLIDE_META = ("image_path", "library_id", "scalefactors", "image_files", "um_per_px_source", "bin_size_um")
-
-
-def prediction_of(slide: Slide, genes: list[str], values: np.ndarray, meta: dict | None = None) -> Prediction:
+def prediction_of(slide: Slide, genes: list[str], values: np.ndarray) -> Prediction:
     """A :class:`Prediction` for ``slide``'s spots, in full-resolution pixels."""
-    scale = float(slide.meta.get("image_scale", 1.0) or 1.0)
-    info = {k: slide.meta[k] for k in SLIDE_META if slide.meta.get(k) is not None}
-    info.setdefault("image_path", slide.source or None)
+    info = slide.info.spatial()
+    if info.image_path is None:
+        info.image_path = slide.source or None
+    scale = float(info.image_scale or 1.0)
     return Prediction(
         spot_ids=slide.spot_ids.copy(),
         xy=slide.xy / scale,
@@ -262,10 +226,10 @@ def prediction_of(slide: Slide, genes: list[str], values: np.ndarray, meta: dict
         array_rc=None if slide.array_rc is None else slide.array_rc.copy(),
         um_per_px=float(slide.um_per_px) * scale,
         name=slide.name,
-        meta={**info, **(meta or {})},
+        slide=info,
         image_scale=scale,
         spot_diameter_um=float(slide.spot_diameter_um),
-        spot_shape=str(slide.meta.get("spot_shape", "circle")),
+        spot_shape=str(info.spot_shape or "circle"),
         image=slide.image,
     )
 
@@ -274,12 +238,28 @@ def predict_slide(model, slide: Slide, batch_size: int = 256,
                   progress: Callable[[int, int], None] | None = None,
                   notify: Callable[[str], None] | None = None, shared_trunk: str = "auto") -> Prediction:
     """Predict every gene of ``model`` (a bundle from :func:`load_model`) for every spot;
-    ``shared_trunk`` as in :func:`predict_steps`."""
+    ``shared_trunk`` as in :func:`predict_steps`. ``progress(done, total, phase)`` (or a callable
+    of two arguments) never sees ``done == total``: the caller says when its own last step is done."""
     gen = predict_steps(model, slide, batch_size, notify, shared_trunk)
+    phased = None
     while True:
         try:
-            done, total = next(gen)
+            step = next(gen)
+            done, total = step
         except StopIteration as stop:
             return stop.value
         if progress:
-            progress(done, total)
+            if phased is None:
+                phased = _takes_three(progress)
+            progress(done, total, getattr(step, "phase", "")) if phased else progress(done, total)
+
+
+def _takes_three(f) -> bool:
+    """Whether a progress callable takes ``(done, total, phase)`` (else ``(done, total)``)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_POSITIONAL for p in params) or len(params) >= 3

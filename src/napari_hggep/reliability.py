@@ -158,32 +158,32 @@ def assess(pred_values: np.ndarray, stats: np.ndarray | None, genes: list[str], 
 def slide_verdict(pred) -> list[str]:
     """Plain sentences for the CLI and the widget: the "unlike the training tissue" warning, and
     how many genes this slide's reliability puts at or above 0.1."""
-    meta = pred.meta or {}
+    rel = pred.reliability
     out = []
-    if meta.get("unfamiliar"):
+    if rel.unfamiliar:
         out.append(f"warning: this slide is unlike the tissue the model was trained on (score "
-                   f"{meta['unfamiliar_score']:.2f}, threshold {meta.get('unfamiliar_threshold', float('nan')):.2f}): "
+                   f"{rel.unfamiliar_score:.2f}, threshold {float('nan') if rel.unfamiliar_threshold is None else rel.unfamiliar_threshold:.2f}): "
                    "its colour, stain or tissue make-up lie outside what the held-out figures were measured on, "
                    "so the genes' reliability figures may not hold here")
-    rel = meta.get("slide_reliability")
-    if meta.get("reliability_unknown"):
-        out.append(f"expected PCC on this slide: unknown, because {meta['reliability_unknown']}; no gene is marked "
+    here = rel.slide_reliability
+    if rel.unknown_because:
+        out.append(f"expected PCC on this slide: unknown, because {rel.unknown_because}; no gene is marked "
                    "reliable on this slide")
-    elif rel is not None and len(rel):
-        rel = np.asarray(rel, np.float64)
-        known = np.isfinite(rel)
-        basis = meta.get("reliability_protocol") or "held-out folds"
-        med = f"median {float(np.median(rel[known])):.2f}" if known.any() else "none known"
-        out.append(f"slide reliability: {int((rel[known] >= 0.1).sum())} of {len(rel)} genes are expected at "
+    elif here is not None and len(here):
+        here = np.asarray(here, np.float64)
+        known = np.isfinite(here)
+        basis = rel.protocol or "held-out folds"
+        med = f"median {float(np.median(here[known])):.2f}" if known.any() else "none known"
+        out.append(f"slide reliability: {int((here[known] >= 0.1).sum())} of {len(here)} genes are expected at "
                    f"PCC >= 0.1 on this slide ({med}; calibrated on {basis}"
                    + (f"; {int((~known).sum())} genes without a held-out PCC have no expected figure" if (~known).any()
                       else "") + ")")
-    measured = meta.get("measured_pcc")
+    measured = pred.measured_pcc
     if measured is not None and len(measured):
         m = np.asarray(measured, np.float64)
         ok = np.isfinite(m)
         if ok.any():
             out.append(f"measured on this slide: mean PCC {float(m[ok].mean()):.3f} (median {float(np.median(m[ok])):.3f}) "
                        f"between prediction and the slide's own counts over {int(ok.sum())} genes on "
-                       f"{int(meta.get('measured_spots', 0))} spots")
+                       f"{pred.measured.n_spots} spots")
     return out

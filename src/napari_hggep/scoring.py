@@ -39,7 +39,7 @@ def score_section(bundle, lab, progress: Callable[[int, int], None] | None = Non
     the per-gene PCC (the model's genes, NaN where constant or not in the counts)."""
     from .predict import predict_slide
 
-    lab.slide.meta["counts_source"] = False  # compared below with the counts in hand, not read again
+    lab.slide.info.counts_source = False  # compared below with the counts in hand, not read again
     pred = predict_slide(bundle, lab.slide, progress=progress)
     has = np.ones(lab.slide.n_spots, bool)
     measured, absent, how = measured_expression(lab.counts, lab.symbols, lab.ids, pred.genes, has)
@@ -50,12 +50,12 @@ def score_section(bundle, lab, progress: Callable[[int, int], None] | None = Non
     m = slide_metrics(pred.values[:, present].astype(np.float64),
                       np.asarray(measured[:, np.flatnonzero(present)].todense(), np.float64))
     m.pop("gene_pcc")
-    meta = pred.meta or {}
-    rel = meta.get("slide_reliability")
+    r = pred.reliability
+    rel = r.slide_reliability
     row = {"section": lab.name, "patient": lab.row.patient, **m, "n_genes_absent": len(absent),
            "in_training": lab.name in set(bundle.meta.get("sections") or []),
-           "unfamiliar": meta.get("unfamiliar"), "unfamiliar_score": meta.get("unfamiliar_score"),
-           "reliability_unknown": meta.get("reliability_unknown")}
+           "unfamiliar": r.unfamiliar, "unfamiliar_score": r.unfamiliar_score,
+           "reliability_unknown": r.unknown_because}
     if rel is not None:
         rel = np.asarray(rel, np.float64)
         ok = np.isfinite(rel)

@@ -5,10 +5,8 @@ the job ends. The worker never touches a layer."""
 from __future__ import annotations
 
 
-def _import_torch_stack():
-    """Import torch and friends on the main thread, once, on the first Predict: importing
-    them for the first time inside a worker thread crashes, and importing them at widget
-    creation would slow napari's start.
+def import_torch_stack():
+    """Import torch and friends, once (a no-op when imported already).
 
     Triton (pulled in by ``torch._dynamo``, which torch_geometric imports) bundles its own
     LLVM, which segfaults when loaded into a process whose OpenGL already loaded Mesa's
@@ -20,9 +18,52 @@ def _import_torch_stack():
     if "triton" not in sys.modules:
         sys.modules["triton"] = None  # makes `import triton` raise ImportError: torch treats it as missing
     import torch  # noqa: F401
-    import torch_geometric.nn  # noqa: F401
 
+    from ..model.hypergraph import hypergraph_conv
+
+    hypergraph_conv()  # torch_geometric, with its torch.jit FutureWarning filtered
     from ..model import hggep  # noqa: F401
+
+
+_warm_up = None  # the background thread importing torch (one per process)
+
+
+def warm_up_torch() -> None:
+    """Start importing torch and the model's libraries in a background thread, so that neither a
+    dock's first job nor the GUI waits for the 3-5 s import: called when a dock opens. A job
+    calls :func:`wait_for_torch` first (in its worker thread)."""
+    global _warm_up
+    import sys
+    import threading
+
+    if _warm_up is not None or "torch" in sys.modules:
+        return
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # before any thread imports torch (see import_torch_stack)
+    _warm_up = threading.Thread(target=_quiet_import, name="napari-hggep-import", daemon=True)
+    _warm_up.start()
+
+
+def _quiet_import():
+    try:
+        import_torch_stack()
+    except Exception:  # said by the job that needs it, when it imports again
+        import logging
+
+        logging.getLogger("napari_hggep").exception("importing torch in the background failed")
+
+
+def torch_ready() -> bool:
+    import sys
+
+    return "torch" in sys.modules and (_warm_up is None or not _warm_up.is_alive())
+
+
+def wait_for_torch() -> None:
+    """Wait for the background import (in a job's worker thread), then import what is still missing."""
+    if _warm_up is not None:
+        _warm_up.join()
+    import_torch_stack()
 
 
 class JobError(Exception):

@@ -2,35 +2,127 @@
 No Qt here: napari layer objects are only touched by callers on the main thread."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..data.slide import Slide
+from ..records import Prediction, SlideInfo, SpaceRangerRef
 
-KEY = "hggep"  # metadata namespace on our layers
+KEY = "hggep"  # our layers' metadata holds one typed object under this key (a *LayerInfo below)
+PIXEL_FRAME = "image pixels"  # a spot table's coordinates: full-resolution pixels of the image it belongs to
 
 
-SPATIAL_META = ("image_scale", "library_id", "scalefactors", "image_files", "image_path")  # for exports
+@dataclass
+class ImageLayerInfo:
+    """What an image layer of ours knows: its pixel size and where that came from, the file it was
+    read from, and what the reader knew of the slide (``slide``: notice, Space Ranger folder, scale
+    to full resolution, the files an export needs). ``stain``: the stain check's verdict, once made
+    (``(id of the data, warning or None)``)."""
+
+    name: str
+    um_per_px: float | None = None
+    um_per_px_source: str | None = None
+    source: str = ""
+    slide: SlideInfo = field(default_factory=SlideInfo)
+    stain: tuple | None = None
+
+
+@dataclass
+class SpotsLayerInfo:
+    """A spots layer of ours: the spots' size and shape, and their frame. ``frame`` is
+    :data:`PIXEL_FRAME` for a spot table in pixels of an image it does not know (``placed_on``: the
+    image layer it was put on); ``space_ranger``: the folder it came from."""
+
+    um_per_px: float | None = None
+    spot_diameter_um: float | None = None
+    spot_shape: str = "circle"
+    image_scale: float = 1.0
+    frame: str | None = None
+    source: str = ""
+    placed_on: str | None = None
+    space_ranger: SpaceRangerRef | None = None
+
+
+@dataclass
+class PredictionLayerInfo:
+    """A prediction layer: the :class:`~napari_hggep.records.Prediction` (all genes; ``image`` not
+    kept), each gene's 1st-99th percentile ``ranges`` and training s.d. ``gene_std``, and what the
+    layer shows (``gene``, ``colormap``, ``contrast_limits``, ``flat``; ``last_gene``: the user's
+    pick, kept while a filter hides it)."""
+
+    prediction: Prediction
+    ranges: np.ndarray
+    gene_std: np.ndarray | None = None
+    gene: str | None = None
+    last_gene: str | None = None
+    colormap: str = "viridis"
+    contrast_limits: tuple | None = None
+    flat: bool = False
+    _index: dict | None = field(default=None, repr=False)
+
+    @property
+    def genes(self) -> list[str]:
+        return self.prediction.genes
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.prediction.values
+
+    @property
+    def index(self) -> dict:
+        if self._index is None or len(self._index) != len(self.genes):
+            self._index = {g: i for i, g in enumerate(self.genes)}
+        return self._index
+
+    def per_gene(self, values) -> dict:
+        """``{gene: figure}`` of a per-gene array of the prediction (empty where it has none)."""
+        if values is None or len(values) != len(self.genes):
+            return {}
+        return {g: float(x) for g, x in zip(self.genes, np.asarray(values, float))}
+
+
+@dataclass
+class MapLayerInfo:
+    """A map drawn beside a prediction layer (``of``, its name): ``kind`` is ``"measured"`` or
+    ``"difference"`` (measured − predicted)."""
+
+    kind: str
+    of: str
+
+
+def layer_info(layer, kind=None):
+    """The typed object a layer of ours carries (of class ``kind`` when given), else None."""
+    info = (getattr(layer, "metadata", None) or {}).get(KEY)
+    if kind is not None and not isinstance(info, kind):
+        return None
+    return info
+
+
+def image_info(layer) -> ImageLayerInfo:
+    """The :class:`ImageLayerInfo` of an image layer, made for one another reader opened."""
+    info = layer_info(layer, ImageLayerInfo)
+    if info is None:
+        info = layer.metadata[KEY] = ImageLayerInfo(name=layer.name)
+    return info
 
 
 def image_layer_data(slide: Slide, um_per_px_source: str | None = None) -> tuple:
-    data = image_data_tuple(slide.image, slide.um_per_px, slide.name, slide.source,
-                            um_per_px_source or slide.meta.get("um_per_px_source") or "the slide's files",
-                            notice=slide.meta.get("notice"))
-    data[1]["metadata"][KEY].update({k: slide.meta[k] for k in SPATIAL_META if slide.meta.get(k) is not None})
-    return data
+    return image_data_tuple(slide.image, slide.um_per_px, slide.name, slide.source,
+                            um_per_px_source or slide.info.um_per_px_source or "the slide's files", info=slide.info)
 
 
 def image_data_tuple(image, um_per_px: float | None, name: str, source: str = "",
-                     um_per_px_source: str | None = None, notice: str | None = None) -> tuple:
+                     um_per_px_source: str | None = None, info: SlideInfo | None = None) -> tuple:
     """An RGB image layer in micrometres; a pyramid (a lazy TIFF with levels) becomes a multiscale
     layer that napari reads level by level, so a whole slide opens without decoding level 0.
     ``um_per_px_source`` says where the pixel size came from (shown beside the widget's field)."""
     from ..data.image import pyramid
 
     levels = [lev for lev, _ in pyramid(image)]
-    meta = {KEY: {"kind": "image", "um_per_px": None if um_per_px is None else float(um_per_px),
-                  "um_per_px_source": um_per_px_source if um_per_px is not None else None,
-                  "source": str(source), "name": name, **({"notice": notice} if notice else {})}}
+    meta = {KEY: ImageLayerInfo(name=name, um_per_px=None if um_per_px is None else float(um_per_px),
+                                um_per_px_source=um_per_px_source if um_per_px is not None else None,
+                                source=str(source), slide=info.copy() if info is not None else SlideInfo())}
     kwargs = {"name": name, "rgb": True, "metadata": meta, "multiscale": len(levels) > 1}
     if um_per_px is not None:
         kwargs["scale"] = (float(um_per_px),) * 2
@@ -48,9 +140,9 @@ def spot_features(slide_ids, array_rc=None):
 
 def spots_layer_data(slide: Slide, name: str | None = None) -> tuple:
     upp = float(slide.um_per_px)
-    shape = slide.meta.get("spot_shape", "circle")
-    meta = {KEY: {"kind": "spots", "um_per_px": upp, "spot_diameter_um": slide.spot_diameter_um, "spot_shape": shape,
-                  "image_scale": float(slide.meta.get("image_scale", 1.0))}}
+    shape = slide.info.spot_shape or "circle"
+    meta = {KEY: SpotsLayerInfo(um_per_px=upp, spot_diameter_um=slide.spot_diameter_um, spot_shape=shape,
+                                image_scale=float(slide.info.image_scale), space_ranger=slide.info.space_ranger)}
     kwargs = {
         **({"symbol": "square"} if shape == "square" else {}),
         "name": name or f"{slide.name} spots",
@@ -77,102 +169,55 @@ def gene_ranges(values: np.ndarray) -> np.ndarray:
     return np.percentile(v, [1, 99], axis=0).T.astype(np.float32)
 
 
-def prediction_layer_data(pred, spot_diameter_um: float, gene_pcc: dict | None = None, name=None,
-                          gene_pcc_protocol: str | None = None, gene_std=None, ranges=None) -> tuple:
+def prediction_layer_data(pred: Prediction, name=None, gene_std=None, ranges=None) -> tuple:
     """A Points layer of the predicted spots; coloured later by :func:`color_by_gene`.
 
-    All genes live in the layer's metadata (``values``: spots x genes, with each gene's
-    1st-99th percentile ``ranges`` and training s.d. ``gene_std``); the features table holds
-    only the spot id and the gene shown, because napari's status bar lists every feature of
-    the spot under the cursor."""
+    All genes live in the layer's :class:`PredictionLayerInfo` (the prediction, with each gene's
+    1st-99th percentile ``ranges`` and training s.d. ``gene_std``); the features table holds only
+    the spot id and the gene shown, because napari's status bar lists every feature of the spot
+    under the cursor."""
+    from dataclasses import replace
+
     upp = float(pred.image_um_per_px)  # the layer's pixels are those of the image predicted on
     values = np.asfortranarray(np.asarray(pred.values, dtype=np.float32))  # a gene is a contiguous column
-    genes = [str(g) for g in pred.genes]
-    meta = {KEY: {"kind": "prediction", "genes": genes, "values": values,
-                  "spot_ids": np.asarray(pred.spot_ids).astype(str),
-                  "array_rc": None if pred.array_rc is None else np.asarray(pred.array_rc),
-                  "ranges": gene_ranges(values) if ranges is None else np.asarray(ranges, np.float32),
-                  "gene_std": None if gene_std is None else np.asarray(gene_std, np.float32).reshape(-1),
-                  "um_per_px": upp, "gene_pcc": dict(gene_pcc or {}), "gene_pcc_protocol": gene_pcc_protocol,
-                  "gene": None, "colormap": "viridis", "slide": pred.name,
-                  # for exports: full-resolution pixels = layer pixels / image_scale
-                  "image_scale": float(pred.image_scale), "spot_diameter_um": float(spot_diameter_um),
-                  "spot_shape": pred.spot_shape, "export_meta": _export_meta(pred),
-                  "spatial_images": pred.images,
-                  # this slide's own figures (napari_hggep.reliability): gene -> expected PCC here
-                  "slide_reliability": _per_gene(pred, "slide_reliability"),
-                  "heldout_basis": (pred.meta or {}).get("heldout_basis"),
-                  "unfamiliar": (pred.meta or {}).get("unfamiliar"),
-                  "unfamiliar_score": (pred.meta or {}).get("unfamiliar_score"),
-                  "unfamiliar_threshold": (pred.meta or {}).get("unfamiliar_threshold"),
-                  "reliability_unknown": (pred.meta or {}).get("reliability_unknown"),
-                  **_measured_meta(pred)}}
+    pred = replace(pred, values=values, genes=[str(g) for g in pred.genes],
+                   spot_ids=np.asarray(pred.spot_ids).astype(str), image=None)
+    info = PredictionLayerInfo(prediction=pred, ranges=gene_ranges(values) if ranges is None else
+                               np.asarray(ranges, np.float32),
+                               gene_std=None if gene_std is None else np.asarray(gene_std, np.float32).reshape(-1))
     kwargs = {
         **({"symbol": "square"} if pred.spot_shape == "square" else {}),
         "name": name or f"{pred.name} genes",
         "scale": (upp, upp),
-        "size": spot_diameter_um / upp,
+        "size": float(pred.spot_diameter_um or upp) / upp,
         "border_width": 0,
         "opacity": 0.9,
         "features": spot_features(pred.spot_ids),
-        "metadata": meta,
+        "metadata": {KEY: info},
     }
     return (pred.image_xy[:, ::-1].copy(), kwargs, "points")
-
-
-def _measured_meta(pred) -> dict:
-    """The slide's own counts (``training.measured.Measured``) kept beside the prediction: one
-    sparse matrix stored by column (a gene's map is one slice), the spots that have counts, and
-    each gene's PCC on this slide."""
-    m = getattr(pred, "measured", None)
-    if m is None:
-        return {}
-    return {"measured": m.values.tocsc(), "has_counts": np.asarray(m.has_counts, bool),
-            "measured_pcc": _per_gene(pred, "measured_pcc"), "measured_normalisation": m.normalisation,
-            "measured_source": m.source}
 
 
 def measured_values(layer, gene: str) -> tuple[np.ndarray, np.ndarray] | None:
     """One gene's measured values on the spots that have counts, and those spots (a mask), from
     a prediction layer whose slide has counts; None otherwise."""
-    meta = layer.metadata.get(KEY, {})
-    m = meta.get("measured")
+    info = layer_info(layer, PredictionLayerInfo)
+    m = None if info is None else info.prediction.measured
     if m is None:
         return None
-    i = gene_index(meta)[gene]
-    has = meta["has_counts"]
-    col = np.asarray(m[:, i].toarray(), np.float32).ravel()
+    i = info.index[gene]
+    has = np.asarray(m.has_counts, bool)
+    col = np.asarray(m.values[:, i].toarray(), np.float32).ravel()
     return col[has], has
-
-
-def _per_gene(pred, key: str) -> dict:
-    v = (pred.meta or {}).get(key)
-    if v is None or len(v) != len(pred.genes):
-        return {}
-    return {str(g): float(x) for g, x in zip(pred.genes, np.asarray(v, float))}
-
-
-def _export_meta(pred) -> dict:
-    keep = ("image_path", "library_id", "scalefactors", "image_files", "model", "patch_um", "um_per_px_source",
-            "bin_size_um", "clipped_fraction", "slide_reliability", "spread", "unfamiliar", "unfamiliar_score",
-            "unfamiliar_threshold", "reliability_unknown", "reliability_protocol", "smooth_weight")
-    return {k: pred.meta[k] for k in keep if (pred.meta or {}).get(k) is not None}
-
-
-def gene_index(meta: dict) -> dict:
-    idx = meta.get("_gene_index")
-    if idx is None or len(idx) != len(meta["genes"]):
-        idx = meta["_gene_index"] = {g: i for i, g in enumerate(meta["genes"])}
-    return idx
 
 
 def gene_values(layer, gene: str) -> np.ndarray:
     """One gene's predicted values for every spot of a prediction layer."""
-    meta = layer.metadata[KEY]
-    i = gene_index(meta).get(gene)
+    info = layer_info(layer, PredictionLayerInfo)
+    i = None if info is None else info.index.get(gene)
     if i is None:
         raise KeyError(f"gene {str(gene)!r} is not in layer {layer.name!r}")
-    return meta["values"][:, i]
+    return info.values[:, i]
 
 
 def gene_limits(values: np.ndarray) -> tuple[float, float]:
@@ -204,20 +249,20 @@ def color_by_gene(layer, gene: str, colormap: str | None = None) -> tuple[float,
 
     import pandas as pd
 
-    meta = layer.metadata.get(KEY, {})
-    if "values" not in meta:
+    info = layer_info(layer, PredictionLayerInfo)
+    if info is None:
         raise KeyError(f"layer {layer.name!r} holds no predicted genes")
-    i = gene_index(meta).get(gene)
+    i = info.index.get(gene)
     if i is None:
         raise KeyError(f"gene {str(gene)!r} is not in layer {layer.name!r}")
-    cmap = colormap or meta.get("colormap") or "viridis"
-    sd = None if meta.get("gene_std") is None else float(meta["gene_std"][i])
-    lo, hi, flat = display_limits(*(float(x) for x in meta["ranges"][i]), sd)
+    cmap = colormap or info.colormap or "viridis"
+    sd = None if info.gene_std is None else float(info.gene_std[i])
+    lo, hi, flat = display_limits(*(float(x) for x in info.ranges[i]), sd)
     # each assignment below re-maps every spot's colour: skip the ones that change nothing
     if list(layer.features.columns) != ["spot_id", gene]:
         with warnings.catch_warnings():  # napari warns that the previous gene's colouring is dropped
             warnings.simplefilter("ignore", RuntimeWarning)
-            layer.features = pd.DataFrame({"spot_id": meta["spot_ids"], gene: meta["values"][:, i]})
+            layer.features = pd.DataFrame({"spot_id": info.prediction.spot_ids, gene: info.values[:, i]})
     if getattr(layer.face_colormap, "name", None) != cmap:
         layer.face_colormap = cmap
     mapped = getattr(getattr(layer, "_face", None), "color_properties", None)  # napari has no public getter
@@ -227,7 +272,7 @@ def color_by_gene(layer, gene: str, colormap: str | None = None) -> tuple[float,
     bar = getattr(layer, "face_colorbar", None)  # napari >= 0.6; older: the dock's line shows the scale
     if bar is not None:
         bar.visible = True
-    meta.update(gene=gene, colormap=cmap, contrast_limits=(lo, hi), flat=flat)
+    info.gene, info.colormap, info.contrast_limits, info.flat = gene, cmap, (lo, hi), flat
     return lo, hi
 
 
@@ -235,17 +280,17 @@ def clear_gene(layer) -> None:
     """No gene shown (a filter matched none): plain grey spots, no colour bar, only spot ids on hover."""
     import warnings
 
-    meta = layer.metadata.get(KEY, {})
-    if meta.get("gene") is None and list(layer.features.columns) == ["spot_id"]:
+    info = layer_info(layer, PredictionLayerInfo)
+    if info is None or (info.gene is None and list(layer.features.columns) == ["spot_id"]):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        layer.features = pd_frame(meta["spot_ids"])
+        layer.features = pd_frame(info.prediction.spot_ids)
     layer.face_color = "#808080"
     bar = getattr(layer, "face_colorbar", None)
     if bar is not None:
         bar.visible = False
-    meta.update(gene=None, contrast_limits=None, flat=False)
+    info.gene, info.contrast_limits, info.flat = None, None, False
 
 
 def pd_frame(spot_ids):
@@ -255,4 +300,4 @@ def pd_frame(spot_ids):
 
 
 def is_prediction_layer(layer) -> bool:
-    return layer.__class__.__name__ == "Points" and layer.metadata.get(KEY, {}).get("kind") == "prediction"
+    return layer.__class__.__name__ == "Points" and layer_info(layer, PredictionLayerInfo) is not None

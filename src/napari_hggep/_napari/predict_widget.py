@@ -12,31 +12,44 @@ from __future__ import annotations
 
 from magicgui.widgets import Container
 
-from .jobs import JobRunner
-from .layers import KEY
+from .jobs import JobRunner, warm_up_torch
+from .layers import ImageLayerInfo, MapLayerInfo, SpotsLayerInfo, is_prediction_layer, layer_info
+from .state import PredictDockState
 from .trained_models import register_predict_widget
 from .widgets.export import ExportControls
 from .widgets.genes import GeneControls, _GeneList
 from .widgets.measured import MeasuredControls
 from .widgets.prediction import PredictionControls
-from .widgets.source import SourceControls, is_pixel_table, place_on_image
+from .widgets.scroll import VerticalScroll
+from .widgets.source import SourceControls, belongs_to, is_pixel_table, place_on_image
 from .widgets.space_ranger import SpaceRangerControls
 
 
 class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionControls, GeneControls, MeasuredControls,
                     ExportControls, Container):
+    """The dock: this container holds a scroll area, and the scroll area the form (``form``, a
+    magicgui Container with every control, the status and the scatter), so the dock asks for
+    little height and both docks fit a laptop screen."""
+
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.worker = None
         self.notices: list[str] = []  # fallbacks reported by the last runs (e.g. out of GPU memory)
         self.warnings_shown: list[str] = []  # the image's warnings shown at the last Predict
+        self._toasted: dict[int, list[str]] = {}  # image layer id -> the warnings already shown as a toast
         self._models: dict[str, str] = {}  # checkpoints added by add_model: label -> path
         self._gene_lists: dict[int, _GeneList] = {}
         self._shown_genes: list[str] = []
-        self.extend([*self._source_widgets(), *self._prediction_widgets(), *self._gene_widgets(),
-                     *self._measured_widgets(), *self._export_widgets()])
+        self.state = PredictDockState()  # what the dock shows follows this one object's events
+        self.form = Container(labels=True)
+        self.form.extend([*self._source_widgets(), *self._prediction_widgets(), *self._gene_widgets(),
+                          *self._measured_widgets(), *self._export_widgets()])
+        self.append(self.form)
         self._measured_plot()
+        self.scroll = VerticalScroll(self.form.native)  # takes the form out of this container's layout
+        self.native.layout().addWidget(self.scroll)
+        self.margins = (0, 0, 0, 0)
         self._connect_source()
         self._connect_prediction()
         self._connect_genes()
@@ -49,13 +62,17 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
                     self.image_used):
             lab.native.setWordWrap(True)
         self._setup_gene_box()
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._reset_choices)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self.viewer.layers.events.inserted.connect(self._reset_choices)
+        self.viewer.layers.events.removed.connect(self._reset_choices)
+        self.state.image, self.state.spots = self.image_layer.value, self.spots.value
         self._on_image(self.image_layer.value)
         self._on_spots(self.spots.value)
         self._on_device("auto")
         self._refresh_genes()  # a result layer already in the viewer
         register_predict_widget(self)  # models trained in this session appear in the Model box
+        warm_up_torch()  # torch and the model's libraries load in the background, not on the first click
 
     def _reset_choices(self, event=None):
         for w in (self.image_layer, self.spots, self.result):
@@ -64,11 +81,41 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
                             if any(id(ly) == k for ly in self._prediction_layers())}
         names = {ly.name for ly in self._prediction_layers()}
         for ly in list(self.viewer.layers):  # measured maps whose prediction is gone go with it
-            meta = ly.metadata.get(KEY, {})
-            if meta.get("kind") in ("measured", "difference") and meta.get("of") not in names:
+            info = layer_info(ly, MapLayerInfo)
+            if info is not None and info.of not in names and ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
         img = self.image_layer.value
         if img is not None:  # a spot table opened after its image lands on the image's pixel grid
             for ly in self.viewer.layers:
-                if is_pixel_table(ly) and "placed_on" not in ly.metadata.get(KEY, {}):
+                if is_pixel_table(ly) and layer_info(ly).placed_on is None:
                     place_on_image(ly, img)
+
+    def _on_inserted(self, event):
+        """A slide opened while the dock is open (File > Open of a folder, a sample) is the one to
+        predict on: its image, and the spots that came with it (never a generated grid instead)."""
+        layer = event.value
+        if self.worker is not None or getattr(self, "_replacing", False):
+            return
+        if layer.__class__.__name__ == "Image" and layer_info(layer, ImageLayerInfo) is not None:
+            self.image_layer.reset_choices()
+            self.image_layer.value = layer
+        elif layer_info(layer, SpotsLayerInfo) is not None and not is_prediction_layer(layer):
+            img = self.image_layer.value
+            if img is not None and belongs_to(layer, img):
+                self.spots.reset_choices()
+                self.spots.value = layer
+
+    def _on_removed(self, event):
+        """A layer gone: nothing in the dock names it any more (the gene shown, its caption and
+        scatter for a result; the pixel size and choices for an image)."""
+        layer = event.value
+        if getattr(self, "_replacing", False):
+            return
+        if is_prediction_layer(layer):
+            self._gene_lists.pop(id(layer), None)
+            self.result.reset_choices()
+            self._refresh_genes()
+            self._show_measured(self.result.value, self.gene.value)
+        elif layer.__class__.__name__ == "Image":
+            self.image_layer.reset_choices()
+            self._on_image(self.image_layer.value)

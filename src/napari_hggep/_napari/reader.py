@@ -8,9 +8,7 @@ from ..data.image import TIFF_SUFFIXES
 from ..data.readers import is_her2st_folder, is_visium_folder, on_best_image, read_her2st, read_spots_csv, read_visium
 from ..data.spatialdata_export import is_spatialdata_store
 from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
-from .layers import KEY, image_data_tuple, image_layer_data, spots_layer_data
-
-PIXEL_FRAME = "image pixels"  # as the widget's: coordinates in pixels of the image they belong to
+from .layers import KEY, PIXEL_FRAME, SpotsLayerInfo, image_data_tuple, image_layer_data, spots_layer_data
 
 
 def get_reader(path):
@@ -43,10 +41,10 @@ def read_slide_folder(path):
     else:
         slide = read_her2st(path, with_counts=False)
         layers = [image_layer_data(slide, "the 200 µm pitch of the ST spots"), spots_layer_data(slide)]
-    if slide.meta.get("notice"):  # e.g. a blank hires PNG replaced by the lowres one
+    if slide.info.notice:  # e.g. a blank hires PNG replaced by the lowres one
         from napari.utils.notifications import show_warning
 
-        show_warning(f"HGGEP: {slide.meta['notice']}")
+        show_warning(f"HGGEP: {slide.info.notice}")
     return layers
 
 
@@ -72,9 +70,15 @@ def space_ranger_layers(folder, image=None, bin_um=None) -> tuple[list, object]:
     else:
         raise SlideError(f"{folder} is not a Space Ranger outs/ folder (Visium or Visium HD)")
     layers = [image_layer_data(slide, where), spots_layer_data(slide)]
-    sr = {**slide.meta["space_ranger"], "image": str(slide.meta["image_path"])}
+    from dataclasses import replace
+
+    sr = replace(slide.info.space_ranger, image=str(slide.info.image_path))
     for _, kwargs, _ in layers:
-        kwargs["metadata"][KEY]["space_ranger"] = dict(sr)
+        info = kwargs["metadata"][KEY]
+        if isinstance(info, SpotsLayerInfo):
+            info.space_ranger = sr
+        else:
+            info.slide.space_ranger = sr
     return layers, slide
 
 
@@ -91,16 +95,15 @@ def read_spatialdata_store(path):
     slide = read_spatialdata(path, pixel_size_needed=False)
     if slide.shape[0] * slide.shape[1] <= 64e6 and not getattr(slide.image, "levels", None):
         slide.image = np.asarray(slide.image)  # a small image in memory, as napari shows it best
-    unknown = bool(slide.meta.get("um_per_px_unknown"))
-    if not unknown:
-        return [image_layer_data(slide, slide.meta.get("um_per_px_source")), spots_layer_data(slide)]
-    img = image_data_tuple(slide.image, None, slide.name, source=slide.meta.get("image_path", str(path)))
-    img[1]["metadata"][KEY]["image_path"] = slide.meta.get("image_path")  # store.zarr::element, said at Predict
+    if not slide.info.um_per_px_unknown:
+        return [image_layer_data(slide, slide.info.um_per_px_source), spots_layer_data(slide)]
+    # store.zarr::element, said at Predict
+    img = image_data_tuple(slide.image, None, slide.name, source=slide.info.image_path or str(path), info=slide.info)
     data, kwargs, kind = spots_layer_data(slide)  # in pixels (um_per_px 1 stands for "not known")
-    meta = kwargs["metadata"][KEY]
-    for k in ("um_per_px", "spot_diameter_um"):  # the widget sizes the spots from µm per pixel entered
-        meta.pop(k, None)
-    meta.update(frame=PIXEL_FRAME, source=str(path))
+    spots = kwargs["metadata"][KEY]
+    # the widget sizes the spots from the µm per pixel entered
+    spots.um_per_px = spots.spot_diameter_um = None
+    spots.frame, spots.source = PIXEL_FRAME, str(path)
     return [img, (data, kwargs, kind)]
 
 
@@ -131,5 +134,5 @@ def read_spots_table(path):
     rc = df[["array_row", "array_col"]].to_numpy() if "array_row" in df else None
     kwargs = {"name": path.stem, "size": 20, "face_color": "transparent", "border_color": "yellow",
               "features": spot_features(df["spot_id"], rc),
-              "metadata": {"hggep": {"kind": "spots", "frame": "image pixels", "source": str(path)}}}
+              "metadata": {KEY: SpotsLayerInfo(frame=PIXEL_FRAME, source=str(path))}}
     return [(np.column_stack([df["y"].to_numpy(float), df["x"].to_numpy(float)]), kwargs, "points")]

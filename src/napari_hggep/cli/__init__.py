@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device(pr)
     pr.add_argument("--batch-size", type=positive_int, default=256,
                     help="patches per step of the model (default 256; halved by itself when memory runs out)")
+    pr.add_argument("--allow-large", action="store_true",
+                    help="run a prediction estimated to need more than half of the memory free now (refused "
+                         "otherwise, with the estimate)")
     pr.add_argument("--shared-trunk", choices=["auto", "on", "off"], default="auto",
                     help="encode the tissue once and take each spot's features from the shared maps (on), or every "
                          "spot's patch on its own (off); auto (default): shared when the spots are closer than the "

@@ -69,7 +69,9 @@ def write_outputs(pred, outputs, genes) -> None:
     for out in outputs:
         existed = Path(str(out).rstrip("/\\")).exists()
         try:
-            pred.write(out, genes)
+            from ..data.export import write_prediction
+
+            write_prediction(pred, out, genes)
         except OSError as e:
             raise write_failure(out, e, kept=existed) from None
 
@@ -131,20 +133,39 @@ def _predict_one(a) -> int:
                        pitch_um=a.pitch_um, bin_um=a.bin_um)
     slide.validate()  # bad spots fail before the model runs
     require_tissue(slide)  # a blank image under the spots is refused, not predicted on
-    slide.meta["tissue_checked"] = True
-    if slide.meta.get("notice"):  # e.g. a blank hires PNG replaced by the folder's lowres PNG
-        print(f"napari-hggep: notice: {slide.meta['notice']}", file=sys.stderr)
+    slide.info.tissue_checked = True
+    if slide.info.notice:  # e.g. a blank hires PNG replaced by the folder's lowres PNG
+        print(f"napari-hggep: notice: {slide.info.notice}", file=sys.stderr)
     for m in image_warnings(slide.image, slide.um_per_px):
         print(f"napari-hggep: warning: {m}", file=sys.stderr)
-    scale = slide.meta.get("image_scale", 1.0)
+    scale = slide.info.image_scale
     print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px"
-          + (f" on {Path(slide.meta.get('image_path', '')).name} ({scale:.4g} x full resolution)" if scale != 1 else "")
+          + (f" on {Path(slide.info.image_path or '').name} ({scale:.4g} x full resolution)" if scale != 1 else "")
           + f"; model on {bundle.device}", file=sys.stderr)
-    pred = predict_slide(bundle, slide, a.batch_size, progress=Bar("predict"),
+    from ..cost import slide_cost
+
+    cost = slide_cost(slide, bundle.config, len(bundle.genes), a.shared_trunk, device=bundle.device.type,
+                      batch_size=a.batch_size)
+    print(f"{slide.name}: {cost.describe()}", file=sys.stderr)
+    if cost.problem() and not a.allow_large:
+        raise UsageError(f"{slide.name}: {cost.problem()}; or give --allow-large to run it anyway")
+    bar, last = Bar("predict"), [0, 1]
+
+    def show(done, total, phase=""):  # the bar's last units are the files: 100 % once they are written
+        last[:] = [done, total]
+        bar(done, total, phase)
+
+    pred = predict_slide(bundle, slide, a.batch_size, progress=show,
                          notify=lambda m: print(f"\nnapari-hggep: notice: {m}", file=sys.stderr),
                          shared_trunk=a.shared_trunk)
+    bar(last[0], last[1], "writing " + ", ".join(Path(str(o)).name for o in outputs))
+    try:
+        write_outputs(pred, outputs, genes)
+    except BaseException:
+        sys.stderr.write("\n")  # the error on a line of its own, not after the bar
+        raise
+    bar(last[1], last[1], "written")
     for m in slide_verdict(pred):
         print(f"napari-hggep: {m}", file=sys.stderr)
-    write_outputs(pred, outputs, genes)
     print(f"wrote {', '.join(outputs)} in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0

@@ -9,12 +9,14 @@ class Bar:
     """A one-line progress bar on stderr."""
 
     def __init__(self, label: str, stream=sys.stderr):
-        self.label, self.stream, self.t0 = label, stream, time.time()
+        self.label, self.stream, self.t0, self.width = label, stream, time.time(), 0
 
     def __call__(self, done: int, total: int, extra: str = "") -> None:
         frac = done / total if total else 1.0
         bar = "#" * int(30 * frac)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} {time.time() - self.t0:5.1f}s {extra}")
+        line = f"\r{self.label} [{bar:<30}] {done}/{total} {time.time() - self.t0:5.1f}s {extra}"
+        self.stream.write(line.ljust(self.width))  # a shorter phase text leaves nothing of the last one
+        self.width = len(line)
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()

@@ -65,8 +65,8 @@ def spatial_images(pred) -> dict:
     if pred.images is not None:
         return dict(pred.images)
     out = {}
-    files = (pred.meta or {}).get("image_files") or {}
-    sf = (pred.meta or {}).get("scalefactors") or {}
+    files = pred.slide.image_files or {}
+    sf = pred.slide.scalefactors or {}
     from .image import read_image
 
     for kind, f in files.items():
@@ -103,12 +103,12 @@ def library_id(pred) -> str:
     -> ``slide7``), else the slide's name."""
     from .image import image_stem, is_image_path
 
-    meta = pred.meta or {}
+    info = pred.slide
     # a library id names an HDF5 group: no "/" in it (a slide named "/" made an unreadable .h5ad)
     clean = lambda s: str(s).replace("/", "_").strip() or "slide"  # noqa: E731
-    if meta.get("library_id"):
-        return clean(meta["library_id"])
-    path = str(meta.get("image_path") or "")
+    if info.library_id:
+        return clean(info.library_id)
+    path = str(info.image_path or "")
     if path and "::" not in path and is_image_path(path):
         return clean(image_stem(path))
     return clean(pred.name or "slide")
@@ -132,8 +132,8 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     obs["in_tissue"] = np.ones(len(obs), np.int64)
     if pred.array_rc is not None:
         obs["array_row"], obs["array_col"] = np.asarray(pred.array_rc)[:, 0], np.asarray(pred.array_rc)[:, 1]
-    meta = pred.meta or {}
-    measured = getattr(pred, "measured", None)
+    rel, prov = pred.reliability, pred.provenance
+    measured = pred.measured
     layers = {}
     if measured is not None:
         _, idx = _columns(pred, genes)
@@ -143,10 +143,10 @@ def to_anndata(pred, genes=None, with_values: bool = True):
                        shape=(len(obs), len(names)) if X is None else None)
     adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
     lib = library_id(pred)
-    image_path = absolute_path(meta.get("image_path"))
+    image_path = absolute_path(pred.slide.image_path)
     images = spatial_images(pred)
     diam = spot_diameter_px(pred)
-    sf = {k: float(v) for k, v in (meta.get("scalefactors") or {}).items()}
+    sf = {k: float(v) for k, v in (pred.slide.scalefactors or {}).items()}
     sf["spot_diameter_fullres"] = float(sf.get("spot_diameter_fullres", diam))
     for kind, (_, s) in images.items():
         sf[f"tissue_{kind}_scalef"] = float(s)
@@ -157,7 +157,7 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     }}
     info = {
         "X": VALUES,
-        "clipped_fraction": float(meta["clipped_fraction"]) if "clipped_fraction" in meta else negative_fraction(raw),
+        "clipped_fraction": float(rel.clipped_fraction) if rel.clipped_fraction is not None else negative_fraction(raw),
         "coordinates": "obsm['spatial'] is (x, y) in full-resolution pixels of the slide",
         "um_per_px": float(pred.um_per_px),
         "image_predicted_on": image_path,
@@ -169,22 +169,22 @@ def to_anndata(pred, genes=None, with_values: bool = True):
         "library_id": lib,
         "reliable": f"held-out PCC >= {UNRELIABLE_PCC}; False where the model card has no PCC",
     }
-    if meta.get("unfamiliar") is not None:
-        info["unfamiliar"] = bool(meta["unfamiliar"])
-        info["unfamiliar_score"] = float(meta["unfamiliar_score"])
-        info["unfamiliar_threshold"] = float(meta.get("unfamiliar_threshold", np.nan))
+    if rel.unfamiliar is not None:
+        info["unfamiliar"] = bool(rel.unfamiliar)
+        info["unfamiliar_score"] = float(rel.unfamiliar_score)
+        info["unfamiliar_threshold"] = float(np.nan if rel.unfamiliar_threshold is None else rel.unfamiliar_threshold)
         info["unfamiliar_means"] = UNFAMILIAR_MEANS
-    if meta.get("slide_reliability") is not None:
+    if rel.slide_reliability is not None:
         info["slide_reliability"] = SLIDE_RELIABILITY_MEANS
-        if meta.get("reliability_protocol"):
-            info["slide_reliability_calibrated_on"] = str(meta["reliability_protocol"])
-    if meta.get("reliability_unknown"):
-        info["slide_reliability_unknown_because"] = str(meta["reliability_unknown"])
+        if rel.protocol:
+            info["slide_reliability_calibrated_on"] = str(rel.protocol)
+    if rel.unknown_because:
+        info["slide_reliability_unknown_because"] = str(rel.unknown_because)
         info["reliable"] += "; none on this slide, because its expected PCC is unknown"
     info["values_are"] = MAPS_ARE
-    if meta.get("smooth_weight"):
+    if prov.smooth_weight:
         info["neighbour_blending"] = (f"each spot's prediction is blended with the mean of its nearest ring of "
-                                      f"neighbours, weight {float(meta['smooth_weight']):g}")
+                                      f"neighbours, weight {float(prov.smooth_weight):g}")
     if measured is not None:
         info["measured"] = MEASURED_MEANS
         info["measured_normalisation"] = str(measured.normalisation)
@@ -192,9 +192,10 @@ def to_anndata(pred, genes=None, with_values: bool = True):
         info["measured_spots"] = int(measured.n_spots)
         ok = np.isfinite(measured.pcc)
         info["measured_pcc_mean"] = float(measured.pcc[ok].mean()) if ok.any() else float("nan")
-    for k in ("model", "patch_um", "gene_pcc_protocol", "um_per_px_source", "bin_size_um"):
-        if meta.get(k) is not None:
-            info[k] = meta[k] if isinstance(meta[k], (int, float)) else str(meta[k])
+    for k, v in (("model", prov.model), ("patch_um", prov.patch_um), ("gene_pcc_protocol", prov.gene_pcc_protocol),
+                 ("um_per_px_source", pred.slide.um_per_px_source), ("bin_size_um", pred.slide.bin_size_um)):
+        if v is not None:
+            info[k] = v if isinstance(v, (int, float)) else str(v)
     adata.uns["napari_hggep"] = info
     return adata
 

@@ -47,9 +47,9 @@ def counts_source(slide: Slide) -> CountsSource | None:
     folder's (or Visium HD bin folder's) ``filtered_feature_bc_matrix.h5``, a HER2+ ST folder's
     ``counts.tsv.gz``, a SpatialData store's table of raw counts, a counts table beside an image
     with a spot table (``counts.h5ad``, ``counts.tsv.gz``, ...), or one recorded by the reader
-    (``meta["counts_source"]``)."""
-    meta = slide.meta or {}
-    given = meta.get("counts_source")
+    (``info.counts_source``)."""
+    info = slide.info
+    given = info.counts_source
     if given is False:  # the caller compares with counts it holds itself
         return None
     if isinstance(given, CountsSource):
@@ -57,18 +57,18 @@ def counts_source(slide: Slide) -> CountsSource | None:
     if given:
         p = Path(str(given))
         return CountsSource("10x_h5" if p.suffix == ".h5" else "table", p) if p.is_file() else None
-    sr = meta.get("space_ranger") or {}
-    if sr.get("folder"):
-        folder = Path(sr["folder"])
-        if sr.get("kind") == "hd" and sr.get("bin_um"):
-            folder = folder / "binned_outputs" / f"square_{int(sr['bin_um']):03d}um"
+    sr = info.space_ranger
+    if sr is not None and sr.folder:
+        folder = Path(sr.folder)
+        if sr.kind == "hd" and sr.bin_um:
+            folder = folder / "binned_outputs" / f"square_{int(sr.bin_um):03d}um"
         for cand in (folder / "filtered_feature_bc_matrix.h5", folder / "outs" / "filtered_feature_bc_matrix.h5"):
             if cand.is_file():
                 return CountsSource("10x_h5", cand)
         return None
     src = Path(str(slide.source).split("::")[0]) if slide.source else None
     if src is not None and src.is_dir() and src.name.lower().endswith(".zarr"):  # a SpatialData store's table
-        return CountsSource("spatialdata", src, meta["spatialdata_shapes"]) if meta.get("spatialdata_shapes") else None
+        return CountsSource("spatialdata", src, info.spatialdata_shapes) if info.spatialdata_shapes else None
     for folder in [p for p in (src, src.parent if src is not None else None) if p is not None]:
         if folder.is_dir() and (folder / "spots.tsv").is_file() and (folder / "counts.tsv.gz").is_file():
             return CountsSource("st", folder / "counts.tsv.gz")

@@ -42,7 +42,7 @@ def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
     if clash:
         raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
     n = len(pred.spot_ids)
-    measured = getattr(pred, "measured", None)
+    measured = pred.measured
     extra = [f"{MEASURED_PREFIX}{g}" for g in names] if measured is not None else []
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -81,12 +81,12 @@ def write_gene_table(pred, path, genes=None) -> Path:
     the slide's "unlike the training tissue" verdict and score repeat on every row."""
     names, _ = _columns(pred, genes)
     var = gene_table(pred, names)
-    meta = pred.meta or {}
-    if meta.get("unfamiliar") is not None:
-        var["slide_unfamiliar"] = bool(meta["unfamiliar"])
-        var["slide_unfamiliar_score"] = float(meta["unfamiliar_score"])
-    if meta.get("reliability_unknown"):
-        var["slide_reliability_unknown_because"] = str(meta["reliability_unknown"])
+    rel = pred.reliability
+    if rel.unfamiliar is not None:
+        var["slide_unfamiliar"] = bool(rel.unfamiliar)
+        var["slide_unfamiliar_score"] = float(rel.unfamiliar_score)
+    if rel.unknown_because:
+        var["slide_reliability_unknown_because"] = str(rel.unknown_because)
     with atomic_path(path) as tmp:
         var.to_csv(tmp)
     return Path(path)

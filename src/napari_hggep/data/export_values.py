@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-UNRELIABLE_PCC = 0.1  # genes below this held-out PCC are flagged unreliable (as in the widget)
+UNRELIABLE_PCC = 0.1  # genes below this held-out PCC are flagged unreliable (in the exports and the napari gene selector)
 
 VALUES = ("predicted log1p(counts / total x median total), the model's training target; clipped at 0, "
           "because that target is never negative: a clipped value is never further from any possible "
@@ -52,18 +52,18 @@ def gene_table(pred, names):
     """Each gene's held-out PCC (NaN where the model card has none) and ``reliable`` (PCC >= 0.1)."""
     import pandas as pd
 
-    pcc = (pred.meta or {}).get("gene_pcc") or {}
+    pcc = pred.provenance.gene_pcc or {}
     p = np.array([float(pcc[g]) if pcc.get(g) is not None else np.nan for g in names], float)
     var = pd.DataFrame(index=pd.Index([str(g) for g in names], name="gene"))
     var["heldout_pcc"] = p
-    meta = pred.meta or {}
+    rel = pred.reliability
     # no gene is reliable on a slide whose expected PCC is unknown (unlike the training tissue, ...)
-    var["reliable"] = (np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC) & (not meta.get("reliability_unknown"))
+    var["reliable"] = (np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC) & (not rel.unknown_because)
     # this slide's own figures (napari_hggep.reliability, training.measured), where the prediction carries them
     pos = {g: i for i, g in enumerate(pred.genes)}
     idx = [pos[g] for g in names]
-    for col in ("slide_reliability", "spread", "measured_pcc"):
-        v = meta.get(col)
+    for col, v in (("slide_reliability", rel.slide_reliability), ("spread", rel.spread),
+                   ("measured_pcc", pred.measured_pcc)):
         if v is not None and len(v) == len(pred.genes):
             var[col] = np.asarray(v, np.float32)[idx]
     return var

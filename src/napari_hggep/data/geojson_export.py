@@ -34,12 +34,11 @@ def geojson_default_genes(pred) -> list[str]:
     """The genes a GeoJSON holds when none are asked for: those expected at PCC >= 0.1 on this
     slide, best first, or, where that is unknown, those with a held-out PCC >= 0.1; at most
     :data:`GEOJSON_MAX_GENES` (``--genes all`` writes every gene)."""
-    meta = pred.meta or {}
-    here = meta.get("slide_reliability")
+    here = pred.reliability.slide_reliability
     if here is not None and np.isfinite(np.asarray(here, np.float64)).any():
         score = np.asarray(here, np.float64)
     else:
-        card = meta.get("gene_pcc") or {}
+        card = pred.provenance.gene_pcc or {}
         score = np.array([np.nan if card.get(g) is None else card[g] for g in pred.genes], np.float64)
     score = np.nan_to_num(score, nan=-np.inf)
     order = [i for i in np.argsort(-score, kind="stable") if score[i] >= UNRELIABLE_PCC][:GEOJSON_MAX_GENES]

@@ -102,7 +102,7 @@ def require_tissue(slide: Slide) -> TissueReport:
     """Raise a :class:`SlideError` when the image under the slide's spots shows no tissue."""
     rep = slide_tissue(slide)
     if not rep.ok:
-        notice = str(slide.meta.get("notice") or "")
+        notice = str(slide.info.notice or "")
         if notice.startswith(NO_TISSUE_IMAGE):  # a Space Ranger folder: the notice lists its images and what to do
             raise SlideError(f"{slide.name}: {notice}")
         src = f" ({slide.source})" if slide.source else ""

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .her2st import is_her2st_folder, read_her2st
 from .image import image_stem, image_um_per_px, is_image_path, read_image
+from ..records import SlideInfo
 from .slide import Slide, SlideError
 from .space_ranger import space_ranger_images
 from .tables import decode_text, numeric_column, parse_table
@@ -66,7 +67,7 @@ def read_image_with_spots(image_path, spots_csv, um_per_px: float | None = None)
         array_rc=rc,
         name=image_stem(image_path),  # slide.ome.tif -> slide: the library id of its exports
         source=str(image_path),
-        meta={"library_id": image_stem(image_path), "image_path": str(image_path)},
+        info=SlideInfo(library_id=image_stem(image_path), image_path=str(image_path)),
     )
 
 
@@ -75,7 +76,7 @@ def read_image_with_grid(image_path, um_per_px: float | None = None, pitch_um: f
     image = read_image(image_path)
     upp = _resolve_um_per_px(image_path, um_per_px)
     slide = grid_slide(image, upp, pitch_um, name=image_stem(image_path), source=str(image_path))
-    slide.meta.update({"library_id": image_stem(image_path), "image_path": str(image_path)})
+    slide.info.library_id, slide.info.image_path = image_stem(image_path), str(image_path)
     return slide
 
 
@@ -107,9 +108,9 @@ def on_best_image(read, folder) -> Slide:
             slide = read(image)
         except SlideError:  # not this slide's image (another size, no tissue under the spots): the next one
             continue
-        if abs(float(slide.meta.get("image_scale", 1.0)) - 1.0) > 1e-6:  # a copy of a PNG, not full resolution
+        if abs(float(slide.info.image_scale) - 1.0) > 1e-6:  # a copy of a PNG, not full resolution
             continue
-        slide.meta["notice"] = (f"predicting on the full-resolution image {image} ({slide.um_per_px:.3g} µm/px) found "
+        slide.info.notice = (f"predicting on the full-resolution image {image} ({slide.um_per_px:.3g} µm/px) found "
                                 f"{'in' if image.parent == Path(folder) else 'beside'} the folder; give the image "
                                 "to predict on another")
         return slide

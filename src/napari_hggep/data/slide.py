@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..records import SlideInfo
+
 
 class SlideError(ValueError):
     """Bad input: the message says what is wrong and what to fix."""
@@ -30,7 +32,7 @@ class Slide:
     name: str = "slide"
     spot_diameter_um: float = 100.0
     source: str = ""
-    meta: dict = field(default_factory=dict)
+    info: SlideInfo = field(default_factory=SlideInfo)  # what the reader knows beyond pixels and spots
 
     def __post_init__(self):
         self.xy = np.asarray(self.xy, dtype=np.float64).reshape(-1, 2)
@@ -102,7 +104,7 @@ class Slide:
                      array_rc=self.array_rc, counts=self.counts, genes=self.genes,
                      name=f"{self.name}@{float(um_per_px):g}um", spot_diameter_um=self.spot_diameter_um,
                      source=self.source,
-                     meta={**self.meta, "image_scale": float(self.meta.get("image_scale", 1.0)) * f})
+                     info=self.info.copy(image_scale=float(self.info.image_scale) * f))
 
     def subset(self, keep: np.ndarray) -> "Slide":
         keep = np.asarray(keep)
@@ -117,5 +119,5 @@ class Slide:
             name=self.name,
             spot_diameter_um=self.spot_diameter_um,
             source=self.source,
-            meta=dict(self.meta),
+            info=self.info.copy(),
         )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..records import SlideInfo
+
 TABLE_KEY = "table"
 ADDED_TABLE = "hggep_predictions"  # the table added to a store that exists
 CS = "global"  # coordinate system, in micrometres
@@ -32,10 +34,9 @@ def element_names(pred) -> dict:
 
     from .anndata_export import library_id
 
-    meta = pred.meta or {}
     lib = re.sub(r"[^A-Za-z0-9_.-]", "_", library_id(pred)) or "slide"
     scale = float(pred.image_scale or 1.0)
-    sf = meta.get("scalefactors") or {}
+    sf = pred.slide.scalefactors or {}
     kind = "full"
     for k in ("hires", "lowres"):
         if abs(scale - 1.0) > 1e-6 and abs(float(sf.get(f"tissue_{k}_scalef", -1)) - scale) < 1e-6:
@@ -305,7 +306,7 @@ def read_spatialdata(path, um_per_px: float | None = None, pixel_size_needed: bo
     by their centres) placed on the image through a coordinate system both share. Micrometres per
     pixel come from a store napari-hggep wrote (its coordinate system is in micrometres), else from
     ``um_per_px`` (never guessed). ``pixel_size_needed=False`` (napari, where the widget asks for it):
-    an unknown pixel size gives a slide in pixels (``um_per_px`` 1, ``meta["um_per_px_unknown"]``)."""
+    an unknown pixel size gives a slide in pixels (``um_per_px`` 1, ``info.um_per_px_unknown``)."""
     from .slide import Slide, SlideError
 
     path = Path(path)
@@ -366,7 +367,6 @@ def read_spatialdata(path, um_per_px: float | None = None, pixel_size_needed: bo
     return Slide(image=image, um_per_px=upp, spot_ids=np.asarray(shapes.index).astype(str), xy=px,
                  name=path.name[: -len(".zarr")] if path.name.lower().endswith(".zarr") else path.name,
                  spot_diameter_um=d_um, source=str(path),
-                 meta={"image_path": f"{path}::{ikey}", "spot_shape": shape, "spatialdata_shapes": skey,
-                       "um_per_px_source": "the store's micrometre coordinates (written by napari-hggep)"
-                       if not um_per_px and ours else "given",
-                       **({"um_per_px_unknown": True} if unknown else {})})
+                 info=SlideInfo(image_path=f"{path}::{ikey}", spot_shape=shape, spatialdata_shapes=skey,
+                                um_per_px_source="the store's micrometre coordinates (written by napari-hggep)"
+                                if not um_per_px and ours else "given", um_per_px_unknown=bool(unknown)))

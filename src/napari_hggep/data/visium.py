@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..records import SlideInfo, SpaceRangerRef
 from .slide import Slide, SlideError
 from .space_ranger import (
     POSITION_FILES,
@@ -104,11 +105,11 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
         array_rc=pos[["array_row", "array_col"]].to_numpy(int),
         counts=counts,
         genes=gene_names,
-        name=folder.name,
+        name=folder.parent.name if folder.name == "outs" and folder.parent.name else folder.name,  # the section
         spot_diameter_um=VISIUM_SPOT_UM,
         source=src,
-        meta={"image_path": src, "um_per_px_source": "spot_diameter_fullres in scalefactors_json.json",
-              "image_scale": float(scale), **visium_spatial_meta(folder, spatial, sf, notice),
-              "space_ranger": {"folder": str(folder), "kind": "visium"},  # to predict on another of its images
-              **({"notice": notice} if notice else {})},
+        info=SlideInfo(image_path=src, um_per_px_source="spot_diameter_fullres in scalefactors_json.json",
+                       image_scale=float(scale), **visium_spatial_meta(folder, spatial, sf, notice),
+                       space_ranger=SpaceRangerRef(str(folder), "visium"),  # to predict on another of its images
+                       notice=notice or None),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..records import SlideInfo, SpaceRangerRef
 from .slide import Slide, SlideError
 from .space_ranger import read_visium_positions, visium_image_with_tissue, visium_named_image, visium_spatial_meta
 
@@ -171,10 +172,10 @@ def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> S
         name=meta_sp["library_id"],
         spot_diameter_um=bin_um,
         source=str(image),
-        meta={"image_path": str(image), "um_per_px_source": f"microns_per_pixel in {sf_path.name} (Visium HD)",
-              "image_scale": float(scale), "spot_shape": "square", "bin_size_um": bin_um, **meta_sp,
-              "space_ranger": {"folder": str(outs), "kind": "hd", "bin_um": int(bin_um)},  # other bins / images
-              **({"notice": notice} if notice else {})},
+        info=SlideInfo(image_path=str(image), um_per_px_source=f"microns_per_pixel in {sf_path.name} (Visium HD)",
+                       image_scale=float(scale), spot_shape="square", bin_size_um=bin_um, **meta_sp,
+                       space_ranger=SpaceRangerRef(str(outs), "hd", int(bin_um)),  # other bins / images
+                       notice=notice or None),
     )
 
 

@@ -9,41 +9,18 @@ sparse sums, so a Visium HD slide is never densified. No Qt, no torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from ..data.counts import CountsSource, counts_source
 from ..data.slide import SlideError
+from ..records import Measured
 from .panel import match_columns
 
-NORMALISATION = ("log1p(counts / spot total x median spot total) (SPEC 2.9; scanpy's normalize_total + log1p): "
+NORMALISATION = ("log1p(counts / spot total x median spot total) (scanpy's normalize_total + log1p): "
                  "spot totals over all {n} genes of the counts, the median over this slide's spots with counts; "
                  "genes the counts do not list are absent (their PCC is NaN)")
-
-
-@dataclass
-class Measured:
-    """The measured expression of the predicted genes on the predicted spots."""
-
-    values: sparse.csr_matrix  # spots x genes, float32, target space; empty rows for spots without counts
-    has_counts: np.ndarray  # bool per spot
-    pcc: np.ndarray  # per gene, prediction vs measurement over the spots with counts (NaN: constant or absent)
-    genes_absent: list[str] = field(default_factory=list)
-    normalisation: str = ""
-    source: str = ""
-
-    @property
-    def n_spots(self) -> int:
-        return int(self.has_counts.sum())
-
-    def gene(self, j: int) -> np.ndarray:
-        """One gene's measured values, dense, NaN on spots without counts."""
-        v = np.asarray(self.values[:, j].todense(), np.float32).ravel()
-        v[~self.has_counts] = np.nan
-        return v
 
 
 def slide_counts(slide) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray | None, np.ndarray, str] | None:

@@ -37,7 +37,16 @@ class ExportControls:
                 if not self.gene.value:
                     raise ValueError("No gene is selected: pick one, or untick 'only the selected gene'.")
                 meta["genes"] = [self.gene.value]
-            write_points(path, layer.data, meta)
-            self.status.value = f"Exported {layer.name} to {path}"
+            if self.worker is not None:
+                raise RuntimeError("Wait for the running job to finish (or cancel it) before exporting.")
         except Exception as e:
             self._fail(e)
+            return
+        data, name = layer.data, layer.name
+
+        def done(_):
+            self.status.value = f"Exported {name} to {path}"
+
+        # written in a worker thread (an .h5ad or .zarr of a large slide takes seconds), atomically
+        self._start_job(write_points, path, data, meta, status=f"Exporting {name} to {path}…", returned=done,
+                        errored=self._fail)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, Label, LineEdit
 
-from ..layers import FLAT_FRACTION, KEY, RANGE_NAME, clear_gene, color_by_gene, is_prediction_layer
+from ...data.export_values import UNRELIABLE_PCC
+from ..layers import FLAT_FRACTION, RANGE_NAME, PredictionLayerInfo, clear_gene, color_by_gene, is_prediction_layer, layer_info
 
 COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]
-UNRELIABLE_PCC = 0.1
 
 
 def _known(v) -> float | None:
@@ -19,20 +19,22 @@ def _known(v) -> float | None:
 
 def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat: bool = False,
                  here: float | None = None, measured: float | None = None, unknown: bool = False) -> str:
-    """One short line for the canvas, above napari's colour bar (which has no title of its own)."""
-    text = gene if pcc is None else f"{gene}   held-out PCC {pcc:.2f}"
+    """The canvas's caption at its top left (napari's colour bar, top right, has no title of its
+    own): the gene on the first line, its figures on short lines below (never under the colour bar)."""
+    figures = [] if pcc is None else [f"held-out PCC {pcc:.2f}"]
     here = _known(here)
     if here is not None:
-        text += f" · expected here {here:.2f}"
+        figures.append(f"expected here {here:.2f}")
     elif unknown:
-        text += " · expected here: unknown"
+        figures.append("expected here: unknown")
     if _known(measured) is not None:
-        text += f" · measured {measured:.2f}"
-    if pcc is not None and pcc < UNRELIABLE_PCC:
-        text += "  ⚠ unreliable"
+        figures.append(f"measured {measured:.2f}")
+    lines = [gene + ("  ⚠ unreliable" if pcc is not None and pcc < UNRELIABLE_PCC else "")]
+    if figures:
+        lines.append(" · ".join(figures))
     if flat:
-        text += "   — flat: the prediction barely varies over this slide"
-    return text
+        lines.append("flat: the prediction barely varies over this slide")
+    return "\n".join(lines)
 
 
 def gene_label(gene: str, pcc: float | None, here: float | None = None, measured: float | None = None,
@@ -53,23 +55,24 @@ def gene_label(gene: str, pcc: float | None, here: float | None = None, measured
 SORT_CHOICES = ["held-out PCC", "this slide's reliability", "name", "measured PCC on this slide"]
 
 
-def selector_tooltip(meta: dict) -> str:
+def selector_tooltip(info: PredictionLayerInfo) -> str:
     """What the gene selector's figures rest on, in words (the model card's evaluation)."""
-    basis = meta.get("heldout_basis") or "the model card's evaluation"
+    pred = info.prediction
+    rel = pred.reliability
+    basis = pred.provenance.heldout_basis or "the model card's evaluation"
     text = (f"PCC: each gene's held-out PCC, measured on {basis}. It ranks genes well for tissue like the "
-            "training sections, less so for a new patient: on a third HER2+ patient's slide (another lab's "
-            "image at 3.2 µm/px) the 785-gene bundled model reached mean PCC 0.01 and its card's ranking of the genes "
-            "Spearman 0.04 (0.28 on a new section of a training patient).")
-    if meta.get("slide_reliability"):
+            "sections the model was evaluated on, less well on a new patient's slide, another lab's stain or "
+            "another resolution (the model card says how it was measured).")
+    if rel.slide_reliability is not None:
         text += (" 'here': the gene's expected PCC on this slide, from its held-out PCC and how much its "
-                 "prediction varies over this slide; calibrated on new-patient folds (README, 'How far to trust').")
-    if meta.get("reliability_unknown"):
-        text += f" 'here ?': unknown, because {meta['reliability_unknown']}; no gene is marked reliable on this slide."
-    elif meta.get("unfamiliar"):
+                 f"prediction varies over this slide; calibrated on {rel.protocol or 'the held-out folds'}.")
+    if rel.unknown_because:
+        text += f" 'here ?': unknown, because {rel.unknown_because}; no gene is marked reliable on this slide."
+    elif rel.unfamiliar:
         text += " ⚠ This slide is unlike the training tissue: these figures may not hold on it."
-    if meta.get("measured_pcc"):
+    if pred.measured is not None:
         text += (" 'measured': the PCC between the prediction and this slide's own counts "
-                 f"({meta.get('measured_normalisation', '')}).")
+                 f"({pred.measured.normalisation}).")
     return text
 
 
@@ -77,12 +80,13 @@ class _GeneList:
     """Labels and orders of a result layer's genes, made once per layer (20,000 genes refilter in ms)."""
 
     def __init__(self, layer):
-        meta = layer.metadata[KEY]
-        pcc = meta.get("gene_pcc") or {}
-        here = meta.get("slide_reliability") or {}
-        measured = meta.get("measured_pcc") or {}
-        unknown = bool(meta.get("reliability_unknown"))
-        self.genes = list(meta["genes"])
+        info = layer_info(layer, PredictionLayerInfo)
+        pred = info.prediction
+        pcc = pred.provenance.gene_pcc or {}
+        here = info.per_gene(pred.reliability.slide_reliability)
+        measured = info.per_gene(pred.measured_pcc)
+        unknown = bool(pred.reliability.unknown_because)
+        self.genes = list(info.genes)
         self.upper = [g.upper() for g in self.genes]
         self.labels = [gene_label(g, pcc.get(g), here.get(g), measured.get(g), unknown) for g in self.genes]
 
@@ -93,7 +97,7 @@ class _GeneList:
         self.has_pcc, self.by_pcc = order(pcc)
         self.has_here, self.by_here = order(here)
         self.has_measured, self.by_measured = order(measured)
-        self.by_name = np.arange(len(self.genes))
+        self.by_name = np.array(sorted(range(len(self.genes)), key=lambda i: (self.upper[i], self.genes[i])), int)
         self.longest = max(self.labels, key=len) if self.labels else ""
 
     def select(self, text: str, sort) -> list[int]:
@@ -116,18 +120,28 @@ class GeneControls:
     def _gene_widgets(self) -> list:
         self.result = ComboBox(label="Result layer", choices=self._prediction_layers)
         self.gene_filter = LineEdit(label="Find gene", value="")
-        self.sort_by = ComboBox(label="Sort genes by", choices=SORT_CHOICES, value=SORT_CHOICES[0])
+        self.sort_by = ComboBox(label="Sort genes by", choices=self._sort_choices, value=SORT_CHOICES[0])
         self.gene = ComboBox(label="Gene", choices=[])
         self.colormap = ComboBox(label="Colormap", choices=COLORMAPS, value="viridis")
         self.gene_info = Label(label="", value="")
         return [self.result, self.gene_filter, self.sort_by, self.gene, self.colormap, self.gene_info]
 
     def _connect_genes(self):
-        self.result.changed.connect(self._refresh_genes)
+        self.result.changed.connect(lambda v: setattr(self.state, "result", v))
+        self.state.events.result.connect(self._refresh_genes)
         self.gene_filter.changed.connect(self._refresh_genes)
         self.sort_by.changed.connect(self._refresh_genes)
-        self.gene.changed.connect(self._on_gene)
+        self.gene.changed.connect(lambda v: setattr(self.state, "gene", v))
+        self.state.events.gene.connect(self._on_gene)
         self.colormap.changed.connect(self._recolor)
+
+    def _sort_choices(self, _=None):
+        """The orders that apply to the result shown: by a figure only where the prediction has it."""
+        layer = self.result.value if hasattr(self, "result") else None
+        if layer is None or layer_info(layer, PredictionLayerInfo) is None:
+            return SORT_CHOICES[:1] + SORT_CHOICES[2:3]
+        gl = self._gene_list(layer)
+        return [c for c, ok in zip(SORT_CHOICES, (True, gl.has_here, True, gl.has_measured)) if ok]
 
     def _prediction_layers(self, _=None):
         return [ly for ly in self.viewer.layers if is_prediction_layer(ly)]
@@ -150,7 +164,8 @@ class GeneControls:
 
     def _gene_list(self, layer) -> _GeneList:
         gl = self._gene_lists.get(id(layer))
-        if gl is None or gl.genes is not layer.metadata[KEY]["genes"] and gl.genes != layer.metadata[KEY]["genes"]:
+        genes = layer_info(layer, PredictionLayerInfo).genes
+        if gl is None or gl.genes is not genes and gl.genes != genes:
             gl = self._gene_lists[id(layer)] = _GeneList(layer)
         return gl
 
@@ -166,22 +181,35 @@ class GeneControls:
         finally:
             box.blockSignals(False)
         self._shown_genes = genes
+        with self.state.events.gene.blocked():  # the caller colours the layer itself
+            self.state.gene = genes[current] if 0 <= current < len(genes) else None
         if labels:  # the popup shows whole labels however narrow the dock is
             fm = box.view().fontMetrics()
             box.view().setMinimumWidth(fm.horizontalAdvance(max(labels, key=len)) + 40)
 
     def _refresh_genes(self, _=None):
         layer = self.result.value
+        want = self._sort_choices()
+        if list(self.sort_by.choices) != want:  # refilled in order (magicgui appends new choices at the end)
+            keep = self.sort_by.value if self.sort_by.value in want else want[0]
+            box = self.sort_by.native
+            box.blockSignals(True)
+            try:
+                box.clear()
+                self.sort_by.reset_choices()
+                self.sort_by.value = keep
+            finally:
+                box.blockSignals(False)
         if layer is None:
             self._fill_gene_box([], [], -1)
             self.gene_info.value = ""
             self._caption(None)
             return
-        meta = layer.metadata[KEY]
+        info = layer_info(layer, PredictionLayerInfo)
         gl = self._gene_list(layer)
         text = (self.gene_filter.value or "").strip().upper()
         idx = gl.select(text, self.sort_by.value)
-        self.gene.native.setToolTip(selector_tooltip(meta))
+        self.gene.native.setToolTip(selector_tooltip(info))
         genes = [gl.genes[i] for i in idx]
         if not genes:
             self._fill_gene_box([], [], -1)
@@ -191,7 +219,7 @@ class GeneControls:
                                     f"{len(gl.genes):,} genes this model predicts contains it. Clear or change "
                                     "the filter.")
             return
-        want = meta.get("gene") or meta.get("last_gene")
+        want = info.gene or info.last_gene
         pos = {g: k for k, g in enumerate(genes)} if want is not None else {}
         current = pos.get(want, 0)
         self._fill_gene_box([gl.labels[i] for i in idx], genes, current)
@@ -200,7 +228,7 @@ class GeneControls:
     def _on_gene(self, _=None):
         layer = self.result.value
         if layer is not None and self.gene.value is not None:
-            layer.metadata[KEY]["last_gene"] = self.gene.value  # what the user picked survives filtering
+            layer_info(layer, PredictionLayerInfo).last_gene = self.gene.value  # the pick survives filtering
         self._recolor()
 
     def _recolor(self, _=None):
@@ -208,43 +236,47 @@ class GeneControls:
         if layer is None or gene is None:
             return
         lo, hi = color_by_gene(layer, gene, self.colormap.value)
-        meta = layer.metadata[KEY]
-        meta["last_gene"] = gene
-        pcc = meta.get("gene_pcc", {}).get(gene)
-        where = meta.get("gene_pcc_protocol") == "leave-one-patient-out"
+        info = layer_info(layer, PredictionLayerInfo)
+        pred, rel = info.prediction, info.prediction.reliability
+        info.last_gene = gene
+        pcc = pred.provenance.gene_pcc.get(gene)
+        where = pred.provenance.gene_pcc_protocol == "leave-one-patient-out"
         note = ("no held-out PCC for this model" if pcc is None else
                 f"held-out PCC {pcc:.2f}" + (" on patients not trained on" if where else ""))
-        here = _known((meta.get("slide_reliability") or {}).get(gene))
-        measured = _known((meta.get("measured_pcc") or {}).get(gene))
+        i = info.index[gene]
+        here = None if rel.slide_reliability is None else _known(float(rel.slide_reliability[i]))
+        measured = None if pred.measured is None else _known(float(pred.measured.pcc[i]))
         if here is not None:
             note += f"; expected PCC on this slide {here:.2f}"
-        elif meta.get("reliability_unknown"):
-            note += f"; expected PCC on this slide unknown ({meta['reliability_unknown']})"
+        elif rel.unknown_because:
+            note += f"; expected PCC on this slide unknown ({rel.unknown_because})"
         if measured is not None:
             note += f"; measured against this slide's counts: PCC {measured:.2f}"
         if pcc is not None and pcc < UNRELIABLE_PCC:
             note += " — the model does not predict this gene; do not trust its map"
         elif here is not None and here < UNRELIABLE_PCC:
             note += " — too little signal on this slide; do not trust its map"
-        if meta.get("unfamiliar") and not meta.get("reliability_unknown"):
+        if rel.unfamiliar and not rel.unknown_because:
             note += ". ⚠ This slide is unlike the training tissue: these figures may not hold"
-        i = meta["_gene_index"][gene]
-        r_lo, r_hi = (float(x) for x in meta["ranges"][i])
-        if meta.get("flat"):
-            sd = float(meta["gene_std"][i])
+        r_lo, r_hi = (float(x) for x in info.ranges[i])
+        if info.flat:
+            sd = float(info.gene_std[i])
             rng = (f"flat map: the prediction varies by only {r_hi - r_lo:.3g} over this slide ({RANGE_NAME}), "
                    f"under {100 * FLAT_FRACTION:.0f} % of the gene's training s.d. ({sd:.2f}), so it is shown in one "
                    f"colour ({lo:.2f}–{hi:.2f})")
         else:
             rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
+        self._gene_note = note  # the measured view states its own (shared) colour range beside it
         self.gene_info.value = f"{gene}: {rng}; {note}"
-        self._caption(gene_caption(gene, pcc, where, flat=bool(meta.get("flat")), here=here, measured=measured,
-                                   unknown=bool(meta.get("reliability_unknown"))))
+        self._caption(gene_caption(gene, pcc, where, flat=info.flat, here=here, measured=measured,
+                                   unknown=bool(rel.unknown_because)))
         self._show_measured(layer, gene)
 
     def _caption(self, text: str | None):
         """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""
-        ov = getattr(self.viewer, "text_overlay", None)
+        canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9; older: viewer.text_overlay
+        overlays = getattr(canvas, "overlays", None)
+        ov = getattr(overlays, "text", None) if overlays is not None else getattr(self.viewer, "text_overlay", None)
         if ov is None:
             return
         if not text:

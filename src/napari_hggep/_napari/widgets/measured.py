@@ -12,7 +12,7 @@ from qtpy.QtCore import QPointF, QRectF
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from ..layers import KEY, gene_index, measured_values
+from ..layers import KEY, MapLayerInfo, PredictionLayerInfo, layer_info, measured_values
 
 SHOW_CHOICES = ["hidden", "beside the prediction", "instead of the prediction", "difference (measured − predicted)"]
 DIFF_COLORMAP = "PiYG"
@@ -101,7 +101,7 @@ class MeasuredControls:
     def _measured_plot(self):
         self.scatter = ScatterPlot()
         self.scatter.setVisible(False)
-        self.native.layout().addWidget(self.scatter)
+        self.form.native.layout().addWidget(self.scatter)
 
     def _connect_measured(self):
         self.measured_show.changed.connect(lambda _=None: self._show_measured(self.result.value, self.gene.value))
@@ -113,9 +113,9 @@ class MeasuredControls:
 
     def _drop_truth_layers(self, pred_layer=None):
         for ly in list(self.viewer.layers):
-            meta = ly.metadata.get(KEY, {})
-            if meta.get("kind") in ("measured", "difference") and (pred_layer is None or meta.get("of") == pred_layer.name):
-                self.viewer.layers.remove(ly)
+            info = layer_info(ly, MapLayerInfo)
+            if info is not None and (pred_layer is None or info.of == pred_layer.name) and ly in self.viewer.layers:
+                self.viewer.layers.remove(ly)  # (a removal's own events may have removed it already)
 
     def _truth_points(self, pred_layer, suffix: str, kind: str, has: np.ndarray):
         """A Points layer on the spots that have counts, placed like the prediction layer."""
@@ -126,7 +126,7 @@ class MeasuredControls:
             kwargs = {"name": f"{pred_layer.name} {suffix}", "scale": tuple(pred_layer.scale[-2:]),
                       "size": pred_layer.size[has] if np.ndim(pred_layer.size) else pred_layer.size,
                       "border_width": 0, "opacity": 0.9, "symbol": pred_layer.symbol[0] if np.ndim(pred_layer.symbol)
-                      else pred_layer.symbol, "metadata": {KEY: {"kind": kind, "of": pred_layer.name}}}
+                      else pred_layer.symbol, "metadata": {KEY: MapLayerInfo(kind, pred_layer.name)}}
             ly = self.viewer.add_points(np.asarray(pred_layer.data)[has], **kwargs)
         return ly
 
@@ -148,17 +148,25 @@ class MeasuredControls:
 
     def _show_measured(self, layer, gene):
         """Update the measured map, the difference and the scatter for ``gene`` of ``layer``."""
-        has_counts = layer is not None and layer.metadata.get(KEY, {}).get("measured") is not None
+        info = None if layer is None else layer_info(layer, PredictionLayerInfo)
+        m = None if info is None else info.prediction.measured
+        # counts that list none of the predicted genes (Ensembl ids, other symbols) have nothing to show
+        has_counts = m is not None and len(set(m.genes_absent)) < len(info.genes)
         self.measured_show.visible = has_counts
-        self.scatter.setVisible(has_counts and gene is not None)
-        if not has_counts or gene is None:
-            if layer is None:
-                self._drop_truth_layers()
+        absent = has_counts and gene in set(m.genes_absent)
+        self.scatter.setVisible(has_counts and gene is not None and not absent)
+        if not has_counts or gene is None or absent:
+            if layer is None or not has_counts:
+                self._drop_truth_layers(layer)
+            elif absent:
+                self._drop_truth_layers(layer)
+                layer.visible = True
+                self.gene_info.value += f" {gene} is not in this slide's counts: no measured map."
             return
-        meta = layer.metadata[KEY]
         measured, has = measured_values(layer, gene)
-        predicted = meta["values"][has, gene_index(meta)[gene]]
-        pcc = (meta.get("measured_pcc") or {}).get(gene)
+        i = info.index[gene]
+        predicted = info.values[has, i]
+        pcc = float(info.prediction.measured.pcc[i])
         self.scatter.set_data(predicted, measured, f"{gene}: measured vs predicted, "
                               + ("PCC n/a" if pcc is None or not math.isfinite(pcc) else f"PCC {pcc:.2f}")
                               + f" ({int(has.sum())} spots)")
@@ -168,29 +176,77 @@ class MeasuredControls:
             layer.visible = True
             return
         lo, hi = joint_limits(predicted, measured)
+        img = getattr(self, "image_layer", None)
+        img = img.value if img is not None else None
         if mode in (1, 2):
             self._drop_one(layer, "measured − predicted")
             ly = self._truth_points(layer, "measured", "measured", has)
             # the prediction's colour bar serves both: one range
-            self._colour(ly, gene, measured, meta.get("colormap") or "viridis", (lo, hi), colorbar=mode == 2)
+            self._colour(ly, gene, measured, info.colormap or "viridis", (lo, hi), colorbar=mode == 2)
             layer.face_contrast_limits = (lo, hi)  # the same colour range for both maps
-            meta["contrast_limits"] = (lo, hi)
+            info.contrast_limits = (lo, hi)
             shift = 0.0
             if mode == 1:  # to the right of the slide (its image, else its spots) with a margin, in µm
-                img = getattr(self, "image_layer", None)
-                img = img.value if img is not None else None
                 ext = np.asarray(img.extent.world if img is not None else layer.extent.world, float)
                 shift = float(ext[1, -1] - ext[0, -1]) * 1.04
+                self._tissue_copy(layer, img, shift)  # the measured map on the same tissue
+            else:
+                self._drop_one(layer, "tissue (measured)")
             ly.translate = (float(layer.translate[-2]), float(layer.translate[-1]) + shift)
             layer.visible = mode == 1
+            rng = f"one colour range for both maps: {lo:.2f}–{hi:.2f} (the colour bar)"
+            self._titles(layer, [(f"predicted {gene}", 0.0)] * (mode == 1) + [(f"measured {gene}", shift)])
+            self.gene_info.value = f"{gene}: {rng}; {getattr(self, '_gene_note', '')}"
         else:
             self._drop_one(layer, "measured")
             ly = self._truth_points(layer, "measured − predicted", "difference", has)
             diff = measured - predicted
             span = float(np.percentile(np.abs(diff), 99)) if len(diff) else 1.0
-            self._colour(ly, f"{gene} measured − predicted", diff, DIFF_COLORMAP, (-max(span, 1e-6), max(span, 1e-6)))
+            span = max(span, 1e-6)
+            self._colour(ly, f"{gene} measured − predicted", diff, DIFF_COLORMAP, (-span, span))
             ly.translate = tuple(layer.translate[-2:])
             layer.visible = False
+            self._drop_one(layer, "tissue (measured)")
+            self._titles(layer, [(f"measured − predicted {gene}", 0.0)])
+            self.gene_info.value = (f"{gene}: measured − predicted, from −{span:.2f} (pink: predicted too high) to "
+                                    f"+{span:.2f} (green: predicted too low), 0 in white ({DIFF_COLORMAP}); "
+                                    f"{getattr(self, '_gene_note', '')}")
+
+    def _tissue_copy(self, pred_layer, img, shift: float) -> None:
+        """The slide's image again, beside it (the same data, not a copy in memory), under the
+        measured map."""
+        name = f"{pred_layer.name} tissue (measured)"
+        if img is None:
+            return
+        ly = self._truth_layer(pred_layer, "tissue (measured)")
+        if ly is None:
+            ly = self.viewer.add_image(img.data, rgb=True, multiscale=img.multiscale, scale=tuple(img.scale[-2:]),
+                                       name=name, metadata={KEY: MapLayerInfo("tissue", pred_layer.name)})
+            vl = self.viewer.layers
+            vl.move(vl.index(ly), vl.index(pred_layer))  # under the maps
+        ly.translate = (float(img.translate[-2]), float(img.translate[-1]) + shift)
+
+    def _titles(self, pred_layer, titles: list[tuple[str, float]]) -> None:
+        """Each map's title on the canvas, above its top-left corner (a points layer of text only)."""
+        ext = np.asarray(pred_layer.extent.world, float)
+        y0, x0 = float(ext[0, -2]), float(ext[0, -1])
+        height = float(ext[1, -2] - ext[0, -2])
+        pts = np.array([[y0 - 0.04 * height, x0 + dx] for _, dx in titles], float).reshape(-1, 2)
+        feats = {"title": [t for t, _ in titles]}
+        ly = self._truth_layer(pred_layer, "titles")
+        if ly is not None and len(ly.data) != len(pts):
+            self.viewer.layers.remove(ly)
+            ly = None
+        if ly is None:
+            ly = self.viewer.add_points(pts, features=feats, size=0, face_color="transparent", border_width=0,
+                                        text={"string": "{title}", "size": 12, "color": "white", "anchor": "upper_left"},
+                                        name=f"{pred_layer.name} titles",
+                                        metadata={KEY: MapLayerInfo("titles", pred_layer.name)})
+        else:
+            ly.data = pts
+            ly.features = feats
+            ly.text.string = "{title}"
+            ly.refresh_text()
 
     def _drop_one(self, layer, suffix: str):
         ly = self._truth_layer(layer, suffix)

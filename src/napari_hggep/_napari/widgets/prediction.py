@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
 
-from ..jobs import JobError, _import_torch_stack
-from ..layers import KEY, prediction_layer_data
+from ..jobs import JobError, torch_ready, wait_for_torch
+from ..layers import SpotsLayerInfo, image_info, layer_info, prediction_layer_data
 from .source import GENERATE, image_px, is_pixel_table, parse_um_per_px, place_on_image
 from .space_ranger import image_used_text
 
@@ -33,6 +33,8 @@ class PredictionControls:
     def _connect_prediction(self):
         self.model_choice.changed.connect(lambda v: setattr(self.model_file, "visible", v == CHECKPOINT))
         self.device.changed.connect(self._on_device)
+        self.state.events.busy.connect(self._on_busy)
+        self.state.events.confirm.connect(self._on_confirm)
         self.predict_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
 
@@ -73,7 +75,6 @@ class PredictionControls:
 
     def _build_request(self):
         from ...data.image import as_pyramid
-        from ...data.quality import require_tissue
         from ...data.slide import Slide, SlideError
 
         img = self.image_layer.value
@@ -81,41 +82,30 @@ class PredictionControls:
             raise SlideError("Open or pick an H&E image layer first.")
         if not img.rgb:
             raise SlideError(f"Layer {img.name!r} is not an RGB image; the model needs an RGB H&E image.")
-        upp = parse_um_per_px(self.um_per_px.value)
+        upp = parse_um_per_px(self.um_per_px.value, image_info(img).um_per_px)
         image = as_pyramid(img.data) if img.multiscale else img.data
         src = self.spots.value
+        info = image_info(img)
         if src == GENERATE or src is None:
-            from ..layers import SPATIAL_META
-
-            img_meta = img.metadata.get(KEY, {})
             return {"image": image, "um_per_px": upp, "grid_pitch": float(self.pitch_um.value), "name": img.name,
-                    "image_layer": img,
-                    "slide_meta": {k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None}}
-        if is_pixel_table(src) and src.metadata[KEY].get("placed_on") != img.name:
+                    "image_layer": img, "slide_info": info.slide.spatial().copy(spot_shape="circle")}
+        spots = layer_info(src, SpotsLayerInfo) or SpotsLayerInfo()
+        if is_pixel_table(src) and spots.placed_on != img.name:
             place_on_image(src, img)  # a spot table belongs to the image it is predicted on
         xy = image_px(src, img)
         feats = src.features
         ids = feats["spot_id"].astype(str).to_numpy() if "spot_id" in feats else np.arange(len(xy)).astype(str)
         rc = feats[["array_row", "array_col"]].to_numpy() if {"array_row", "array_col"} <= set(feats.columns) else None
-        diameter = src.metadata.get(KEY, {}).get("spot_diameter_um")
+        diameter = spots.spot_diameter_um
         if not diameter:  # drawn spots: their size in image pixels
             size_px = float(np.median(src.size)) * float(src.scale[-1]) / float(img.scale[-1]) if len(src.data) else 1.0
             diameter = size_px * upp
+        # what the image's reader knew (a Visium PNG's scale to full resolution, the folder's images,
+        # where its counts are, its notice), with the spots' shape
         slide = Slide(image=image, um_per_px=upp, spot_ids=ids, xy=xy, array_rc=rc, name=img.name,
-                      spot_diameter_um=float(diameter))
-        slide.validate()  # fail fast, on the main thread, with a clear message
-        slide.meta["notice"] = img.metadata.get(KEY, {}).get("notice")  # e.g. a folder without a tissue image
-        from ..layers import SPATIAL_META
-
-        img_meta = img.metadata.get(KEY, {})  # a Visium PNG: its scale to full resolution, the folder's images
-        slide.meta.update({k: img_meta[k] for k in SPATIAL_META if img_meta.get(k) is not None})
-        slide.meta["spot_shape"] = src.metadata.get(KEY, {}).get("spot_shape", "circle")
-        # where the slide's counts are (a Space Ranger or HER2+ ST folder): compared after predicting
-        if img_meta.get("space_ranger"):
-            slide.meta["space_ranger"] = dict(img_meta["space_ranger"])
-        slide.source = str(img_meta.get("source") or "")
-        require_tissue(slide)  # a blank image under the spots is never predicted on
-        slide.meta["tissue_checked"] = True
+                      spot_diameter_um=float(diameter), source=str(info.source or ""),
+                      info=info.slide.copy(spot_shape=spots.spot_shape or "circle", tissue_checked=False))
+        slide.validate()  # fail fast, on the main thread, with a clear message (the tissue: in the worker)
         return {"slide": slide, "image_layer": img}
 
     def _model_path(self):
@@ -138,15 +128,22 @@ class PredictionControls:
         except Exception as e:  # bad input: say what to fix, keep the widget usable
             self._fail(e)
             return
-        self.warnings_shown = self._update_warnings()
-        if self.warnings_shown:
+        self.warnings_shown = self._update_warnings(stain=False)  # the stain check ran in the background
+        img_id = id(req["image_layer"])
+        new = [m for m in self.warnings_shown if m not in self._toasted.get(img_id, [])]
+        if new:  # a toast once per slide and warning; the dock shows them all the time
             from napari.utils.notifications import show_warning
 
-            show_warning("HGGEP: " + " ".join(self.warnings_shown))
-        _import_torch_stack()
+            show_warning("HGGEP: " + " ".join(new))
+            self._toasted.setdefault(img_id, []).extend(new)
+        # a request the user confirmed despite its cost runs; any other is checked in the worker
+        req["allow_large"] = self.state.confirm is not None and self.state.confirm == _request_key(req)
+        self.state.confirm = None
         device = self.device.value
         spots_layer = None if self.spots.value == GENERATE else self.spots.value
-        self._start_job(_predict_job, req, model_path, device, status="Loading model…", yielded=self._on_progress,
+        self._start_job(_predict_job, req, model_path, device,
+                        status="Loading the model…" if torch_ready() else "Loading torch and the model (first run)…",
+                        yielded=self._on_progress,
                         returned=lambda res: self._on_done(res, req["image_layer"], spots_layer),
                         errored=self._fail, aborted=self._on_aborted)
 
@@ -156,13 +153,23 @@ class PredictionControls:
             self.worker.quit()
 
     def _set_running(self, running: bool):
-        self.predict_btn.enabled = not running
-        self.cancel_btn.enabled = running
         if running:
             self.progress.value = 0
+        self.state.busy = (self.status.value or "Working…") if running else ""
+
+    def _on_busy(self, busy: str):
+        """The buttons follow the dock's state: one job at a time, Cancel only while one runs."""
+        self.predict_btn.enabled = not busy
+        self.cancel_btn.enabled = bool(busy)
+
+    def _on_confirm(self, pending):
+        self.predict_btn.text = "Predict anyway" if pending is not None else "Predict"
 
     def _on_progress(self, msg):
         kind, done, total, text = msg
+        if kind == "cost":  # the estimate, before any work: shown as it is
+            self.status.value = text
+            return
         if kind == "notice":
             from napari.utils.notifications import show_warning
 
@@ -174,10 +181,9 @@ class PredictionControls:
         self.status.value = text
 
     def _on_done(self, result, image_layer, spots_layer=None):
-        pred, diameter, device, gene_pcc, protocol, gene_std, ranges = result
+        pred, device, gene_std, ranges, total = result
         name = f"{image_layer.name} genes"
-        data, kwargs, _ = prediction_layer_data(pred, diameter, gene_pcc, name=name, gene_pcc_protocol=protocol,
-                                                gene_std=gene_std, ranges=ranges)
+        data, kwargs, _ = prediction_layer_data(pred, name=name, gene_std=gene_std, ranges=ranges)
         kwargs["scale"] = tuple(image_layer.scale[-2:])
         kwargs["translate"] = tuple(image_layer.translate[-2:])
         if name in self.viewer.layers:
@@ -188,15 +194,16 @@ class PredictionControls:
         self.result.reset_choices()
         self.result.value = layer
         self._refresh_genes()
-        used = image_used_text({**image_layer.metadata.get(KEY, {}), "image_path": (pred.meta or {}).get("image_path"),
-                                "image_scale": pred.image_scale})
-        if used:  # which image was predicted on (exports stay in full-resolution pixels whichever it is)
-            layer.metadata[KEY]["image_path"] = (pred.meta or {}).get("image_path")
-        self.status.value = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots on {device}"
+        # which image was predicted on (exports stay in full-resolution pixels whichever it is)
+        used = image_used_text(pred.slide.copy(space_ranger=image_info(image_layer).slide.space_ranger))
+        grid = "" if spots_layer is not None else f" of a {float(self.pitch_um.value):g} µm grid generated over the tissue"
+        self.status.value = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots{grid} on {device}"
                              + (f", from {used}." if used else "."))
+        self.progress.max = max(int(total), 1)
+        self.progress.value = self.progress.max  # 100 % only now that the layer is there
         from ...reliability import slide_verdict
 
-        unknown = (pred.meta or {}).get("reliability_unknown")
+        unknown = pred.reliability.unknown_because
         for m in slide_verdict(pred):
             if m.startswith("warning") and not unknown:
                 from napari.utils.notifications import show_warning
@@ -209,7 +216,7 @@ class PredictionControls:
             self.status.value += (f" ⚠ Expected PCC on this slide unknown: {unknown}. No gene is marked reliable "
                                   "here.")
             show_warning(f"HGGEP: expected PCC on this slide unknown, because {unknown}")
-        measured = (pred.meta or {}).get("measured_pcc")
+        measured = pred.measured_pcc
         if measured is not None:
             ok = np.isfinite(np.asarray(measured, float))
             if ok.any():
@@ -219,11 +226,26 @@ class PredictionControls:
         self.device_info.value = f"{self.device.value} → {device}"
 
     def _fail(self, err):
+        from ...cost import CostTooLarge
+
         self._show_error(err)
         self._set_running(False)
+        self.progress.value = 0
+        if isinstance(err, CostTooLarge):  # the user's word is asked for: press again to run anyway
+            self.state.confirm = err.key
+            self.status.value += " Press 'Predict anyway' to run it all the same."
 
     def _on_aborted(self):
         self.status.value = "Cancelled."
+        self.progress.value = 0
+
+
+def _request_key(req: dict) -> tuple:
+    """What makes a prediction request the same one again (to confirm its cost once)."""
+    img = req["image_layer"]
+    slide = req.get("slide")
+    return (id(img), float(req.get("um_per_px") or (slide.um_per_px if slide is not None else 0)),
+            None if slide is None else slide.n_spots, req.get("grid_pitch"))
 
 
 def _predict_job(req: dict, model_path, device: str):
@@ -235,22 +257,34 @@ def _predict_job(req: dict, model_path, device: str):
 
 
 def _predict_job_steps(req: dict, model_path, device: str):
+    yield ("status", 0, 1, "Loading torch and the model…")
+    wait_for_torch()  # started in the background when the dock opened
     from ..._bundled import load_model
+    from ...cost import CostTooLarge, slide_cost
+    from ...data.quality import require_tissue
     from ...data.readers import grid_slide
     from ...predict import predict_steps
 
-    yield ("status", 0, 1, "Loading model…")
     bundle = load_model(model_path, device)
     slide = req.get("slide")
     if slide is None:
-        yield ("status", 0, 1, "Finding tissue…")
+        yield ("status", 0, 1, "Finding tissue and laying the grid…")
         slide = grid_slide(req["image"], req["um_per_px"], req["grid_pitch"], name=req["name"])
-        slide.meta.update(req.get("slide_meta") or {})
+        slide.info = req["slide_info"]
+    else:
+        yield ("status", 0, 1, "Checking the tissue under the spots…")
+        require_tissue(slide)  # a blank image under the spots is never predicted on
+        slide.info.tissue_checked = True
+    cost = slide_cost(slide, bundle.config, len(bundle.genes), layer=True, device=bundle.device.type)
+    if cost.problem() and not req.get("allow_large"):
+        raise CostTooLarge(f"{slide.name}: {cost.problem()}.", _request_key(req))
+    yield ("cost", 0, 1, f"Predicting {cost.describe()}…")
     notices: list[str] = []  # out-of-memory fallbacks, shown by the widget on the main thread
     gen = predict_steps(bundle, slide, notify=notices.append)
     while True:
         try:
-            done, total = next(gen)
+            step = next(gen)
+            done, total = step
         except StopIteration as stop:
             pred = stop.value
             from ..layers import gene_ranges
@@ -260,9 +294,9 @@ def _predict_job_steps(req: dict, model_path, device: str):
 
             pred.images = spatial_images(pred)  # the slide's small copies for an AnnData export, made here
             pred.image = None
-            return (pred, slide.spot_diameter_um, bundle.device.type, bundle.gene_pcc(),
-                    bundle.gene_pcc_protocol(), None if sd is None else np.asarray(sd, np.float32),
-                    gene_ranges(pred.values))  # percentiles here, off the main thread
+            yield ("progress", total - 1, total, "Adding the result layer…")
+            return (pred, bundle.device.type, None if sd is None else np.asarray(sd, np.float32),
+                    gene_ranges(pred.values), total)  # percentiles here, off the main thread
         while notices:
             yield ("notice", done, total, notices.pop(0))
-        yield ("progress", done, total, f"Predicting… {done}/{total} spots")
+        yield ("progress", done, total, f"{getattr(step, 'phase', '') or 'Predicting'}…")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
 
-from ..layers import KEY, is_prediction_layer
+from ..layers import (PIXEL_FRAME, ImageLayerInfo, MapLayerInfo, SpotsLayerInfo, image_info, is_prediction_layer,
+                      layer_info)
 from .space_ranger import image_used_text
 
 GENERATE = "Generate spots over tissue"
-PIXEL_FRAME = "image pixels"  # a spot table's coordinates: full-resolution pixels of the image it belongs to
 ASK_UM = "not in the file: enter the pixel size (µm per pixel of the full-resolution image)"
 
 
@@ -24,21 +24,32 @@ def image_px(points_layer, image_layer) -> np.ndarray:
 
 def is_pixel_table(layer) -> bool:
     """A spot table read from CSV: its coordinates are pixels of an image it does not know."""
-    return layer.__class__.__name__ == "Points" and layer.metadata.get(KEY, {}).get("frame") == PIXEL_FRAME
+    info = layer_info(layer, SpotsLayerInfo)
+    return layer.__class__.__name__ == "Points" and info is not None and info.frame == PIXEL_FRAME
 
 
 def place_on_image(points_layer, image_layer) -> None:
     """Put a spot table (full-resolution pixels) on ``image_layer``'s pixel grid: its scale and translation."""
     points_layer.scale = tuple(image_layer.scale[-2:])
     points_layer.translate = tuple(image_layer.translate[-2:])
-    points_layer.metadata.setdefault(KEY, {})["placed_on"] = image_layer.name
+    info = layer_info(points_layer, SpotsLayerInfo)
+    if info is not None:
+        info.placed_on = image_layer.name
 
 
-def parse_um_per_px(text) -> float:
+def parse_um_per_px(text, recorded: float | None = None) -> float:
+    """The pixel size typed in the dock, refused (before anything is read or allocated) when it is
+    not a number or, typed by hand (not ``recorded``, what the image's files say), outside what an
+    H&E scan can be, as the command line refuses ``--um-per-px``
+    (:data:`~napari_hggep.data.quality.PLAUSIBLE_UM_PER_PX`)."""
+    from ...data.quality import plausible_um_per_px_problem
     from ...data.slide import SlideError
 
     t = str(text if text is not None else "").strip().replace(",", ".")
     if not t:
+        if recorded:
+            raise SlideError(f"Enter µm per pixel: the field is empty (the image's file says {recorded:.6g}; "
+                             "pick the image again to take it).")
         raise SlideError("Enter µm per pixel: this image does not record its pixel size, and a guess would put "
                          "the patches at the wrong size (e.g. 0.25 for a 40× scan, 0.5 for 20×; the HER2+ "
                          "JPEGs are 0.69).")
@@ -46,9 +57,26 @@ def parse_um_per_px(text) -> float:
         v = float(t)
     except ValueError:
         raise SlideError(f"µm per pixel must be a number such as 0.5, not {str(text)[:30]!r}.") from None
-    if not (np.isfinite(v) and v > 0):
-        raise SlideError(f"µm per pixel must be a positive number, not {t}.")
+    # what the image's files say is the slide's own figure (a Visium lowres PNG is 20-30 µm/px); a
+    # value typed by hand is refused outside what an H&E scan can be
+    typed = recorded is None or abs(v - float(recorded)) > 1e-6 * max(abs(v), 1.0)
+    problem = plausible_um_per_px_problem(v) if typed else (None if v > 0 and np.isfinite(v) else "is not positive")
+    if problem:
+        raise SlideError(f"{v:g} µm per pixel {problem}: check the µm per pixel field (a typo?). Nothing was "
+                         "predicted.")
     return v
+
+
+def belongs_to(spots_layer, image_layer) -> bool:
+    """Whether a spots layer came with an image layer (the same Space Ranger folder, or the same
+    slide's name)."""
+    spots, img = layer_info(spots_layer, SpotsLayerInfo), layer_info(image_layer, ImageLayerInfo)
+    if spots is None or img is None:
+        return False
+    sr = img.slide.space_ranger
+    if sr is not None and spots.space_ranger is not None:
+        return spots.space_ranger.folder == sr.folder
+    return spots_layer.name.startswith(image_layer.name)
 
 
 class SourceControls:
@@ -68,26 +96,34 @@ class SourceControls:
                 self.spots, self.pitch_um, self.um_per_px, self.um_source, self.image_warning]
 
     def _connect_source(self):
-        self.image_layer.changed.connect(self._on_image)
+        # the boxes set the dock's state; what the dock shows follows the state's events
+        self.image_layer.changed.connect(lambda v: setattr(self.state, "image", v))
+        self.state.events.image.connect(self._on_image)
         self.open_btn.clicked.connect(self.open_folder)
         self._connect_space_ranger()
-        self.spots.changed.connect(self._on_spots)
+        self.spots.changed.connect(lambda v: setattr(self.state, "spots", v))
+        self.state.events.spots.connect(self._on_spots)
         self.um_per_px.changed.connect(self._on_um_per_px)
 
     # -------------------------------------------------------------- choices
-    def _image_layers(self, _=None):
-        return [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image"]
+    def _image_layers(self, _=None):  # not the tissue copy under a measured map
+        return [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and layer_info(ly, MapLayerInfo) is None]
 
     def _spot_sources(self, _=None):
-        pts = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Points" and not is_prediction_layer(ly)]
+        pts = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Points" and not is_prediction_layer(ly)
+               and layer_info(ly, MapLayerInfo) is None]
         return [(ly.name, ly) for ly in pts] + [(GENERATE, GENERATE)]
 
     def _on_image(self, layer):
-        if layer is None:
+        if layer is None:  # no image: nothing of the last one stays in the dock
+            self.um_per_px.value = ""
+            self.um_source.value = ASK_UM
+            self.image_warning.value = ""
+            self.image_warning.visible = False
             self._sync_space_ranger(None)
             return
-        meta = layer.metadata.get(KEY, {})
-        upp, where = meta.get("um_per_px"), meta.get("um_per_px_source")
+        info = image_info(layer)
+        upp, where = info.um_per_px, info.um_per_px_source
         if upp is None and tuple(layer.scale[-2:]) != (1.0, 1.0):
             upp, where = float(layer.scale[-1]), "the layer's scale (taken as µm per pixel)"
         # a new image never inherits the last one's pixel size
@@ -95,16 +131,17 @@ class SourceControls:
         self.um_source.value = f"from {where}" if upp else ASK_UM
         # prefer the spots that came with this image
         for name, obj in self._spot_sources():
-            if obj != GENERATE and name.startswith(layer.name):
+            if obj != GENERATE and (belongs_to(obj, layer) or name.startswith(layer.name)):
                 self.spots.value = obj
                 break
         src = self.spots.value
         if src not in (None, GENERATE) and is_pixel_table(src):
             place_on_image(src, layer)
         for ly in self.viewer.layers:
-            if is_pixel_table(ly) and "placed_on" not in ly.metadata.get(KEY, {}):
+            if is_pixel_table(ly) and layer_info(ly).placed_on is None:
                 place_on_image(ly, layer)
-        self._update_warnings()
+        self._update_warnings(stain=False)
+        self._check_stain(layer)  # in the background: the warning appears when it is known
         self._sync_space_ranger(layer)
 
     def _add_layers(self, layers, at: int | None = None) -> list:
@@ -153,53 +190,89 @@ class SourceControls:
         pts = [ly for ly in added if ly.__class__.__name__ == "Points"]
         if pts:
             self.spots.value = pts[0]
-        used = image_used_text(img.metadata.get(KEY, {}))
+        info = image_info(img)
+        used = image_used_text(info.slide)
         self.status.value = (f"Opened {img.name}: {len(pts[0].data) if pts else 0:,} spots"
                              + (f" on {used}" if used else "") + "."
-                             + ("" if img.metadata.get(KEY, {}).get("um_per_px") else
+                             + ("" if info.um_per_px else
                                 " Enter µm per pixel, then press Predict."))
 
     def _on_um_per_px(self, _=None):
         img = self.image_layer.value
-        meta = {} if img is None else img.metadata.get(KEY, {})
+        info = layer_info(img, ImageLayerInfo) if img is not None else None
+        known = info.um_per_px if info is not None else None
         try:
-            v = parse_um_per_px(self.um_per_px.value)
-        except ValueError:
+            v = parse_um_per_px(self.um_per_px.value, known)
+        except ValueError as e:
             v = None
-        if v is not None and meta.get("um_per_px") is not None and abs(v - float(meta["um_per_px"])) > 1e-9:
-            self.um_source.value = "entered here (the file says " + f"{float(meta['um_per_px']):.6g})"
-        elif v is not None and meta.get("um_per_px") is None:
+            if str(self.um_per_px.value or "").strip():  # a typo is said at once, under the field
+                self.um_source.value = f"⚠ {e}"
+        if v is not None and known is not None and abs(v - float(known)) > 1e-9:
+            self.um_source.value = "entered here (the file says " + f"{float(known):.6g})"
+        elif v is not None and known is None:
             self.um_source.value = "entered here"
         self._update_warnings(stain=False)
 
-    def _update_warnings(self, stain: bool = True) -> list[str]:
-        """The image's warnings (resolution outside training, not H&E), shown under the µm field."""
+    def _check_stain(self, layer) -> None:
+        """Whether the image looks like H&E, judged on a thumbnail in a worker thread (never on the
+        GUI thread); the warning line is updated when the verdict arrives."""
+        from napari.qt.threading import create_worker
+
+        from ...data.image import as_pyramid
+        from ...data.quality import stain_warning
+
+        if layer is None or not layer.rgb:
+            return
+        info, key = image_info(layer), id(layer.data)
+        if info.stain is not None and info.stain[0] == key:
+            return
+        data = as_pyramid(layer.data) if layer.multiscale else layer.data
+
+        def check():
+            try:
+                return stain_warning(data)
+            except Exception:  # a warning never blocks anything
+                return None
+
+        def done(w):
+            info.stain = (key, w)
+            if self.image_layer.value is layer:
+                self._update_warnings(stain=False)
+
+        worker = create_worker(check, _start_thread=False)
+        worker.returned.connect(done)
+        self._stain_worker = worker  # kept until it ends
+        worker.start()
+
+    def _update_warnings(self, stain: bool = False) -> list[str]:
+        """The image's warnings (resolution outside training, not H&E), shown under the µm field;
+        ``stain``: judge the stain now, on this thread (else the background verdict, once known)."""
         from ...data.quality import resolution_warning, stain_warning
 
         img = self.image_layer.value
         msgs = []
         try:
-            v = parse_um_per_px(self.um_per_px.value)
+            v = parse_um_per_px(self.um_per_px.value, image_info(img).um_per_px if img is not None else None)
         except ValueError:
             v = None
         if v is not None and (m := resolution_warning(v)):
             msgs.append(m)
+        info = image_info(img) if img is not None else None
         if img is not None and img.rgb:
-            key = ("stain", id(img.data))
-            cache = img.metadata.setdefault(KEY, {})
-            if stain or key not in cache.get("_warn", {}):
+            key = id(img.data)
+            if stain and (info.stain is None or info.stain[0] != key):
                 from ...data.image import as_pyramid
 
                 try:
                     w = stain_warning(as_pyramid(img.data) if img.multiscale else img.data)
                 except Exception:  # a warning never blocks anything
                     w = None
-                cache["_warn"] = {key: w}
-            if cache["_warn"].get(key):
-                msgs.append(cache["_warn"][key])
-        notice = img.metadata.get(KEY, {}).get("notice") if img is not None else None
-        if notice:
-            msgs.append(notice)
+                info.stain = (key, w)
+            if info.stain is not None and info.stain[0] == key and info.stain[1]:
+                msgs.append(info.stain[1])
+        notice = info.slide.notice if info is not None else None
+        if notice and not notice.startswith("predicting on the full-resolution image"):  # that one is news, not a
+            msgs.append(notice)  # warning: the "Predicts on" line says which image is used
         self.image_warning.value = "⚠ " + "\n⚠ ".join(msgs) if msgs else ""
         self.image_warning.visible = bool(msgs)
         return msgs

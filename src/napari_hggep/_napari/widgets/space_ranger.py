@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from magicgui.widgets import ComboBox, FileEdit, Label
 
-from ..layers import KEY
+from ..layers import SpotsLayerInfo, image_info, layer_info
 
 OTHER_FULLRES = "Another full-resolution image…"  # a Space Ranger folder's image chosen by file
 IMAGE_KINDS = {"hires": "hires PNG", "lowres": "lowres PNG", "fullres": "full resolution"}
@@ -21,16 +21,19 @@ def image_kind(path) -> str:
     return next((k for k in ("hires", "lowres") if f"tissue_{k}_image" in name), "fullres")
 
 
-def image_used_text(meta: dict) -> str:
-    """Which image a layer shows (and Predict uses), and its scale to Space Ranger's full resolution."""
+def image_used_text(slide) -> str:
+    """Which image a layer shows (and Predict uses), and its scale to Space Ranger's full resolution;
+    ``slide``: the :class:`~napari_hggep.records.SlideInfo` of the layer (or of a prediction)."""
     from pathlib import Path
 
-    path, scale = meta.get("image_path"), float(meta.get("image_scale", 1.0) or 1.0)
+    if slide is None:
+        return ""
+    path, scale = slide.image_path, float(slide.image_scale or 1.0)
     if not path:
         return ""
     file, _, element = str(path).partition("::")  # a SpatialData store's image element: store.zarr::he
     name = Path(file).name + (f"::{element}" if element else "")
-    if not meta.get("space_ranger"):
+    if slide.space_ranger is None:
         return name if scale == 1 else f"{name} ({scale:.4g} × full resolution)"
     kind = image_kind(path)
     return f"{name} ({IMAGE_KINDS[kind]}" + (f", {scale:.4g} × full resolution)" if kind != "fullres" else ")")
@@ -63,21 +66,21 @@ class SpaceRangerControls:
 
         from ...data.space_ranger import space_ranger_images
 
-        meta = {} if layer is None else layer.metadata.get(KEY, {})
-        sr = meta.get("space_ranger")
+        info = None if layer is None else image_info(layer)
+        sr = None if info is None else info.slide.space_ranger
         self._syncing = True
         try:
             for w in (self.sr_image, self.image_used):
                 w.visible = sr is not None
-            self.bins.visible = sr is not None and sr.get("kind") == "hd"
+            self.bins.visible = sr is not None and sr.kind == "hd"
             self.sr_fullres.visible = False
             if sr is None:
                 return
             try:
-                cands = space_ranger_images(sr["folder"])
+                cands = space_ranger_images(sr.folder)
             except OSError:
                 cands = []
-            cur, kind = Path(sr["image"]), image_kind(sr["image"])
+            cur, kind = Path(sr.image), image_kind(sr.image)
             choices = [(f"{p.name} ({IMAGE_KINDS[k]})", str(p)) for k, p in cands]
             same = [str(p) for k, p in cands if p.resolve() == cur.resolve()]
             same = same or [str(p) for k, p in cands if k == kind and kind != "fullres"]
@@ -87,9 +90,9 @@ class SpaceRangerControls:
             self._sr_choices = choices + [(OTHER_FULLRES, OTHER_FULLRES)]
             self.sr_image.reset_choices()
             self.sr_image.value = same[0]
-            if sr.get("kind") == "hd":
-                self.bins.value = f"{int(sr['bin_um'])} µm"
-            self.image_used.value = "Predicts on " + image_used_text(meta)
+            if sr.kind == "hd":
+                self.bins.value = f"{int(sr.bin_um)} µm"
+            self.image_used.value = "Predicts on " + image_used_text(info.slide)
         finally:
             self._syncing = False
 
@@ -120,34 +123,50 @@ class SpaceRangerControls:
         from ..reader import space_ranger_layers
 
         layer = self.image_layer.value
-        try:
-            if self.worker is not None:
-                raise RuntimeError("Wait for the prediction to finish (or cancel it) before changing the image.")
-            sr = dict(layer.metadata[KEY]["space_ranger"])
-            hd = sr.get("kind") == "hd"
-            if image is None:
-                image = sr["image"]  # other bins over the same image
-            layers, slide = space_ranger_layers(sr["folder"], image=image,
-                                                bin_um=(bin_um or sr.get("bin_um")) if hd else None)
-        except Exception as e:
+
+        def failed(e):
             msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
             self._fail(ValueError(msg.replace("Use --bin-um 8 or 16.", "Choose 8 or 16 µm bins.")))
             self._sync_space_ranger(layer)  # the choices show what is open again
+
+        try:
+            if self.worker is not None:
+                raise RuntimeError("Wait for the prediction to finish (or cancel it) before changing the image.")
+            sr = image_info(layer).slide.space_ranger
+            hd = sr.kind == "hd"
+            if image is None:
+                image = sr.image  # other bins over the same image
+        except Exception as e:
+            failed(e)
             return
-        self._replace_space_ranger_layers(layer, layers)
-        what = f"{len(slide.spot_ids):,} {'bins' if hd else 'spots'}"
-        self.status.value = (f"Showing {what} on {image_used_text(self.image_layer.value.metadata[KEY])}; "
-                             "press Predict.")
+
+        def read():  # in a worker thread: a folder's positions and images are read off the GUI thread
+            return space_ranger_layers(sr.folder, image=image, bin_um=(bin_um or sr.bin_um) if hd else None)
+
+        def done(result):
+            layers, slide = result
+            self._replace_space_ranger_layers(layer, layers)
+            what = f"{len(slide.spot_ids):,} {'bins' if hd else 'spots'}"
+            self.status.value = (f"Showing {what} on {image_used_text(image_info(self.image_layer.value).slide)}; "
+                                 "press Predict.")
+
+        self._start_job(read, status="Reading the folder again…", returned=done, errored=failed)
 
     def _replace_space_ranger_layers(self, old_image, layers):
-        folder = old_image.metadata[KEY]["space_ranger"]["folder"]
+        folder = image_info(old_image).slide.space_ranger.folder
         vl = self.viewer.layers
         old_spots = [ly for ly in vl if ly.__class__.__name__ == "Points"
-                     and ly.metadata.get(KEY, {}).get("kind") == "spots"
-                     and ly.metadata.get(KEY, {}).get("space_ranger", {}).get("folder") == folder]
+                     and (info := layer_info(ly, SpotsLayerInfo)) is not None
+                     and info.space_ranger is not None and info.space_ranger.folder == folder]
         at = vl.index(old_image)
-        for ly in [old_image, *old_spots]:
-            vl.remove(ly)
-        img, pts = self._add_layers(layers, at=min(at, len(vl)))
+        self._replacing = True  # the dock's own layer events: not a slide opened by the user
+        try:
+            for ly in [old_image, *old_spots]:
+                vl.remove(ly)
+            img, pts = self._add_layers(layers, at=min(at, len(vl)))
+        finally:
+            self._replacing = False
+        self.image_layer.reset_choices()
         self.image_layer.value = img
+        self.spots.reset_choices()
         self.spots.value = pts
