@@ -77,8 +77,7 @@ def main() -> int:
              lambda: viewer.open(str(args.folder), plugin="napari-hggep"))
 
     def predict(label):
-        before = w.result.value
-        step(label, w.run, until=lambda: w.worker is None and w.result.value is not before, settle=1.5)
+        step(label, w.run, until=lambda: w.worker is None, settle=1.5)  # the worker starts in run()
         print(f"    {w.status.value[:160]}", flush=True)
 
     predict("Predict (first: torch's import in the background)")

@@ -4,7 +4,7 @@ half of the memory free now). The command line and the napari dock ask the same 
 No torch, no Qt: only arithmetic on the slide's and the model's sizes.
 
 The memory model counts what a prediction holds at its peak: the spots x genes values (float32,
-once in the prediction and, for a napari layer, once more in the layer's column-major copy), the
+once in the prediction, which a napari layer keeps without a copy; a writer's chunks), the
 slide's counts when they are compared, the image tokens (3 stages x the model width), one batch
 of patches read at the image's resolution (a patch of 70 um is 1,410 px a side at 0.05 um/px:
 the pixel-size typo that once took a machine down) and about 0.5 GB for torch and the model.
@@ -98,12 +98,12 @@ def estimate_cost(spots: int, genes: int, um_per_px: float, config, shared: bool
     """The cost of predicting ``genes`` genes for ``spots`` spots of an image at ``um_per_px`` with
     a model of ``config`` (an ``HGGEPConfig``: ``patch_um``, ``patch_px``, ``dim``, ``image_path``);
     ``shared``: dense spots encoded by the shared trunk; ``layer``: the result becomes a napari layer
-    (one more copy of the values); ``counts``: the slide's counts are compared. ``free_bytes``
+    (its colour ranges computed in chunks); ``counts``: the slide's counts are compared. ``free_bytes``
     defaults to what :func:`free_memory_bytes` reads now."""
     n, g = max(int(spots), 0), max(int(genes), 0)
     patch_px = float(config.patch_um) / float(um_per_px)
     values = n * g * 4
-    copies = 1.0 + (1.0 if layer else 0.5)  # the prediction; the layer's copy, or a writer's chunks
+    copies = 1.0 + (0.25 if layer else 0.5)  # the prediction (a layer keeps it, no copy); a writer's chunks
     mem = BASE_BYTES + copies * values
     if counts:
         mem += 0.5 * values  # sparse counts of the predicted genes, in the target space

@@ -157,6 +157,7 @@ def spots_layer_data(slide: Slide, name: str | None = None) -> tuple:
     return (slide.xy[:, ::-1].copy(), kwargs, "points")
 
 
+MIN_SPOT_SCREEN_PX = (5, 10000)  # spots are drawn at their size, at least 5 screen pixels wide
 FLAT_FRACTION = 0.05  # a map whose 1st-99th percentile spread is below 5 % of the gene's training s.d. is flat
 RANGE_NAME = "1st–99th percentile"
 
@@ -166,7 +167,11 @@ def gene_ranges(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float32)
     if len(v) == 0:
         return np.zeros((v.shape[1] if v.ndim == 2 else 0, 2), np.float32)
-    return np.percentile(v, [1, 99], axis=0).T.astype(np.float32)
+    out = np.empty((v.shape[1], 2), np.float32)
+    step = max(1, int(64e6 // (4 * len(v))))  # about 64 MB of columns at a time, never the whole slide's copy
+    for j in range(0, v.shape[1], step):
+        out[j:j + step] = np.percentile(v[:, j:j + step], [1, 99], axis=0).T
+    return out
 
 
 def prediction_layer_data(pred: Prediction, name=None, gene_std=None, ranges=None) -> tuple:
@@ -179,7 +184,9 @@ def prediction_layer_data(pred: Prediction, name=None, gene_std=None, ranges=Non
     from dataclasses import replace
 
     upp = float(pred.image_um_per_px)  # the layer's pixels are those of the image predicted on
-    values = np.asfortranarray(np.asarray(pred.values, dtype=np.float32))  # a gene is a contiguous column
+    # the prediction's own values, not a copy (a Visium HD slide's are GBs); a gene's column is read
+    # strided when it is shown
+    values = np.asarray(pred.values, dtype=np.float32)
     pred = replace(pred, values=values, genes=[str(g) for g in pred.genes],
                    spot_ids=np.asarray(pred.spot_ids).astype(str), image=None)
     info = PredictionLayerInfo(prediction=pred, ranges=gene_ranges(values) if ranges is None else
@@ -190,6 +197,7 @@ def prediction_layer_data(pred: Prediction, name=None, gene_std=None, ranges=Non
         "name": name or f"{pred.name} genes",
         "scale": (upp, upp),
         "size": float(pred.spot_diameter_um or upp) / upp,
+        "canvas_size_limits": MIN_SPOT_SCREEN_PX,  # true size, but never a speck at a whole slide's zoom
         "border_width": 0,
         "opacity": 0.9,
         "features": spot_features(pred.spot_ids),

@@ -1,5 +1,11 @@
 """npe2 reader: a Visium or Visium HD outs/ folder, a HER2+ ST folder, a SpatialData .zarr with an
-H&E image and spots, or a spots CSV."""
+H&E image and spots, or a spots CSV.
+
+napari calls a reader on its GUI thread, so these read metadata and spot tables only: a TIFF stays
+on disk (a lazy view; zarr opens it at the first pixel read), a large one is shown through coarser
+levels (a pyramid's own, a Space Ranger folder's PNGs, or an :class:`~..data.image.Overview`), and
+the pixel checks (tissue under the spots, stain) run later, off the GUI thread (the Predict dock's
+workers) and again before any prediction."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,34 +48,81 @@ def read_slide_folder(path):
         slide = read_her2st(path, with_counts=False)
         layers = [image_layer_data(slide, "the 200 µm pitch of the ST spots"), spots_layer_data(slide)]
     if slide.info.notice:  # e.g. a blank hires PNG replaced by the lowres one
-        from napari.utils.notifications import show_warning
+        from napari.utils.notifications import show_info, show_warning
 
-        show_warning(f"HGGEP: {slide.info.notice}")
+        # which image a folder is read on is news, said once; a replaced blank image is a warning
+        news = slide.info.notice.startswith("predicting on the full-resolution image")
+        (show_info if news else show_warning)(f"HGGEP: {slide.info.notice}")
     return layers
+
+
+EAGER_PIXELS = 2**22  # an image of at most 4 Mpx (12 MB) is decoded by the reader: napari shows it at once
+
+
+def shown_image(image, pngs_of=None):
+    """What an image layer holds for ``image``: a small image decoded (cheap, and napari draws an
+    array in memory fastest); a large single-level lazy one with coarser levels for the whole-slide
+    view, so napari never decodes it whole: the Space Ranger folder's PNGs of the slide ``pngs_of``
+    when they fit (:func:`~..data.space_ranger.png_levels`, kept as the image's levels), else an
+    :class:`~..data.image.Overview` made in strips at the first draw (:func:`with_overview`)."""
+    import numpy as np
+
+    from ..data.image import LazyRGB
+
+    if isinstance(image, np.ndarray) or getattr(image, "levels", None):
+        return image
+    if int(image.shape[0]) * int(image.shape[1]) <= EAGER_PIXELS:
+        return np.asarray(image)
+    if not isinstance(image, LazyRGB):  # e.g. a SpatialData element: read in strips, like a TIFF
+        image = LazyRGB(image)
+    if pngs_of is not None:
+        from ..data.space_ranger import png_levels
+
+        image.levels = png_levels(pngs_of)
+    return image
+
+
+def with_overview(layers: list) -> list:
+    """Layer data tuples with each single-level lazy image layer made multiscale: level 0 and its
+    :class:`~..data.image.Overview` (:func:`~..data.image.display_levels`)."""
+    from ..data.image import display_levels
+
+    out = []
+    for data, kwargs, kind in layers:
+        if kind == "image" and not kwargs.get("multiscale"):
+            levels = display_levels(data)
+            if len(levels) > 1:
+                data, kwargs = levels, {**kwargs, "multiscale": True}
+        out.append((data, kwargs, kind))
+    return out
 
 
 def space_ranger_layers(folder, image=None, bin_um=None) -> tuple[list, object]:
     """The image and spots layers of a Space Ranger folder, and its slide. ``image``: the image to
     predict on (the full-resolution file, ``tissue_hires_image.png`` or ``tissue_lowres_image.png``;
-    default the hires PNG); ``bin_um``: Visium HD bins (8 or 16, default 16; 2 is refused with the
-    reason). Both layers are in micrometres, so spots drawn over any of these images line up with it."""
+    default the best the folder has: a full-resolution image in or beside it, else the hires PNG);
+    ``bin_um``: Visium HD bins (8 or 16, default 16; 2 is refused with the reason). Both layers are in
+    micrometres, so spots drawn over any of these images line up with it. A full-resolution TIFF is
+    read lazily (only its metadata here) and shown from the folder's PNGs at the whole-slide view
+    (:func:`shown_image`)."""
     from ..data.slide import SlideError
 
     folder = Path(folder)
     if is_visium_hd_folder(folder) or bins_root(folder) is not None:  # squares of the bin size
-        slide = read_visium_hd(folder, bin_um, image=image) if image is not None else \
-            on_best_image(lambda im: read_visium_hd(folder, bin_um, image=im), folder)
+        slide = read_visium_hd(folder, bin_um, image=image, lazy=True) if image is not None else \
+            on_best_image(lambda im: read_visium_hd(folder, bin_um, image=im, lazy=True), folder)
         where = (f"microns_per_pixel in scalefactors_json.json (Visium HD, {slide.spot_diameter_um:g} µm bins"
                  + (f"; default {DEFAULT_BIN_UM} µm)" if slide.spot_diameter_um == DEFAULT_BIN_UM else ")"))
     elif is_visium_folder(folder):
         if bin_um is not None:
             raise SlideError(f"{folder} is a Visium folder (55 µm spots); bins are for Visium HD folders")
-        slide = read_visium(folder, image=image, with_counts=False) if image is not None else \
-            on_best_image(lambda im: read_visium(folder, image=im, with_counts=False), folder)
+        slide = read_visium(folder, image=image, with_counts=False, lazy=True) if image is not None else \
+            on_best_image(lambda im: read_visium(folder, image=im, with_counts=False, lazy=True), folder)
         where = "spot_diameter_fullres in scalefactors_json.json (Visium spots are 55 µm)"
     else:
         raise SlideError(f"{folder} is not a Space Ranger outs/ folder (Visium or Visium HD)")
-    layers = [image_layer_data(slide, where), spots_layer_data(slide)]
+    slide.image = shown_image(slide.image, pngs_of=slide)
+    layers = with_overview([image_layer_data(slide, where), spots_layer_data(slide)])
     from dataclasses import replace
 
     sr = replace(slide.info.space_ranger, image=str(slide.info.image_path))
@@ -87,16 +140,13 @@ def read_spatialdata_store(path):
     to predict. A store napari-hggep wrote is in micrometres; for another store the pixel size is
     not known, so both layers are in the image's pixels and the Predict widget asks for µm per
     pixel. Needs the optional extra (``pip install "napari-hggep[spatialdata]"``)."""
-    import numpy as np
-
     from ..data.spatialdata_export import read_spatialdata
 
     path = Path(path[0] if isinstance(path, list) else path)
     slide = read_spatialdata(path, pixel_size_needed=False)
-    if slide.shape[0] * slide.shape[1] <= 64e6 and not getattr(slide.image, "levels", None):
-        slide.image = np.asarray(slide.image)  # a small image in memory, as napari shows it best
+    slide.image = shown_image(slide.image)  # a small image in memory, as napari shows it best; a large one lazy
     if not slide.info.um_per_px_unknown:
-        return [image_layer_data(slide, slide.info.um_per_px_source), spots_layer_data(slide)]
+        return with_overview([image_layer_data(slide, slide.info.um_per_px_source), spots_layer_data(slide)])
     # store.zarr::element, said at Predict
     img = image_data_tuple(slide.image, None, slide.name, source=slide.info.image_path or str(path), info=slide.info)
     data, kwargs, kind = spots_layer_data(slide)  # in pixels (um_per_px 1 stands for "not known")
@@ -104,21 +154,23 @@ def read_spatialdata_store(path):
     # the widget sizes the spots from the µm per pixel entered
     spots.um_per_px = spots.spot_diameter_um = None
     spots.frame, spots.source = PIXEL_FRAME, str(path)
-    return [img, (data, kwargs, kind)]
+    return with_overview([img, (data, kwargs, kind)])
 
 
 def read_tiff(path):
     """A TIFF, OME-TIFF or SVS: a pyramid opens lazily as a multiscale layer (napari decodes
     only the tiles it shows, from the level that fits the zoom), scaled in micrometres when the
-    file says its pixel size (OME physical size, Aperio MPP, TIFF resolution tags)."""
+    file says its pixel size (OME physical size, Aperio MPP, TIFF resolution tags). A single-level
+    TIFF of at most :data:`EAGER_PIXELS` is decoded here; a larger one stays lazy, shown through an
+    :class:`~..data.image.Overview` (made in strips at the first draw, level 0 never whole in memory)."""
     from ..data.image import image_stem, image_um_per_px_source, read_image
 
     path = Path(path[0] if isinstance(path, list) else path)
-    image = read_image(path, lazy=True)
-    if not image.levels:
-        image = read_image(path)  # one level: eager when small, lazy over level 0 when huge
+    image = read_image(path, lazy=True)  # metadata only
+    if not image.levels:  # one level: decoded when small, else level 0 lazy and an Overview to show it
+        image = shown_image(image)
     upp, where = image_um_per_px_source(path)
-    return [image_data_tuple(image, upp, image_stem(path), source=str(path), um_per_px_source=where)]
+    return with_overview([image_data_tuple(image, upp, image_stem(path), source=str(path), um_per_px_source=where)])
 
 
 def read_spots_table(path):

@@ -88,10 +88,12 @@ def visium_image_scale(name: str, shape, xy_fullres: np.ndarray, sf: dict, sf_pa
                      "image of this Space Ranger output: its spots fall outside it at every scale factor")
 
 
-def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: dict, sf_path, diameter: float):
+def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: dict, sf_path, diameter: float,
+                             lazy: bool | None = None):
     """The folder's image to predict from when none is named: ``tissue_hires_image.png``, or, when
     that shows no tissue under the spots (Space Ranger 1.0 sometimes writes a black one), the lowres
-    PNG or a full-resolution image beside ``spatial/``. Returns ``(path, image, scale, notice)``."""
+    PNG or a full-resolution image beside ``spatial/``. Returns ``(path, image, scale, notice)``.
+    ``lazy``: as :func:`~.image.read_image` for a TIFF among them (the PNGs are read whole: they are small)."""
     from .image import IMAGE_SUFFIXES
     from .quality import NO_TISSUE_IMAGE, tissue_under_spots
 
@@ -110,7 +112,7 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
 
     for path in cands:
         try:
-            img = read_image(path)
+            img = read_image(path, lazy=lazy)
             scale = visium_image_scale(path.name, img.shape, xy, sf, sf_path)
         except SlideError as e:
             problems.append((path.name, str(e)))
@@ -124,7 +126,7 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
         problems.append((path.name, rep.reason()))
     # the folder still reads (positions, counts); predicting on it is refused by quality.require_tissue
     first = cands[0]
-    img = read_image(first)
+    img = read_image(first, lazy=lazy)
     problems_said = "; ".join(f"{n}: {why}" for n, why in problems)
     notice = (f"{NO_TISSUE_IMAGE} ({problems_said}); give the slide's full-resolution image (predict IMAGE "
               "--visium outs/, or open it in napari with the spots)")
@@ -177,12 +179,47 @@ def space_ranger_images(folder) -> list[tuple[str, Path]]:
     return out
 
 
-def visium_named_image(image, xy_fullres: np.ndarray, sf: dict, sf_path) -> tuple[Path, object, float]:
+def visium_named_image(image, xy_fullres: np.ndarray, sf: dict, sf_path,
+                       lazy: bool | None = None) -> tuple[Path, object, float]:
     """The image a user named for a Space Ranger folder (full-resolution, hires or lowres), read,
-    with its scale to full-resolution pixels: ``(path, image, scale)``."""
+    with its scale to full-resolution pixels: ``(path, image, scale)``. Which image it is follows
+    from its name and shape (metadata): no pixel is looked at here. ``lazy=True``: a TIFF stays on
+    disk (:func:`~.image.read_image`), only its metadata read."""
     image = Path(image)
     if not image.is_file():
         raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
                          "or tissue_lowres_image.png")
-    img = read_image(image)
+    img = read_image(image, lazy=lazy)
     return image, img, visium_image_scale(image.name, img.shape, xy_fullres, sf, sf_path)
+
+
+def png_levels(slide) -> list[np.ndarray]:
+    """The folder's hires / lowres PNGs as coarser levels of a slide read on its full-resolution
+    image (largest first), for napari to show the whole slide from them without decoding the
+    full-resolution image: Space Ranger made them from that image at ``tissue_*_scalef``. A PNG is
+    kept only when its size is the full-resolution size times its scale factor (within 2 px) and it
+    shows tissue under the spots (Space Ranger 1.0 sometimes writes a black hires PNG); reading and
+    checking them costs what two small PNGs cost."""
+    from .quality import tissue_under_spots
+
+    info = slide.info
+    if abs(float(info.image_scale) - 1.0) > 1e-6 or not info.image_files:
+        return []
+    h, w = slide.shape
+    sf = info.scalefactors or {}
+    out = []
+    for kind in ("hires", "lowres"):
+        f, s = (info.image_files or {}).get(kind), float(sf.get(f"tissue_{kind}_scalef", 0) or 0)
+        if not f or s <= 0:
+            continue
+        try:
+            png = read_image(f)
+        except SlideError:
+            continue
+        ph, pw = png.shape[:2]
+        if abs(ph - h * s) > 2 or abs(pw - w * s) > 2 or max(ph, pw) >= max(h, w):
+            continue
+        if not tissue_under_spots(png, slide.xy * s, slide.spot_diameter_um / slide.um_per_px * s).ok:
+            continue
+        out.append(png)
+    return sorted(out, key=lambda a: -a.shape[1])

@@ -34,12 +34,15 @@ def is_visium_folder(path) -> bool:
     return any((sp / n).is_file() for n in POSITION_FILES)
 
 
-def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True) -> Slide:
+def read_visium(folder, image=None, genes: list[str] | None = None, with_counts: bool = True,
+                lazy: bool | None = None) -> Slide:
     """A Space Ranger ``outs/`` folder. ``image``: the full-resolution image, or
     ``tissue_hires_image.png`` / ``tissue_lowres_image.png`` (recognised by name or size;
     default: the hires PNG); spot positions and um/px follow the image. Pixel size from
     ``spot_diameter_fullres`` (Visium spots are 55 um). ``with_counts=False`` keeps every
-    in-tissue spot (prediction needs no counts); with counts, only the matrix's barcodes."""
+    in-tissue spot (prediction needs no counts); with counts, only the matrix's barcodes.
+    ``lazy=True``: a TIFF image stays on disk, only its metadata read (napari's reader; see
+    :func:`~.image.read_image`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SlideError(f"{folder} is not a folder")
@@ -57,7 +60,7 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     if "bin_size_um" in sf or "microns_per_pixel" in sf:  # a Visium HD bin folder: never the 55 um spot rule
         from .visium_hd import read_hd_bins
 
-        return read_hd_bins(folder, image=image, with_counts=with_counts, genes=genes)
+        return read_hd_bins(folder, image=image, with_counts=with_counts, genes=genes, lazy=lazy)
     for key in ("tissue_hires_scalef", "tissue_lowres_scalef"):
         try:
             v = float(sf.get(key, 0) or 0)
@@ -76,9 +79,9 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     um_per_px = VISIUM_SPOT_UM / diameter
     notice = None
     if image is None:  # the hires PNG, or another of the folder's images when it shows no tissue
-        image, img, scale, notice = visium_image_with_tissue(folder, spatial, xy, sf, sf_path, diameter)
+        image, img, scale, notice = visium_image_with_tissue(folder, spatial, xy, sf, sf_path, diameter, lazy=lazy)
     else:
-        image, img, scale = visium_named_image(image, xy, sf, sf_path)
+        image, img, scale = visium_named_image(image, xy, sf, sf_path, lazy=lazy)
     xy, um_per_px, src = xy * scale, um_per_px / scale, str(image)
     counts = gene_names = None
     h5 = folder / "filtered_feature_bc_matrix.h5"

@@ -130,8 +130,9 @@ def read_hd_scalefactors(spatial: Path) -> tuple[dict, Path]:
     return sf, sf_path
 
 
-def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> Slide:
-    """One bin folder (``binned_outputs/square_016um``): every in-tissue bin as a square spot."""
+def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None, lazy: bool | None = None) -> Slide:
+    """One bin folder (``binned_outputs/square_016um``): every in-tissue bin as a square spot.
+    ``lazy=True``: a TIFF image stays on disk, only its metadata read (:func:`~.image.read_image`)."""
     folder = Path(folder)
     spatial = folder / "spatial"
     if not spatial.is_dir():
@@ -156,9 +157,9 @@ def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> S
                 and (outs / "spatial").is_dir():
             img_spatial = outs / "spatial"  # the PNGs of the whole HD run
         image, img, scale, notice = visium_image_with_tissue(outs if img_spatial != spatial else folder, img_spatial,
-                                                             xy, sf, sf_path, side_px)
+                                                             xy, sf, sf_path, side_px, lazy=lazy)
     else:
-        image, img, scale = visium_named_image(image, xy, sf, sf_path)
+        image, img, scale = visium_named_image(image, xy, sf, sf_path, lazy=lazy)
         img_spatial = spatial
     lib = outs.parent.name if outs.name == "outs" else outs.name
     meta_sp = visium_spatial_meta(outs, img_spatial, sf, notice)
@@ -179,7 +180,7 @@ def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None) -> S
     )
 
 
-def read_visium_hd(path, bin_um=None, image=None) -> Slide:
+def read_visium_hd(path, bin_um=None, image=None, lazy: bool | None = None) -> Slide:
     """A Visium HD ``outs/`` folder (or its parent, ``binned_outputs/`` or one bin folder) at
-    ``bin_um`` µm bins (8 or 16; default 16)."""
-    return read_hd_bins(hd_bin_folder(path, bin_um), image=image)
+    ``bin_um`` µm bins (8 or 16; default 16). ``lazy``: as :func:`read_hd_bins`."""
+    return read_hd_bins(hd_bin_folder(path, bin_um), image=image, lazy=lazy)

@@ -12,7 +12,7 @@ from qtpy.QtCore import QPointF, QRectF
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from ..layers import KEY, MapLayerInfo, PredictionLayerInfo, layer_info, measured_values
+from ..layers import KEY, MIN_SPOT_SCREEN_PX, MapLayerInfo, PredictionLayerInfo, layer_info, measured_values
 
 SHOW_CHOICES = ["hidden", "beside the prediction", "instead of the prediction", "difference (measured − predicted)"]
 DIFF_COLORMAP = "PiYG"
@@ -125,7 +125,7 @@ class MeasuredControls:
                 self.viewer.layers.remove(ly)
             kwargs = {"name": f"{pred_layer.name} {suffix}", "scale": tuple(pred_layer.scale[-2:]),
                       "size": pred_layer.size[has] if np.ndim(pred_layer.size) else pred_layer.size,
-                      "border_width": 0, "opacity": 0.9, "symbol": pred_layer.symbol[0] if np.ndim(pred_layer.symbol)
+                      "border_width": 0, "opacity": 0.9, "canvas_size_limits": MIN_SPOT_SCREEN_PX, "symbol": pred_layer.symbol[0] if np.ndim(pred_layer.symbol)
                       else pred_layer.symbol, "metadata": {KEY: MapLayerInfo(kind, pred_layer.name)}}
             ly = self.viewer.add_points(np.asarray(pred_layer.data)[has], **kwargs)
         return ly

@@ -7,7 +7,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
 
 from ..jobs import JobError, torch_ready, wait_for_torch
-from ..layers import SpotsLayerInfo, image_info, layer_info, prediction_layer_data
+from ..layers import KEY, SpotsLayerInfo, image_info, is_prediction_layer, layer_info, prediction_layer_data
 from .source import GENERATE, image_px, is_pixel_table, parse_um_per_px, place_on_image
 from .space_ranger import image_used_text
 
@@ -186,9 +186,17 @@ class PredictionControls:
         data, kwargs, _ = prediction_layer_data(pred, name=name, gene_std=gene_std, ranges=ranges)
         kwargs["scale"] = tuple(image_layer.scale[-2:])
         kwargs["translate"] = tuple(image_layer.translate[-2:])
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        layer = self.viewer.add_points(data, **kwargs)
+        old = self.viewer.layers[name] if name in self.viewer.layers else None
+        same_shape = old is not None and len(old.data) and (
+            "square" in str(old.symbol[0]).lower()) == (kwargs.get("symbol") == "square")
+        if old is not None and is_prediction_layer(old) and same_shape:
+            layer = _update_in_place(old, data, kwargs)  # no new layer: napari keeps its drawing set up
+            self._gene_lists.pop(id(layer), None)
+            self._drop_truth_layers(layer)
+        else:
+            if old is not None:
+                self.viewer.layers.remove(old)
+            layer = self.viewer.add_points(data, **kwargs)
         if spots_layer is not None and spots_layer in self.viewer.layers:
             spots_layer.visible = False  # the coloured spots now sit where the input spots were
         self.result.reset_choices()
@@ -238,6 +246,18 @@ class PredictionControls:
     def _on_aborted(self):
         self.status.value = "Cancelled."
         self.progress.value = 0
+
+
+def _update_in_place(layer, data, kwargs):
+    """Put a new prediction into an existing prediction layer of the same slide (a second Predict)."""
+    layer.metadata[KEY] = kwargs["metadata"][KEY]
+    layer.face_color = "#808080"  # no gene mapped until the dock colours it
+    layer.data = data
+    layer.features = kwargs["features"]
+    layer.size = kwargs["size"]
+    layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+    layer.visible = True
+    return layer
 
 
 def _request_key(req: dict) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
+from qtpy.QtCore import QObject, Signal
 
 from ..layers import (PIXEL_FRAME, ImageLayerInfo, MapLayerInfo, SpotsLayerInfo, image_info, is_prediction_layer,
                       layer_info)
@@ -77,6 +78,12 @@ def belongs_to(spots_layer, image_layer) -> bool:
     if sr is not None and spots.space_ranger is not None:
         return spots.space_ranger.folder == sr.folder
     return spots_layer.name.startswith(image_layer.name)
+
+
+class _Relay(QObject):
+    """Carries a background check's verdict to the GUI thread (a queued Qt signal)."""
+
+    ready = Signal(object)
 
 
 class SourceControls:
@@ -214,35 +221,46 @@ class SourceControls:
         self._update_warnings(stain=False)
 
     def _check_stain(self, layer) -> None:
-        """Whether the image looks like H&E, judged on a thumbnail in a worker thread (never on the
-        GUI thread); the warning line is updated when the verdict arrives."""
-        from napari.qt.threading import create_worker
+        """Whether the image looks like H&E, judged on a thumbnail in a background thread (never on
+        the GUI thread); the warning line is updated when the verdict arrives (queued to the GUI
+        thread by a Qt signal). A plain daemon thread: a dock or viewer closed meanwhile never
+        takes the process down with it."""
+        import threading
 
         from ...data.image import as_pyramid
-        from ...data.quality import stain_warning
 
         if layer is None or not layer.rgb:
             return
         info, key = image_info(layer), id(layer.data)
         if info.stain is not None and info.stain[0] == key:
             return
-        data = as_pyramid(layer.data) if layer.multiscale else layer.data
+        if getattr(self, "_stain_relay", None) is None:
+            self._stain_relay = _Relay(self.native)
+            self._stain_relay.ready.connect(self._on_stain)
+        data, relay = (as_pyramid(layer.data) if layer.multiscale else layer.data), self._stain_relay
 
         def check():
+            from ...data.quality import stain_warning
+
             try:
-                return stain_warning(data)
+                w = stain_warning(data)
             except Exception:  # a warning never blocks anything
-                return None
+                w = None
+            try:
+                relay.ready.emit((layer, info, key, w))
+            except RuntimeError:  # the dock is gone
+                pass
 
-        def done(w):
-            info.stain = (key, w)
-            if self.image_layer.value is layer:
+        threading.Thread(target=check, name="napari-hggep-stain", daemon=True).start()
+
+    def _on_stain(self, msg):
+        layer, info, key, w = msg
+        info.stain = (key, w)
+        if self.state.image is layer:
+            try:
                 self._update_warnings(stain=False)
-
-        worker = create_worker(check, _start_thread=False)
-        worker.returned.connect(done)
-        self._stain_worker = worker  # kept until it ends
-        worker.start()
+            except RuntimeError:  # the dock's widgets were deleted meanwhile (napari closing)
+                pass
 
     def _update_warnings(self, stain: bool = False) -> list[str]:
         """The image's warnings (resolution outside training, not H&E), shown under the µm field;
