@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.image import TIFF_SUFFIXES
-from ..data.readers import is_her2st_folder, is_visium_folder, on_best_image, read_her2st, read_spots_csv, read_visium
+from ..data.readers import (FULLRES_NOTICE, is_her2st_folder, is_visium_folder, on_best_image, read_her2st,
+                            read_spots_csv, read_visium)
 from ..data.spatialdata_export import is_spatialdata_store
 from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
 from .layers import KEY, PIXEL_FRAME, SpotsLayerInfo, image_data_tuple, image_layer_data, spots_layer_data
@@ -51,7 +52,7 @@ def read_slide_folder(path):
         from napari.utils.notifications import show_info, show_warning
 
         # which image a folder is read on is news, said once; a replaced blank image is a warning
-        news = slide.info.notice.startswith("predicting on the full-resolution image")
+        news = slide.info.notice.startswith(FULLRES_NOTICE)
         (show_info if news else show_warning)(f"HGGEP: {slide.info.notice}")
     return layers
 

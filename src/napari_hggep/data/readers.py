@@ -96,6 +96,9 @@ def grid_slide(image, um_per_px: float, pitch_um: float = DEFAULT_PITCH_UM, name
     )
 
 
+FULLRES_NOTICE = "predicting on the full-resolution image"  # how on_best_image's notice begins
+
+
 def on_best_image(read, folder) -> Slide:
     """A Space Ranger / Visium HD folder given alone, read on the best image it has: a
     full-resolution image found in or beside ``outs/`` (the search the widget offers, see
@@ -110,7 +113,7 @@ def on_best_image(read, folder) -> Slide:
             continue
         if abs(float(slide.info.image_scale) - 1.0) > 1e-6:  # a copy of a PNG, not full resolution
             continue
-        slide.info.notice = (f"predicting on the full-resolution image {image} ({slide.um_per_px:.3g} µm/px) found "
+        slide.info.notice = (f"{FULLRES_NOTICE} {image} ({slide.um_per_px:.3g} µm/px) found "
                                 f"{'in' if image.parent == Path(folder) else 'beside'} the folder; give the image "
                                 "to predict on another")
         return slide

@@ -82,10 +82,10 @@ class PredictionControls:
             raise SlideError("Open or pick an H&E image layer first.")
         if not img.rgb:
             raise SlideError(f"Layer {img.name!r} is not an RGB image; the model needs an RGB H&E image.")
-        upp = parse_um_per_px(self.um_per_px.value, image_info(img).um_per_px)
+        info = image_info(img)
+        upp = parse_um_per_px(self.um_per_px.value, info.um_per_px)
         image = as_pyramid(img.data) if img.multiscale else img.data
         src = self.spots.value
-        info = image_info(img)
         if src == GENERATE or src is None:
             return {"image": image, "um_per_px": upp, "grid_pitch": float(self.pitch_um.value), "name": img.name,
                     "image_layer": img, "slide_info": info.slide.spatial().copy(spot_shape="circle")}
@@ -128,7 +128,7 @@ class PredictionControls:
         except Exception as e:  # bad input: say what to fix, keep the widget usable
             self._fail(e)
             return
-        self.warnings_shown = self._update_warnings(stain=False)  # the stain check ran in the background
+        self.warnings_shown = self._update_warnings()  # the stain's verdict: from the background check
         img_id = id(req["image_layer"])
         new = [m for m in self.warnings_shown if m not in self._toasted.get(img_id, [])]
         if new:  # a toast once per slide and warning; the dock shows them all the time

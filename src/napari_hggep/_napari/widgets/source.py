@@ -147,7 +147,7 @@ class SourceControls:
         for ly in self.viewer.layers:
             if is_pixel_table(ly) and layer_info(ly).placed_on is None:
                 place_on_image(ly, layer)
-        self._update_warnings(stain=False)
+        self._update_warnings()
         self._check_stain(layer)  # in the background: the warning appears when it is known
         self._sync_space_ranger(layer)
 
@@ -218,7 +218,7 @@ class SourceControls:
             self.um_source.value = "entered here (the file says " + f"{float(known):.6g})"
         elif v is not None and known is None:
             self.um_source.value = "entered here"
-        self._update_warnings(stain=False)
+        self._update_warnings()
 
     def _check_stain(self, layer) -> None:
         """Whether the image looks like H&E, judged on a thumbnail in a background thread (never on
@@ -258,39 +258,30 @@ class SourceControls:
         info.stain = (key, w)
         if self.state.image is layer:
             try:
-                self._update_warnings(stain=False)
+                self._update_warnings()
             except RuntimeError:  # the dock's widgets were deleted meanwhile (napari closing)
                 pass
 
-    def _update_warnings(self, stain: bool = False) -> list[str]:
-        """The image's warnings (resolution outside training, not H&E), shown under the µm field;
-        ``stain``: judge the stain now, on this thread (else the background verdict, once known)."""
-        from ...data.quality import resolution_warning, stain_warning
+    def _update_warnings(self) -> list[str]:
+        """The image's warnings (resolution outside training, not H&E), shown under the µm field; the
+        stain's verdict is the one :meth:`_check_stain` made in the background, once it is known."""
+        from ...data.quality import resolution_warning
+        from ...data.readers import FULLRES_NOTICE
 
         img = self.image_layer.value
+        info = image_info(img) if img is not None else None
         msgs = []
         try:
-            v = parse_um_per_px(self.um_per_px.value, image_info(img).um_per_px if img is not None else None)
+            v = parse_um_per_px(self.um_per_px.value, info.um_per_px if info is not None else None)
         except ValueError:
             v = None
         if v is not None and (m := resolution_warning(v)):
             msgs.append(m)
-        info = image_info(img) if img is not None else None
-        if img is not None and img.rgb:
-            key = id(img.data)
-            if stain and (info.stain is None or info.stain[0] != key):
-                from ...data.image import as_pyramid
-
-                try:
-                    w = stain_warning(as_pyramid(img.data) if img.multiscale else img.data)
-                except Exception:  # a warning never blocks anything
-                    w = None
-                info.stain = (key, w)
-            if info.stain is not None and info.stain[0] == key and info.stain[1]:
-                msgs.append(info.stain[1])
+        if info is not None and img.rgb and info.stain is not None and info.stain[0] == id(img.data) and info.stain[1]:
+            msgs.append(info.stain[1])
         notice = info.slide.notice if info is not None else None
-        if notice and not notice.startswith("predicting on the full-resolution image"):  # that one is news, not a
-            msgs.append(notice)  # warning: the "Predicts on" line says which image is used
+        if notice and not notice.startswith(FULLRES_NOTICE):  # that one is news, not a warning: the
+            msgs.append(notice)  # "Predicts on" line says which image is used
         self.image_warning.value = "⚠ " + "\n⚠ ".join(msgs) if msgs else ""
         self.image_warning.visible = bool(msgs)
         return msgs
