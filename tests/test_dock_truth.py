@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import he_like_image, wait_idle, wait_predict, write_10x_h5, write_visium
+from helpers import he_like_image, study_counts, wait_idle, wait_predict, write_10x_h5, write_visium, write_visium_hd
 
 pytest.importorskip("napari")
 
@@ -206,3 +206,132 @@ def test_name_sort_is_alphabetical(viewer, qtbot):
     w.sort_by.value = "name"
     names = [w.gene.native.itemData(i) for i in range(w.gene.native.count())]
     assert names == sorted(names, key=str.upper)
+
+
+def test_every_label_follows_the_docks_state(viewer, qtbot):
+    """One state behind the labels: the status line, the progress bar and the buttons show what the
+    dock's evented state holds, whoever changed it; a gene entry cut by a narrow dock reads whole
+    in its tooltip."""
+    from qtpy.QtCore import Qt
+
+    viewer.open_sample("napari-hggep", "he_spots")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    seen = []
+    w.state.events.busy.connect(lambda b: seen.append((b, w.predict_btn.enabled, w.cancel_btn.enabled)))
+    wait_predict(qtbot, w)
+    assert w.result.value is not None, w.status.value
+    assert seen[0][0] and seen[0][1:] == (False, True) and seen[-1] == ("", True, False)
+    assert w.status.value == w.state.status and w.state.status.startswith("Predicted")
+    assert w.status.tooltip == w.state.status
+    assert (w.progress.value, w.progress.max) == w.state.progress
+    w.state.status = "something else"
+    w.state.progress = (3, 7)
+    assert w.status.value == "something else" and (w.progress.value, w.progress.max) == (3, 7)
+    box = w.gene.native
+    assert box.count() > 100
+    for i in (0, box.count() - 1):
+        assert box.itemData(i, Qt.ItemDataRole.ToolTipRole) == box.itemText(i)
+    assert box.toolTip().startswith(box.currentText())
+
+
+def test_visium_hd_bins_arrive_as_an_image_on_the_bin_grid(viewer, qtbot, tmp_path, monkeypatch):
+    """Square bins on a grid (Visium HD) are drawn as an image layer, one pixel per bin, placed on the
+    tissue by the grid's affine: a gene's colours are one array (napari draws 200,000 points slowly);
+    the measured map and the difference are images on the same grid; the export is the prediction's."""
+    import anndata as ad
+
+    from napari_hggep._napari import layers as layers_module
+    from napari_hggep._napari.jobs import import_torch_stack
+
+    import_torch_stack()  # as the dock imports torch beside a GL context (triton kept out)
+    from napari_hggep._bundled import load_model
+
+    monkeypatch.setattr(layers_module, "BIN_IMAGE_MIN_SPOTS", 1)  # the test slide's few hundred bins
+    img = he_like_image(640, 800)
+    outs = write_visium_hd(tmp_path / "hdA", img, mpp=0.5, bins=(16,))
+    b16 = outs / "binned_outputs" / "square_016um"
+    pos = pd.read_parquet(b16 / "spatial" / "tissue_positions.parquet")
+    pos = pos[pos.in_tissue == 1]
+    genes = list(load_model(None, "cpu").genes[:30])
+    write_10x_h5(b16 / "filtered_feature_bc_matrix.h5", pos.barcode, genes, [f"E{i}" for i in range(30)],
+                 study_counts(img, pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float), 30))
+    viewer.open(str(outs), plugin="napari-hggep")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    wait_predict(qtbot, w)
+    res = w.result.value
+    assert res is not None and res.__class__.__name__ == "Image", w.status.value
+    info = res.metadata[KEY]
+    pred, grid = info.prediction, info.grid
+    assert len(pred.spot_ids) == len(pos) and np.isfinite(res.data).sum() == len(pos)
+    # each bin's pixel lies on its bin's centre in the tissue image, and holds the gene shown
+    image = w.image_layer.value
+    for k in (0, len(pos) // 2, len(pos) - 1):
+        at = np.asarray(res.data_to_world([grid.rows[k], grid.cols[k]]), float)
+        want = np.asarray(image.data_to_world(pred.image_xy[k][::-1]), float)
+        np.testing.assert_allclose(at[-2:], want[-2:], atol=1e-6 * float(np.abs(want).max()) + 1e-6)
+    j = pred.genes.index(w.gene.value)
+    np.testing.assert_allclose(res.data[grid.rows, grid.cols], pred.values[:, j])
+    assert res.colorbar.visible and tuple(res.contrast_limits) == info.contrast_limits
+    assert w.result.value is res and image in w.image_layer.choices and res not in w.image_layer.choices
+    w.gene_filter.value = genes[3]
+    gene = w.gene.value
+    np.testing.assert_allclose(res.data[grid.rows, grid.cols], pred.values[:, pred.genes.index(gene)])
+    w.measured_show.value = SHOW_CHOICES[1]  # beside, on a copy of the tissue
+    meas = viewer.layers[f"{res.name} measured"]
+    assert meas.__class__.__name__ == "Image"
+    shift = float(meas.affine.affine_matrix[-2, -1] - res.affine.affine_matrix[-2, -1])
+    assert shift > 0 and np.isfinite(meas.data).sum() == int(pred.measured.has_counts.sum())
+    assert tuple(meas.contrast_limits) == tuple(res.contrast_limits)  # one colour range
+    w.measured_show.value = SHOW_CHOICES[3]
+    diff = viewer.layers[f"{res.name} measured − predicted"]
+    assert diff.__class__.__name__ == "Image" and f"{res.name} measured" not in viewer.layers
+    # the export is the prediction, whatever the layer draws it as
+    w.export_file.value = str(tmp_path / "hd.h5ad")
+    w.export()
+    wait_idle(qtbot, w)
+    assert w.status.value.startswith("Exported"), w.status.value
+    a = ad.read_h5ad(tmp_path / "hd.h5ad")
+    assert a.n_obs == len(pos)
+    viewer.layers.remove(res)
+    assert not any(isinstance(ly.metadata.get(KEY), MapLayerInfo) for ly in viewer.layers)
+    assert not [t for t in _texts(w, viewer) if gene in t]
+
+
+def test_a_prediction_shows_in_napari_activity_panel_until_its_result_is_there(viewer, qtbot):
+    """The job in napari's activity panel (a napari ``progress``): named by its phase, counting to
+    its total, and gone once the result layer is there."""
+    from napari.utils import progress
+
+    viewer.open_sample("napari-hggep", "he_spots")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    seen = []
+    real = w._on_progress
+
+    def record(msg):
+        real(msg)
+        bars = [p for p in progress._all_instances if str(p.desc).startswith("HGGEP")]
+        seen.append((len(bars), bars[0].desc if bars else "", bars[0].n if bars else -1,
+                     bars[0].total if bars else -1))
+
+    w._on_progress = record
+    wait_predict(qtbot, w)
+    assert w.result.value is not None, w.status.value
+    assert seen and all(n == 1 for n, *_ in seen)
+    assert any("attention" in d for _, d, _, _ in seen)
+    assert any(0 < done < total for _, _, done, total in seen)
+    assert not [p for p in progress._all_instances if str(p.desc).startswith("HGGEP")]
+
+
+def test_a_dock_opened_after_training_lists_the_new_model_but_starts_on_the_bundled_one(viewer, monkeypatch):
+    from napari_hggep._napari import trained_models
+    from napari_hggep._napari.widgets.prediction import BUNDLED
+
+    monkeypatch.setattr(trained_models, "TRAINED_MODELS", {})
+    first = PredictWidget(viewer)
+    trained_models.model_trained("/tmp/mine.pt", "mine (trained here)")
+    assert first.model_choice.value == "mine (trained here)"  # the dock open while it trained: selected
+    later = PredictWidget(viewer)
+    assert "mine (trained here)" in later.model_choice.choices and later.model_choice.value == BUNDLED

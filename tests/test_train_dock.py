@@ -238,3 +238,25 @@ def test_dock_scrolls_asks_for_little_height_and_wraps_its_labels(dock, qtbot, t
     assert win.height() <= 768 and dw.height() < tw.form.native.sizeHint().height()
     assert scroll.verticalScrollBar().maximum() > 0
     assert tw.native.grab().save(str(tmp_path / "dock.png"))
+
+
+def test_the_train_dock_follows_its_state(dock):
+    """The Sections list, the status, the buttons, Train/Resume and the progress bar show the dock's
+    evented state (TrainDockState), whichever code changed it."""
+    _, tw, _ = dock
+    rows = tw.state.rows
+    assert len(rows) == 3 and tw.sections.choices == ("S1", "S2", "S3")
+    tw.state.rows = rows[:1]
+    assert tw.sections.choices == ("S1",) and tw.status.value.startswith("1 section.")
+    tw.state.running = True
+    assert not tw.train_btn.enabled and tw.cancel_btn.enabled and not tw.add_btn.enabled
+    tw.state.running = False
+    assert tw.train_btn.enabled and not tw.cancel_btn.enabled
+    tw.state.resumable = True
+    assert tw.train_btn.text == "Resume"
+    tw.state.rows = rows  # other sections: a cancelled run cannot be resumed
+    assert tw.train_btn.text == "Train" and tw.status.value.startswith("3 sections")
+    tw.state.done = 0.25
+    assert tw.progress.value == 250
+    tw.state.status = "anything"
+    assert tw.status.value == "anything" == tw.status.tooltip

@@ -77,9 +77,47 @@ def error_text(err) -> str:
     return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
 
+class Activity:
+    """A dock's job in napari's activity panel (the bottom right of the window): what it is doing
+    and how far it is, as in the dock; removed when the job ends."""
+
+    def __init__(self, desc: str):
+        from napari.utils import progress
+
+        self.bar = progress(total=0, desc=desc)  # total 0: napari shows a busy bar until one is known
+        self.pending: tuple | None = None
+        self.closed = False
+
+    def show(self, done: int, total: int, desc: str | None = None) -> None:
+        """Shown on the next event-loop turn: the panel's QProgressBar repaints the window at once
+        (letting queued signals in), which must not happen inside a dock's own handler."""
+        if self.pending is None and not self.closed:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._flush)
+        self.pending = (int(done), int(total), desc)
+
+    def _flush(self) -> None:
+        if self.closed or self.pending is None:
+            return
+        (done, total, desc), self.pending = self.pending, None
+        bar = self.bar
+        if total and bar.total != total:
+            bar.total = total
+        if done != bar.n:
+            bar.update(done - bar.n)
+        if desc and desc != bar.desc:
+            bar.set_description(desc)
+
+    def close(self) -> None:
+        self.closed = True
+        self.bar.close()
+
+
 class JobRunner:
     """What a dock widget running one job at a time shares. The widget has ``worker`` (None
-    while idle), a ``status`` label and ``_set_running(running)`` for its buttons."""
+    while idle), a ``state`` whose ``status`` its status line follows (:mod:`.state`) and
+    ``_set_running(running)`` for its buttons."""
 
     def _start_job(self, job, *args, status: str, returned, errored, yielded=None, aborted=None):
         """Run ``job(*args)`` (a function, or a generator that yields progress) in a worker thread."""
@@ -93,8 +131,9 @@ class JobRunner:
         if aborted is not None:
             self.worker.aborted.connect(aborted)
         self.worker.finished.connect(self._on_finished)
+        self.state.status = status
+        self.activity = Activity(f"HGGEP: {status}")
         self._set_running(True)
-        self.status.value = status
         self.worker.start()
 
     def _show_error(self, err) -> None:
@@ -102,9 +141,48 @@ class JobRunner:
         from napari.utils.notifications import show_error
 
         msg = error_text(err)
-        self.status.value = f"Error: {msg}"
+        self.state.status = f"Error: {msg}"
         show_error(f"HGGEP: {msg}")
 
     def _on_finished(self):
+        pending = getattr(self, "_after_arrival", None)
+        if pending is not None:  # the result is still arriving, turn by turn: the job ends after it
+            pending.append(self._on_finished)
+            return
         self.worker = None
+        activity, self.activity = getattr(self, "activity", None), None
+        if activity is not None:
+            activity.close()
         self._set_running(False)
+
+    def _show_activity(self, done: int, total: int, text: str | None = None) -> None:
+        if getattr(self, "activity", None) is not None:
+            self.activity.show(done, total, f"HGGEP: {text}" if text else None)
+
+
+def in_turns(steps, then, failed) -> None:
+    """Run ``steps`` (callables) one per event-loop turn, so that napari draws and the window answers
+    between them; then ``then()``. A step that raises goes to ``failed(err)``, and the rest are skipped."""
+    from qtpy.QtCore import QTimer
+
+    import logging
+    import time
+
+    log = logging.getLogger("napari_hggep")
+    todo = list(steps)
+
+    def next_step():
+        if todo:
+            t0 = time.perf_counter()
+            try:
+                todo.pop(0)()
+                log.debug("turn %d of %d: %.3f s", len(steps) - len(todo), len(steps), time.perf_counter() - t0)
+            except Exception as err:  # noqa: BLE001 (said in the dock: the rest cannot run without it)
+                todo.clear()
+                failed(err)
+            else:
+                QTimer.singleShot(0, next_step)
+                return
+        then()
+
+    next_step()

@@ -21,3 +21,19 @@ class PredictDockState:
     gene: str | None = None  # the gene shown
     busy: str = ""  # what the dock is waiting for, in words ("" when idle)
     confirm: object = None  # a request whose cost awaits the user's word ("Predict anyway")
+    status: str = "Pick an image, then press Predict."  # the status line
+    progress: tuple[int, int] = (0, 1)  # (done, total) of the job: the progress bar
+
+
+@evented
+@dataclass
+class TrainDockState:
+    """The Train dock's state: the sections listed, whether a run is going, whether a cancelled
+    run can be resumed, the status line and the fraction done. The *Sections* list, the buttons,
+    the Train/Resume text, the status and the progress bar follow its events."""
+
+    rows: tuple = ()  # the labelled sections (:class:`~napari_hggep.data.samples.SampleRow`)
+    running: bool = False
+    resumable: bool = False  # a cancelled run with today's options: the button says "Resume"
+    status: str = ""
+    done: float = 0.0  # fraction of the run done (0..1)

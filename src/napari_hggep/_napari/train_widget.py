@@ -36,7 +36,8 @@ from qtpy.QtWidgets import QLabel, QSizePolicy
 
 from .jobs import JobError, JobRunner, wait_for_torch, warm_up_torch
 from .layers import ImageLayerInfo, layer_info
-from .widgets.scroll import VerticalScroll
+from .state import TrainDockState
+from .widgets.scroll import VerticalScroll, set_progress
 from .trained_models import model_trained
 from .widgets.training_curves import CurvePlot
 
@@ -61,7 +62,7 @@ class TrainWidget(JobRunner, Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
         self.viewer = napari_viewer
-        self.rows: list = []
+        self.state = TrainDockState(status=NO_SECTIONS)  # what the dock shows follows its events
         self.study = None
         self.study_key = None
         self.resume_key = None  # the key of a cancelled run that Resume continues
@@ -107,7 +108,7 @@ class TrainWidget(JobRunner, Container):
         self.train_btn = PushButton(text="Train")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1000)
-        self.status = Label(value=NO_SECTIONS)
+        self.status = Label(value=self.state.status)
         self.form = Container(labels=True)
         self.form.extend([self.table_file, self.load_table_btn, self.folder, self.folder_image, self.patient,
                           self.add_btn, self.add_open_btn, self.sections, self.remove_btn, self.panel, self.hvg,
@@ -146,6 +147,43 @@ class TrainWidget(JobRunner, Container):
             w.changed.connect(self._sync_train_button)
         self.train_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
+        self.state.events.rows.connect(self._on_rows)
+        self.state.events.running.connect(self._on_running)
+        self.state.events.resumable.connect(self._on_resumable)
+        self.state.events.status.connect(self._on_status)
+        self.state.events.done.connect(self._on_done_fraction)
+
+    # -------------------------------------------------------------- the state's views
+    @property
+    def rows(self) -> list:
+        return list(self.state.rows)
+
+    @rows.setter
+    def rows(self, rows) -> None:
+        self.state.rows = tuple(rows)
+
+    def _on_rows(self, _rows):
+        self.sections.reset_choices()
+        self._forget_study()
+        self.state.status = self._rows_status()
+
+    def _on_running(self, running: bool):
+        self.train_btn.enabled = not running
+        self.cancel_btn.enabled = running
+        for w in (self.load_table_btn, self.add_btn, self.add_open_btn, self.remove_btn):
+            w.enabled = not running
+
+    def _on_resumable(self, resumable: bool):
+        self.train_btn.text = "Resume" if resumable else "Train"
+
+    def _on_status(self, text: str):
+        self.status.value = text
+        self.status.tooltip = text
+
+    def _on_done_fraction(self, fraction: float):
+        permille = int(1000 * min(max(fraction, 0.0), 1.0))
+        set_progress(self.progress, permille)
+        self._show_activity(permille, 1000, self.state.status.split(" — ")[0] if self.worker is not None else None)
 
     # -------------------------------------------------------------- sections
     def _section_choices(self, _widget=None):
@@ -159,14 +197,9 @@ class TrainWidget(JobRunner, Container):
             return "1 section. Add at least one more to measure held-out PCC."
         return f"{n} sections. Ready to train."
 
-    def _refresh_rows(self):
-        self.sections.reset_choices()
-        self._forget_study()
-        self.status.value = self._rows_status()
-
     def _forget_study(self):
         self.study, self.study_key, self.resume_key = None, None, None
-        self.train_btn.text = "Train"
+        self.state.resumable = False
 
     def _add_rows(self, rows):
         from ..data.samples import check_rows
@@ -174,8 +207,7 @@ class TrainWidget(JobRunner, Container):
         names = {r.section for r in self.rows}
         new = [r for r in rows if r.section not in names]
         check_rows(self.rows + new, "sections")
-        self.rows.extend(new)
-        self._refresh_rows()
+        self.rows = self.rows + new  # the list, the status and a forgotten study follow
 
     def load_table(self):
         from ..data.samples import read_samples_table
@@ -229,7 +261,6 @@ class TrainWidget(JobRunner, Container):
         if not drop:
             return
         self.rows = [r for r in self.rows if r.section not in drop]
-        self._refresh_rows()
 
     def _on_panel(self, value):
         self.hvg.visible = value == HVG
@@ -268,12 +299,12 @@ class TrainWidget(JobRunner, Container):
         if self.worker is not None or self.resume_key is None:
             return
         can = self._current_key() == self.resume_key
-        if can and self.train_btn.text != "Resume":
-            self.train_btn.text = "Resume"
-            self.status.value = "Cancelled: no model was written. Press Resume to continue where it stopped."
-        elif not can and self.train_btn.text != "Train":
-            self.train_btn.text = "Train"
-            self.status.value = ("The options differ from the cancelled run's: Train starts afresh (set them back "
+        if can and not self.state.resumable:
+            self.state.resumable = True
+            self.state.status = "Cancelled: no model was written. Press Resume to continue where it stopped."
+        elif not can and self.state.resumable:
+            self.state.resumable = False
+            self.state.status = ("The options differ from the cancelled run's: Train starts afresh (set them back "
                                  "to resume instead).")
 
     def run(self):
@@ -296,6 +327,7 @@ class TrainWidget(JobRunner, Container):
             self.study = Study(list(self.rows), opts, log=self.events.log.emit)
             self.study_key = key
         self.resume_key = None
+        self.state.resumable = False
         study = self.study
         self.stop_flag.clear()
         self._start_clock(None if study.opts.minutes is None else 60.0 * float(study.opts.minutes))
@@ -323,14 +355,11 @@ class TrainWidget(JobRunner, Container):
 
     def cancel(self):
         if self.worker is not None:
-            self.status.value = "Cancelling after the current step…"
+            self.state.status = "Cancelling after the current step…"
             self.stop_flag.set()
 
     def _set_running(self, running: bool):
-        self.train_btn.enabled = not running
-        self.cancel_btn.enabled = running
-        for w in (self.load_table_btn, self.add_btn, self.add_open_btn, self.remove_btn):
-            w.enabled = not running
+        self.state.running = running
 
     def _start_clock(self, budget_s: float | None) -> None:
         """A run starts: its ETA is measured from its own events, and its time budget (Study
@@ -344,7 +373,7 @@ class TrainWidget(JobRunner, Container):
         an epoch, the plot. The status is made from the epoch's own numbers (the event's text rounds
         PCC to three decimals, which hides a change in the fourth)."""
         now = time.time()
-        self.progress.value = int(1000 * min(max(float(ev.done), 0.0), 1.0))
+        self.state.done = float(ev.done)
         if self._rate_from is None or ev.done < self._rate_from[1]:
             self._rate_from = (now, float(ev.done))
         text = ev.text
@@ -355,7 +384,7 @@ class TrainWidget(JobRunner, Container):
             self.plot.add(rec["loss"], rec["val_pcc"], epoch=rec["epoch"], name=name, final=final)
             label = ev.text.split(": epoch ")[0] if ": epoch " in ev.text else name
             text = f"{label}, {_epoch_summary(self.plot.current, self.planned_epochs)}"
-        self.status.value = text + self._time_left(now, float(ev.done))
+        self.state.status = text + self._time_left(now, float(ev.done))
 
     def _time_left(self, now: float, done: float) -> str:
         """ETA from this run's own pace: a resumed run starts part-way, so the fraction done
@@ -390,8 +419,8 @@ class TrainWidget(JobRunner, Container):
         held = m.get("heldout_pcc_mean")
         note = (f"held-out mean PCC {held:.3f} ({m.get('gene_pcc_protocol')})" if held is not None else
                 "no held-out PCC (one section only)")
-        self.status.value = f"Saved {Path(out).name}: {n_genes} genes; {note}. It is now in the Predict widget's list."
-        self.progress.value = 1000
+        self.state.status = f"Saved {Path(out).name}: {n_genes} genes; {note}. It is now in the Predict widget's list."
+        self.state.done = 1.0
         model_trained(out, f"{Path(out).stem} (trained here)")
 
     def _on_error(self, err):
@@ -399,8 +428,8 @@ class TrainWidget(JobRunner, Container):
 
         if isinstance(err, TrainingCancelled) or isinstance(getattr(err, "__cause__", None), TrainingCancelled):
             self.resume_key = self.study_key
-            self.status.value = "Cancelled: no model was written. Press Resume to continue where it stopped."
-            self.train_btn.text = "Resume"
+            self.state.status = "Cancelled: no model was written. Press Resume to continue where it stopped."
+            self.state.resumable = True
             return
         if not isinstance(err, (OSError, MemoryError)):  # bad input: the next run reads the sections again
             self._forget_study()

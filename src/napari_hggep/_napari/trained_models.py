@@ -10,10 +10,11 @@ TRAINED_MODELS: dict[str, str] = {}  # models trained in this session: path -> l
 
 
 def register_predict_widget(widget) -> None:
-    """A Predict widget joins the session: it is offered every model trained so far, and later ones."""
+    """A Predict widget joins the session: it is offered every model trained so far (its Model box
+    stays on the bundled model), and later ones (selected: the user just trained it)."""
     _PREDICT_WIDGETS.add(widget)
     for path, label in TRAINED_MODELS.items():
-        _offer(widget, path, label)
+        _offer(widget, path, label, select=False)
 
 
 def model_trained(path: str, label: str) -> None:
@@ -22,8 +23,8 @@ def model_trained(path: str, label: str) -> None:
         _offer(w, str(path), label)
 
 
-def _offer(widget, path: str, label: str) -> None:
+def _offer(widget, path: str, label: str, select: bool = True) -> None:
     try:
-        widget.add_model(path, label)
+        widget.add_model(path, label, select=select)
     except RuntimeError:  # its Qt side was deleted (the viewer closed): forget it
         _PREDICT_WIDGETS.discard(widget)

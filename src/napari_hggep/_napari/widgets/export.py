@@ -32,7 +32,7 @@ class ExportControls:
             if not path.strip() or path.strip() == ".":
                 raise ValueError("Choose an export file ending in .csv, .h5ad, .geojson or .zarr.")
             check_output(path)  # unknown extension, unwritable folder: said before writing anything
-            meta = {"features": layer.features, "metadata": layer.metadata, "name": layer.name}
+            meta = {"features": getattr(layer, "features", None), "metadata": layer.metadata, "name": layer.name}
             if self.export_selected.value:
                 if not self.gene.value:
                     raise ValueError("No gene is selected: pick one, or untick 'only the selected gene'.")
@@ -45,7 +45,7 @@ class ExportControls:
         data, name = layer.data, layer.name
 
         def done(_):
-            self.status.value = f"Exported {name} to {path}"
+            self.state.status = f"Exported {name} to {path}"
 
         # written in a worker thread (an .h5ad or .zarr of a large slide takes seconds), atomically
         self._start_job(write_points, path, data, meta, status=f"Exporting {name} to {path}…", returned=done,

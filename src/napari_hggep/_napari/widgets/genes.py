@@ -30,8 +30,9 @@ def gene_caption(gene: str, pcc: float | None, new_patients: bool = False, flat:
     if _known(measured) is not None:
         figures.append(f"measured {measured:.2f}")
     lines = [gene + ("  ⚠ unreliable" if pcc is not None and pcc < UNRELIABLE_PCC else "")]
-    if figures:
-        lines.append(" · ".join(figures))
+    if figures:  # one line, or one per figure where one line would reach the colour bar on a laptop
+        joined = " · ".join(figures)
+        lines.extend([joined] if len(joined) <= 26 else figures)
     if flat:
         lines.append("flat: the prediction barely varies over this slide")
     return "\n".join(lines)
@@ -170,13 +171,17 @@ class GeneControls:
         return gl
 
     def _fill_gene_box(self, labels: list[str], genes: list[str], current: int) -> None:
+        from qtpy.QtCore import Qt
+
         box = self.gene.native
         box.blockSignals(True)
         try:
             box.clear()
             box.addItems(labels)
-            for i, g in enumerate(genes):
+            tip = Qt.ItemDataRole.ToolTipRole
+            for i, (g, lab) in enumerate(zip(genes, labels)):
                 box.setItemData(i, g)
+                box.setItemData(i, lab, tip)  # an entry cut by a narrow dock reads whole on hover
             box.setCurrentIndex(current)
         finally:
             box.blockSignals(False)
@@ -209,7 +214,8 @@ class GeneControls:
         gl = self._gene_list(layer)
         text = (self.gene_filter.value or "").strip().upper()
         idx = gl.select(text, self.sort_by.value)
-        self.gene.native.setToolTip(selector_tooltip(info))
+        self._gene_tip = selector_tooltip(info)
+        self.gene.native.setToolTip(self._gene_tip)
         genes = [gl.genes[i] for i in idx]
         if not genes:
             self._fill_gene_box([], [], -1)
@@ -267,6 +273,8 @@ class GeneControls:
         else:
             rng = f"colour range {lo:.2f}–{hi:.2f} ({RANGE_NAME} over the spots)"
         self._gene_note = note  # the measured view states its own (shared) colour range beside it
+        # the entry shown, whole (a narrow dock cuts it), above what the box's figures mean
+        self.gene.native.setToolTip(f"{self.gene.native.currentText()}\n\n{getattr(self, '_gene_tip', '')}".strip())
         self.gene_info.value = f"{gene}: {rng}; {note}"
         self._caption(gene_caption(gene, pcc, where, flat=info.flat, here=here, measured=measured,
                                    unknown=bool(rel.unknown_because)))

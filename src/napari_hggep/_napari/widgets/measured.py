@@ -12,7 +12,8 @@ from qtpy.QtCore import QPointF, QRectF
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from ..layers import KEY, MIN_SPOT_SCREEN_PX, MapLayerInfo, PredictionLayerInfo, layer_info, measured_values
+from ..layers import (KEY, MIN_SPOT_SCREEN_PX, MapLayerInfo, PredictionLayerInfo, layer_info, measured_values, set_limits,
+                      shift_x)
 
 SHOW_CHOICES = ["hidden", "beside the prediction", "instead of the prediction", "difference (measured − predicted)"]
 DIFF_COLORMAP = "PiYG"
@@ -118,8 +119,19 @@ class MeasuredControls:
                 self.viewer.layers.remove(ly)  # (a removal's own events may have removed it already)
 
     def _truth_points(self, pred_layer, suffix: str, kind: str, has: np.ndarray):
-        """A Points layer on the spots that have counts, placed like the prediction layer."""
+        """A map of the spots that have counts, placed like the prediction layer: points, or an image
+        on the bin grid for a prediction drawn so."""
         ly = self._truth_layer(pred_layer, suffix)
+        grid = layer_info(pred_layer, PredictionLayerInfo).grid
+        if grid is not None:
+            if ly is None or ly.__class__.__name__ != "Image":
+                if ly is not None:
+                    self.viewer.layers.remove(ly)
+                ly = self.viewer.add_image(grid.paint(), name=f"{pred_layer.name} {suffix}", interpolation2d="nearest",
+                                           affine=np.array(pred_layer.affine.affine_matrix), opacity=0.9,
+                                           metadata={KEY: MapLayerInfo(kind, pred_layer.name)})
+            ly.metadata[KEY].mask = has
+            return ly
         if ly is None or len(ly.data) != int(has.sum()):
             if ly is not None:
                 self.viewer.layers.remove(ly)
@@ -134,6 +146,14 @@ class MeasuredControls:
         import warnings
 
         import pandas as pd
+
+        if ly.__class__.__name__ == "Image":  # on the bin grid: the values in their bins
+            info = layer_info(self.viewer.layers[layer_info(ly, MapLayerInfo).of], PredictionLayerInfo)
+            ly.data = info.grid.paint(np.asarray(values, np.float32), layer_info(ly, MapLayerInfo).mask)
+            ly.colormap = cmap
+            set_limits(ly, limits)
+            ly.colorbar.visible = colorbar
+            return
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -183,7 +203,7 @@ class MeasuredControls:
             ly = self._truth_points(layer, "measured", "measured", has)
             # the prediction's colour bar serves both: one range
             self._colour(ly, gene, measured, info.colormap or "viridis", (lo, hi), colorbar=mode == 2)
-            layer.face_contrast_limits = (lo, hi)  # the same colour range for both maps
+            set_limits(layer, (lo, hi))  # the same colour range for both maps
             info.contrast_limits = (lo, hi)
             shift = 0.0
             if mode == 1:  # to the right of the slide (its image, else its spots) with a margin, in µm
@@ -192,7 +212,7 @@ class MeasuredControls:
                 self._tissue_copy(layer, img, shift)  # the measured map on the same tissue
             else:
                 self._drop_one(layer, "tissue (measured)")
-            ly.translate = (float(layer.translate[-2]), float(layer.translate[-1]) + shift)
+            shift_x(ly, layer, shift)
             layer.visible = mode == 1
             rng = f"one colour range for both maps: {lo:.2f}–{hi:.2f} (the colour bar)"
             self._titles(layer, [(f"predicted {gene}", 0.0)] * (mode == 1) + [(f"measured {gene}", shift)])
@@ -204,7 +224,7 @@ class MeasuredControls:
             span = float(np.percentile(np.abs(diff), 99)) if len(diff) else 1.0
             span = max(span, 1e-6)
             self._colour(ly, f"{gene} measured − predicted", diff, DIFF_COLORMAP, (-span, span))
-            ly.translate = tuple(layer.translate[-2:])
+            shift_x(ly, layer, 0.0)
             layer.visible = False
             self._drop_one(layer, "tissue (measured)")
             self._titles(layer, [(f"measured − predicted {gene}", 0.0)])

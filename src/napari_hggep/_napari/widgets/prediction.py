@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
 
-from ..jobs import JobError, torch_ready, wait_for_torch
-from ..layers import KEY, SpotsLayerInfo, image_info, is_prediction_layer, layer_info, prediction_layer_data
+from ..jobs import JobError, in_turns, torch_ready, wait_for_torch
+from ..layers import (KEY, SpotsLayerInfo, image_info, is_prediction_layer, layer_info, place_on,
+                      prediction_layer_data)
+from .scroll import set_progress
 from .source import GENERATE, image_px, is_pixel_table, parse_um_per_px, place_on_image
 from .space_ranger import image_used_text
 
@@ -26,7 +28,7 @@ class PredictionControls:
         self.predict_btn = PushButton(text="Predict")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
-        self.status = Label(label="Status", value="Pick an image, then press Predict.")
+        self.status = Label(label="Status", value=self.state.status)
         return [self.model_choice, self.model_file, self.device, self.device_info, self.predict_btn,
                 self.cancel_btn, self.progress, self.status]
 
@@ -35,14 +37,17 @@ class PredictionControls:
         self.device.changed.connect(self._on_device)
         self.state.events.busy.connect(self._on_busy)
         self.state.events.confirm.connect(self._on_confirm)
+        self.state.events.status.connect(self._on_status)
+        self.state.events.progress.connect(self._on_progress_state)
         self.predict_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
 
     def _model_choices(self, _=None):
         return [BUNDLED, *self._models, CHECKPOINT]
 
-    def add_model(self, path: str, label: str | None = None) -> str:
-        """Offer a checkpoint (e.g. one just trained) in the Model box and select it; returns its label."""
+    def add_model(self, path: str, label: str | None = None, select: bool = True) -> str:
+        """Offer a checkpoint (e.g. one just trained) in the Model box and select it (unless
+        ``select`` is False); returns its label."""
         from pathlib import Path
 
         label = label or f"{Path(path).stem} (checkpoint)"
@@ -50,14 +55,15 @@ class PredictionControls:
             raise ValueError(f"{label!r} is taken by a built-in choice; give another label")
         self._models[label] = str(path)
         box = self.model_choice.native
+        keep = self.model_choice.value
         box.blockSignals(True)  # refill in order (magicgui appends new choices after the old ones)
         try:
             box.clear()
             self.model_choice.reset_choices()
         finally:
             box.blockSignals(False)
-        self.model_choice.value = label
-        self.model_file.visible = False
+        self.model_choice.value = label if select else keep
+        self.model_file.visible = self.model_choice.value == CHECKPOINT
         return label
 
     def _on_device(self, value):
@@ -149,13 +155,24 @@ class PredictionControls:
 
     def cancel(self):
         if self.worker is not None:
-            self.status.value = "Cancelling…"
+            self.state.status = "Cancelling…"
             self.worker.quit()
 
     def _set_running(self, running: bool):
         if running:
-            self.progress.value = 0
-        self.state.busy = (self.status.value or "Working…") if running else ""
+            self.state.progress = (0, 1)
+        self.state.busy = (self.state.status or "Working…") if running else ""
+
+    def _on_status(self, text: str):
+        self.status.value = text
+        self.status.tooltip = text  # the whole text, however the dock's width wraps it
+        if self.worker is not None:
+            self._show_activity(*self.state.progress, text)
+
+    def _on_progress_state(self, progress):
+        done, total = progress
+        set_progress(self.progress, done, max(int(total), 1))
+        self._show_activity(done, total, self.state.status if self.worker is not None else None)
 
     def _on_busy(self, busy: str):
         """The buttons follow the dock's state: one job at a time, Cancel only while one runs."""
@@ -168,7 +185,7 @@ class PredictionControls:
     def _on_progress(self, msg):
         kind, done, total, text = msg
         if kind == "cost":  # the estimate, before any work: shown as it is
-            self.status.value = text
+            self.state.status = text
             return
         if kind == "notice":
             from napari.utils.notifications import show_warning
@@ -176,39 +193,62 @@ class PredictionControls:
             show_warning(f"HGGEP: {text}")
             self.notices.append(text)
             return
-        self.progress.max = max(int(total), 1)
-        self.progress.value = int(done)
-        self.status.value = text
+        self.state.status = text
+        self.state.progress = (int(done), int(total))
 
     def _on_done(self, result, image_layer, spots_layer=None):
+        """The result arrives in event-loop turns, each short enough for the canvas to draw and the
+        window to answer between them: the layer; the gene list and the first gene's colours; the
+        status and 100 %. The job counts as running until the last turn (the buttons, a test)."""
+        self._after_arrival = []  # the job's end, held back until the result is all there
+        made = {}
+        in_turns([lambda: made.update(layer=self._add_result_layer(result, image_layer, spots_layer)),
+                  lambda: self._select_result(made["layer"]),
+                  lambda: self._result_status(result, image_layer, spots_layer)],
+                 then=self._arrived, failed=self._fail)
+
+    def _arrived(self):
+        pending, self._after_arrival = self._after_arrival, None
+        for f in pending or ():
+            f()
+
+    def _select_result(self, layer):
+        """The result layer in the *Result layer* box: its genes listed, the first one coloured."""
+        self.result.reset_choices()
+        with self.result.changed.blocked():
+            self.result.value = layer
+        if self.state.result is layer:
+            self._refresh_genes()  # the same layer, with a new prediction in it
+        else:
+            self.state.result = layer
+
+    def _add_result_layer(self, result, image_layer, spots_layer):
         pred, device, gene_std, ranges, total = result
         name = f"{image_layer.name} genes"
-        data, kwargs, _ = prediction_layer_data(pred, name=name, gene_std=gene_std, ranges=ranges)
-        kwargs["scale"] = tuple(image_layer.scale[-2:])
-        kwargs["translate"] = tuple(image_layer.translate[-2:])
+        data, kwargs, kind = prediction_layer_data(pred, name=name, gene_std=gene_std, ranges=ranges)
+        place_on(kwargs, image_layer)
         old = self.viewer.layers[name] if name in self.viewer.layers else None
-        same_shape = old is not None and len(old.data) and (
-            "square" in str(old.symbol[0]).lower()) == (kwargs.get("symbol") == "square")
-        if old is not None and is_prediction_layer(old) and same_shape:
+        if old is not None and is_prediction_layer(old) and _same_kind(old, kind, kwargs):
             layer = _update_in_place(old, data, kwargs)  # no new layer: napari keeps its drawing set up
             self._gene_lists.pop(id(layer), None)
             self._drop_truth_layers(layer)
         else:
             if old is not None:
                 self.viewer.layers.remove(old)
-            layer = self.viewer.add_points(data, **kwargs)
+            # a Visium HD result: an image on the bin grid (one pixel per bin), else points
+            with self.result.changed.blocked():  # its genes are listed in the next turn
+                layer = (self.viewer.add_image if kind == "image" else self.viewer.add_points)(data, **kwargs)
         if spots_layer is not None and spots_layer in self.viewer.layers:
             spots_layer.visible = False  # the coloured spots now sit where the input spots were
-        self.result.reset_choices()
-        self.result.value = layer
-        self._refresh_genes()
+        return layer
+
+    def _result_status(self, result, image_layer, spots_layer):
+        pred, device, gene_std, ranges, total = result
         # which image was predicted on (exports stay in full-resolution pixels whichever it is)
         used = image_used_text(pred.slide.copy(space_ranger=image_info(image_layer).slide.space_ranger))
         grid = "" if spots_layer is not None else f" of a {float(self.pitch_um.value):g} µm grid generated over the tissue"
-        self.status.value = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots{grid} on {device}"
-                             + (f", from {used}." if used else "."))
-        self.progress.max = max(int(total), 1)
-        self.progress.value = self.progress.max  # 100 % only now that the layer is there
+        text = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots{grid} on {device}"
+                + (f", from {used}." if used else "."))
         from ...reliability import slide_verdict
 
         unknown = pred.reliability.unknown_because
@@ -216,21 +256,22 @@ class PredictionControls:
             if m.startswith("warning") and not unknown:
                 from napari.utils.notifications import show_warning
 
-                self.status.value += " ⚠ Unlike the training tissue: reliability figures may not hold."
+                text += " ⚠ Unlike the training tissue: reliability figures may not hold."
                 show_warning(f"HGGEP: {m}")
         if unknown:  # no confident figures without evidence: say why once, in the status and a toast
             from napari.utils.notifications import show_warning
 
-            self.status.value += (f" ⚠ Expected PCC on this slide unknown: {unknown}. No gene is marked reliable "
-                                  "here.")
+            text += f" ⚠ Expected PCC on this slide unknown: {unknown}. No gene is marked reliable here."
             show_warning(f"HGGEP: expected PCC on this slide unknown, because {unknown}")
         measured = pred.measured_pcc
         if measured is not None:
             ok = np.isfinite(np.asarray(measured, float))
             if ok.any():
-                self.status.value += (f" Measured against this slide's counts: mean PCC "
-                                      f"{float(np.mean(np.asarray(measured, float)[ok])):.3f} over {int(ok.sum())} genes "
-                                      "(Measured ▸ shows the counts).")
+                text += (f" Measured against this slide's counts: mean PCC "
+                         f"{float(np.mean(np.asarray(measured, float)[ok])):.3f} over {int(ok.sum())} genes "
+                         "(Measured ▸ shows the counts).")
+        self.state.status = text
+        self.state.progress = (max(int(total), 1), max(int(total), 1))  # 100 % only now that the layer is there
         self.device_info.value = f"{self.device.value} → {device}"
 
     def _fail(self, err):
@@ -238,19 +279,32 @@ class PredictionControls:
 
         self._show_error(err)
         self._set_running(False)
-        self.progress.value = 0
+        self.state.progress = (0, 1)
         if isinstance(err, CostTooLarge):  # the user's word is asked for: press again to run anyway
             self.state.confirm = err.key
-            self.status.value += " Press 'Predict anyway' to run it all the same."
+            self.state.status += " Press 'Predict anyway' to run it all the same."
 
     def _on_aborted(self):
-        self.status.value = "Cancelled."
-        self.progress.value = 0
+        self.state.status = "Cancelled."
+        self.state.progress = (0, 1)
+
+
+def _same_kind(old, kind: str, kwargs) -> bool:
+    """Whether a new result can go into the old layer: an image into an image, points of the same
+    symbol into points."""
+    if old.__class__.__name__ == "Image" or kind == "image":
+        return old.__class__.__name__ == "Image" and kind == "image"
+    return bool(len(old.data)) and ("square" in str(old.symbol[0]).lower()) == (kwargs.get("symbol") == "square")
 
 
 def _update_in_place(layer, data, kwargs):
     """Put a new prediction into an existing prediction layer of the same slide (a second Predict)."""
     layer.metadata[KEY] = kwargs["metadata"][KEY]
+    layer.visible = True
+    if layer.__class__.__name__ == "Image":
+        layer.data = data
+        layer.affine = kwargs["affine"]
+        return layer
     layer.face_color = "#808080"  # no gene mapped until the dock colours it
     layer.data = data
     layer.features = kwargs["features"]

@@ -114,7 +114,8 @@ class SourceControls:
 
     # -------------------------------------------------------------- choices
     def _image_layers(self, _=None):  # not the tissue copy under a measured map
-        return [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and layer_info(ly, MapLayerInfo) is None]
+        return [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and layer_info(ly, MapLayerInfo) is None
+                and not is_prediction_layer(ly)]
 
     def _spot_sources(self, _=None):
         pts = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Points" and not is_prediction_layer(ly)
@@ -199,7 +200,7 @@ class SourceControls:
             self.spots.value = pts[0]
         info = image_info(img)
         used = image_used_text(info.slide)
-        self.status.value = (f"Opened {img.name}: {len(pts[0].data) if pts else 0:,} spots"
+        self.state.status = (f"Opened {img.name}: {len(pts[0].data) if pts else 0:,} spots"
                              + (f" on {used}" if used else "") + "."
                              + ("" if info.um_per_px else
                                 " Enter µm per pixel, then press Predict."))

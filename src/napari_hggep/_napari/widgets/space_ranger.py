@@ -101,7 +101,7 @@ class SpaceRangerControls:
             return
         if value == OTHER_FULLRES:
             self.sr_fullres.visible = True
-            self.status.value = "Choose the slide's full-resolution image file (Space Ranger does not copy it in)."
+            self.state.status = "Choose the slide's full-resolution image file (Space Ranger does not copy it in)."
             return
         self.sr_fullres.visible = False
         self._reopen(image=value)
@@ -147,7 +147,7 @@ class SpaceRangerControls:
             layers, slide = result
             self._replace_space_ranger_layers(layer, layers)
             what = f"{len(slide.spot_ids):,} {'bins' if hd else 'spots'}"
-            self.status.value = (f"Showing {what} on {image_used_text(image_info(self.image_layer.value).slide)}; "
+            self.state.status = (f"Showing {what} on {image_used_text(image_info(self.image_layer.value).slide)}; "
                                  "press Predict.")
 
         self._start_job(read, status="Reading the folder again…", returned=done, errored=failed)
