@@ -92,3 +92,41 @@ def test_a_failed_h5ad_write_leaves_the_old_file(sample_pred, tmp_path, monkeypa
     with pytest.raises(OSError):
         write_h5ad(sample_pred, p)
     assert p.read_bytes() == good and [f.name for f in tmp_path.iterdir()] == ["p.h5ad"]
+
+
+@pytest.mark.parametrize("shape", ["circle", "square"])
+def test_a_new_store_joins_its_table_to_its_shapes(sample_pred, tmp_path, shape):
+    """join_spatialelement_table (what napari-spatialdata does to colour the shapes by a gene)
+    works on a store just written: the table's index is not named like its instance-key column."""
+    sd = pytest.importorskip("spatialdata")
+    from dataclasses import replace
+
+    from napari_hggep.data.spatialdata_export import write_zarr
+
+    pred = sample_pred if shape == "circle" else replace(sample_pred, spot_shape="square")
+    path = write_zarr(pred, tmp_path / "p.zarr", ["GNAS", "KRT8"])
+    s = sd.read_zarr(path)
+    (shapes_key,) = s.shapes
+    table = s.tables["table"]
+    element_dict, joined = sd.join_spatialelement_table(sdata=s, spatial_element_names=shapes_key,
+                                                        table_name="table", how="left")
+    shapes = element_dict[shapes_key]
+    assert len(shapes) == len(joined) == len(pred.spot_ids)
+    # each shape meets its own spot's row: the ids, and the values, line up
+    assert list(joined.obs["spot_id"].astype(str)) == list(shapes.index.astype(str))
+    order = [list(pred.spot_ids).index(i) for i in shapes.index.astype(str)]
+    j = pred.genes.index("GNAS")
+    assert np.array_equal(np.asarray(joined[:, "GNAS"].X).ravel(), np.maximum(pred.values[order, j], 0))
+    # the spot ids are still the table's obs names, values as before
+    assert list(table.obs_names) == list(np.asarray(pred.spot_ids).astype(str))
+    assert table.obs.index.name is None and table.uns["spatialdata_attrs"]["instance_key"] == "spot_id"
+
+
+def test_the_store_reader_lives_among_the_readers():
+    from napari_hggep._napari import reader
+    from napari_hggep.data import spatialdata_export, spatialdata_reader
+
+    assert reader.is_spatialdata_store is spatialdata_reader.is_spatialdata_store
+    assert spatialdata_export.read_spatialdata is spatialdata_reader.read_spatialdata  # old imports still work
+    assert "read_spatialdata" not in spatialdata_export.__dict__ or \
+        spatialdata_export.read_spatialdata.__module__ == spatialdata_reader.__name__

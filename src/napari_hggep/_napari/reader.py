@@ -13,7 +13,7 @@ from pathlib import Path
 from ..data.image import TIFF_SUFFIXES
 from ..data.readers import (FULLRES_NOTICE, is_her2st_folder, is_visium_folder, on_best_image, read_her2st,
                             read_spots_csv, read_visium)
-from ..data.spatialdata_export import is_spatialdata_store
+from ..data.spatialdata_reader import is_spatialdata_store
 from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
 from .layers import KEY, PIXEL_FRAME, SpotsLayerInfo, image_data_tuple, image_layer_data, spots_layer_data
 
@@ -141,7 +141,7 @@ def read_spatialdata_store(path):
     to predict. A store napari-hggep wrote is in micrometres; for another store the pixel size is
     not known, so both layers are in the image's pixels and the Predict widget asks for µm per
     pixel. Needs the optional extra (``pip install "napari-hggep[spatialdata]"``)."""
-    from ..data.spatialdata_export import read_spatialdata
+    from ..data.spatialdata_reader import read_spatialdata
 
     path = Path(path[0] if isinstance(path, list) else path)
     slide = read_spatialdata(path, pixel_size_needed=False)

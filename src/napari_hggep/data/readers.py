@@ -1,6 +1,6 @@
 """Slides from what users have: one entry point, :func:`open_slide`, for a HER2+ ST folder
 (:mod:`.her2st`), a Visium or Visium HD folder (:mod:`.visium`, :mod:`.visium_hd`), a SpatialData
-store (:mod:`.spatialdata_export`) or an image with a spot table or a generated grid (here).
+store (:mod:`.spatialdata_reader`) or an image with a spot table or a generated grid (here).
 Each returns a :class:`Slide`."""
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
             if um_per_px:  # the user's figure over the one estimated from the 200 um spot pitch
                 slide.um_per_px = float(um_per_px)
             return slide
-        from .spatialdata_export import is_spatialdata_store, read_spatialdata
+        from .spatialdata_reader import is_spatialdata_store, read_spatialdata
 
         if is_spatialdata_store(path):  # an H&E image and spot shapes in a SpatialData store
             return read_spatialdata(path, um_per_px)
