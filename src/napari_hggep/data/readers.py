@@ -19,6 +19,37 @@ from .tissue import DEFAULT_PITCH_UM, tissue_grid
 from .visium import is_visium_folder, read_visium
 
 
+SPOT_TABLE_PEEK = 65536  # bytes read to see a table's header line
+
+
+def spot_table_columns(path) -> list[str] | None:
+    """The header of a text table, lower-cased, from its first bytes only (the encodings and
+    delimiters :func:`read_spots_csv` reads); None for a binary or empty file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SPOT_TABLE_PEEK)
+    except OSError:
+        return None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw[: len(raw) // 2 * 2].decode("utf-16", errors="ignore")
+    elif b"\x00" in raw:
+        return None
+    else:
+        text = raw.decode("utf-8-sig", errors="replace")
+    lines = text.lstrip().splitlines()
+    if not lines:
+        return None
+    sep = max([",", ";", "\t"], key=lines[0].count)
+    return [c.strip().strip("\"'").strip().lower() for c in lines[0].split(sep)]
+
+
+def looks_like_spot_table(path) -> bool:
+    """A spot table by its header line (``x`` and ``y`` columns): what the napari reader claims,
+    decided without reading the table itself."""
+    cols = spot_table_columns(path)
+    return cols is not None and {"x", "y"} <= set(cols)
+
+
 def read_spots_csv(path) -> pd.DataFrame:
     """A spot table ``spot_id,x,y`` (full-resolution px), optional ``array_row,array_col``.
     Comma, semicolon or tab delimited; UTF-8, UTF-16 or Latin-1; a semicolon table may use
