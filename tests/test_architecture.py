@@ -13,7 +13,7 @@ QT_FREE = ("model", "data", "training", "cli")  # sub-packages (or modules) that
 # the package's parts from the top down (as its __init__ docstring lists them): each imports only
 # parts further down
 LAYERS = ("cli", "_napari", "batch", "scoring", "predict", "cost", "dense", "training", "_bundled", "reliability", "model", "data",
-          "records", "distributed", "devices", "_atomic", "_version")
+          "records", "distributed", "devices", "_atomic", "_log", "_version")
 
 
 def modules() -> dict[str, Path]:

@@ -73,6 +73,7 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
         self._refresh_genes()  # a result layer already in the viewer
         register_predict_widget(self)  # models trained in this session appear in the Model box
         warm_up_torch()  # torch and the model's libraries load in the background, not on the first click
+        self._enable_log()  # an unexpected error keeps its traceback in the log file its message names
 
     def _reset_choices(self, event=None):
         for w in (self.image_layer, self.spots, self.result):

@@ -26,8 +26,11 @@ from .train import _cmd_train
 DESCRIPTION = ("Predict spatial gene expression from H&E histology with the HGGEP model: predict on slides, "
                "train a model on your own sections, evaluate a model (as it is, or leave-one-out by retraining), "
                "pretrain its image path, or open the napari demo.")
+VERBOSE_HELP = ("debug lines on stderr, and the traceback of any error; without it an unexpected error's traceback "
+                "is kept in the log file its message names ($NAPARI_HGGEP_LOG, else the user log folder)")
 EPILOG = ("Errors end in one line on stderr: exit status 2 for a problem with the input (found before any slide "
-          "is read wherever possible), 1 for a failure at run time (a full disk, out of memory). "
+          "is read wherever possible), 1 for a failure at run time (a full disk, out of memory). An unexpected "
+          "error (a bug) also names the log file that keeps its traceback (--verbose: on stderr). "
           "Run napari-hggep COMMAND --help for a command's options.")
 
 
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="napari-hggep", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"napari-hggep {__version__}",
                    help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
                            parser_class=Parser)
 
@@ -210,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--screenshot", help="save a PNG of the viewer and exit")
     d.add_argument("--gene", default=None, help="gene to colour by (default: the best-predicted one)")
     d.set_defaults(func=_cmd_demo)
+    for sp in sub.choices.values():  # also after the command: napari-hggep predict ... --verbose
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return p
 
 
@@ -234,6 +240,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None:  # run as the command, not called from Python
         _exit_on_sigterm()
+    from .._log import enable_file_log, logger, verbose
+
+    if getattr(args, "verbose", False):
+        verbose()
+    enable_file_log()  # an unexpected error's traceback goes there, and its line names the file
+    logger.debug("napari-hggep %s: %s", __version__, " ".join(sys.argv[1:] if argv is None else map(str, argv)))
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
@@ -241,5 +253,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nnapari-hggep: interrupted; no output is half-written", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, OSError, MemoryError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - one line for every error; an unexpected one's traceback is logged
         return report(e)
