@@ -155,9 +155,12 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
                bin_um=None) -> Slide:
     """One entry point: a HER2+ folder, a Visium or Visium HD folder (``bin_um``: 8 or 16, default
     16), or an image with spots / a grid."""
+    from .._log import logger
     from .visium_hd import is_visium_hd_folder, read_visium_hd
 
     path = Path(path)
+    logger.debug("opening %s (spots %s, visium %s, grid %s, um/px %s, bins %s)", path, spots, visium, grid, um_per_px,
+                 bin_um)
     hd = [f for f in (visium, path) if f is not None and is_visium_hd_folder(f)]
     if bin_um is not None and not hd:
         raise SlideError(f"--bin-um is for Visium HD folders (binned_outputs/square_008um, square_016um); "
