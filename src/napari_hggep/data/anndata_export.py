@@ -11,11 +11,11 @@ from .._atomic import atomic_path
 from .export_values import (
     UNRELIABLE_PCC,
     VALUES,
-    _columns,
-    _select,
     export_values,
     gene_table,
     negative_fraction,
+    selected_columns,
+    selected_values,
     spot_diameter_px,
 )
 
@@ -121,7 +121,7 @@ def to_anndata(pred, genes=None, rows: int = 16384):
     import anndata as ad
     import pandas as pd
 
-    names, vals = _select(pred, genes)
+    names, vals = selected_values(pred, genes)
     raw = np.asarray(vals, np.float32)
     X = export_values(raw, rows=rows)
     obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
@@ -132,7 +132,7 @@ def to_anndata(pred, genes=None, rows: int = 16384):
     measured = pred.measured
     layers = {}
     if measured is not None:
-        _, idx = _columns(pred, genes)
+        _, idx = selected_columns(pred, genes)
         layers["measured"] = measured.values if idx is None else measured.values[:, idx]
         obs["has_counts"] = np.asarray(measured.has_counts, bool)
     adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None)
