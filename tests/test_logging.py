@@ -143,3 +143,15 @@ def test_verbose_shows_debug_lines_and_tracebacks_on_stderr(tmp_path):
 def test_the_logger_is_the_packages_and_silent_by_default():
     assert _log.logger is logging.getLogger("napari_hggep")
     assert any(isinstance(h, logging.NullHandler) for h in _log.logger.handlers)
+
+
+def test_nothing_is_made_until_something_is_logged_and_an_unwritable_log_is_said(log_file, tmp_path, monkeypatch):
+    assert _log.enable_file_log() == log_file and not log_file.parent.exists()  # no folder for a clean run
+    _log.disable_file_log()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(_log.LOG_ENV, str(blocker / "sub" / "x.log"))  # under a file: not writable
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(blocker))  # and no fallback either
+    assert _log.enable_file_log() is None
+    msg = _log.describe(_raise(lambda: _broken()), "test")
+    assert "no log file could be written" in msg and "--verbose" in msg

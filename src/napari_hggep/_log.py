@@ -49,21 +49,36 @@ def log_path() -> Path:
 
 
 def _writable(path: Path) -> str | None:
-    """Why ``path`` cannot be appended to (None: it can). Creates its folder, never the file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"cannot create {path.parent}: {e.strerror or e}"
+    """Why ``path`` cannot be appended to (None: it can); creates nothing."""
     if path.is_dir():
         return f"{path} is a folder"
-    target = path if path.exists() else path.parent
+    target = path
+    while not target.exists() and target.parent != target:
+        target = target.parent  # the nearest folder that exists: the log's folders are made at the first record
+    if target != path and not target.is_dir():
+        return f"{target} is a file"
     return None if os.access(target, os.W_OK) else f"{target} is not writable"
+
+
+class _LogFile(logging.FileHandler):
+    """A log file made (with its folders) only when the first record comes; a failure to write
+    it is remembered (:func:`record_unexpected` then says no file could be written), never printed."""
+
+    failed: str | None = None
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record):  # noqa: N802 - logging's hook
+        self.failed = str(sys.exc_info()[1] or "the log file could not be written")
 
 
 def enable_file_log() -> Path | None:
     """Send the ``napari_hggep`` logger's warnings and errors to :func:`log_path` (once per
-    process; the file is opened at the first record). A log over :data:`MAX_LOG_BYTES` is moved
-    aside first. Falls back to the temporary folder; None when no file can be written."""
+    process; the file and its folders are made at the first record). A log over
+    :data:`MAX_LOG_BYTES` is moved aside first. Falls back to the temporary folder; None when no
+    file can be written."""
     global _file_handler, _file_problem
     if _file_handler is not None:
         return Path(_file_handler.baseFilename)
@@ -81,7 +96,7 @@ def enable_file_log() -> Path | None:
             os.replace(path, path.with_name(path.name + ".1"))
     except OSError:
         pass  # another process moved it first
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
+    handler = _LogFile(path, mode="a", encoding="utf-8", delay=True)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter(FORMAT))
     logger.addHandler(handler)
@@ -134,11 +149,16 @@ def is_unexpected(err: BaseException) -> bool:
 def record_unexpected(err: BaseException, where: str) -> Path | None:
     """Append ``err``'s traceback to the log file (see :func:`enable_file_log`); its path, or None
     when no log file can be written."""
+    global _file_problem
     path = enable_file_log()
     logger.error("%s: unexpected %s: %s", where, type(err).__name__, err,
                  exc_info=(type(err), err, err.__traceback__))
-    if _file_handler is not None:
-        _file_handler.flush()
+    if _file_handler is None:
+        return None
+    _file_handler.flush()
+    if _file_handler.failed:
+        _file_problem = _file_handler.failed
+        return None
     return path
 
 
