@@ -20,7 +20,7 @@ def h5ad(tmp_path_factory):
     d = tmp_path_factory.mktemp("h5ad")
     Image.fromarray(he_like_image(420, 500)).save(d / "he.png")
     assert main(["predict", str(d / "he.png"), "--grid", "--pitch-um", "100", "--um-per-px", "2",
-                 "-o", str(d / "p.h5ad")]) == 0
+                 "-o", str(d / "p.h5ad"), "-o", str(d / "p.zarr")]) == 0
     return d / "p.h5ad"
 
 
@@ -77,3 +77,21 @@ def test_an_unrelated_file_finds_no_reader(viewer, tmp_path):
     p.write_text("x,y\n1,2\n")
     with pytest.raises(NoAvailableReaderError):
         viewer.open(str(p), plugin=None)
+
+
+def test_a_prediction_made_on_a_spatialdata_store_opens_over_the_stores_image(viewer, h5ad, tmp_path):
+    import anndata as ad
+
+    from napari_hggep.cli import main
+
+    pytest.importorskip("spatialdata")
+    out = tmp_path / "q.h5ad"
+    assert main(["predict", str(h5ad.parent / "p.zarr"), "-o", str(out)]) == 0
+    a = ad.read_h5ad(out)
+    assert a.uns["napari_hggep"]["image_predicted_on"].endswith("p.zarr::he_full_image")
+    img, pts = viewer.open(str(out), plugin=None)
+    assert img.rgb and tuple(img.level_shapes[0][:2] if img.multiscale else img.data.shape[:2]) == (420, 500)
+    assert is_prediction_layer(pts)
+    np.testing.assert_allclose(pts.data * pts.scale, a.obsm["spatial"][:, ::-1] * a.uns["napari_hggep"]["um_per_px"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(img.scale[-2:], pts.scale, rtol=1e-6)

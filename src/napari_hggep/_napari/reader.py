@@ -204,8 +204,9 @@ def read_prediction_file(path):
     """An ``.h5ad`` napari-hggep wrote (``napari-hggep predict --out p.h5ad``, or the dock's
     export): its prediction as a prediction layer (the Predict dock's genes, colours and exports
     work on it), coloured by its most trustworthy gene, over the image it was predicted on when
-    that file is still where the export says (``uns["napari_hggep"]["image_predicted_on"]``),
-    scaled in micrometres so the spots sit on their tissue. Without the image, the prediction
+    that file (or SpatialData image element, ``store.zarr::element``) is still where the export
+    says (``uns["napari_hggep"]["image_predicted_on"]``), scaled in micrometres so the spots sit on
+    their tissue. Without the image, the prediction
     layer alone, and a notice says which file is missing."""
     from ..data.anndata_reader import read_prediction_h5ad
     from ..data.image import image_stem, is_image_path, read_image
@@ -215,11 +216,18 @@ def read_prediction_file(path):
     pred = read_prediction_h5ad(path)
     layers = []
     image_path = pred.slide.image_path or ""
-    if image_path and "::" not in image_path and is_image_path(image_path) and Path(image_path).is_file():
+    image = None
+    if "::" in image_path:  # an image element of a SpatialData store
+        from ..data.spatialdata_reader import read_store_image
+
+        image = read_store_image(image_path)
+    elif image_path and is_image_path(image_path) and Path(image_path).is_file():
         image = read_image(image_path, lazy=True)  # metadata only for a TIFF, as File > Open of the image
+    if image is not None:
         if not getattr(image, "levels", None):
             image = shown_image(image)
-        layers += with_overview([image_data_tuple(image, pred.image_um_per_px, image_stem(image_path), source=image_path,
+        name = Path(image_path.partition("::")[0]).stem if "::" in image_path else image_stem(image_path)
+        layers += with_overview([image_data_tuple(image, pred.image_um_per_px, name, source=image_path,
                                                   um_per_px_source=f"the prediction {path.name}",
                                                   info=pred.slide.spatial())])
     else:

@@ -131,3 +131,25 @@ def read_spatialdata(path, um_per_px: float | None = None, pixel_size_needed: bo
                  info=SlideInfo(image_path=f"{path}::{ikey}", spot_shape=shape, spatialdata_shapes=skey,
                                 um_per_px_source="the store's micrometre coordinates (written by napari-hggep)"
                                 if not um_per_px and ours else "given", um_per_px_unknown=bool(unknown)))
+
+
+def read_store_image(ref: str):
+    """The image element ``store.zarr::element`` (as an export records the image it was predicted
+    on) as a lazy ``H x W x 3`` image with its coarser levels; None when the store or the element
+    is not there (or spatialdata is not installed)."""
+    store, sep, element = str(ref).partition("::")
+    if not sep or not is_spatialdata_store(store):
+        return None
+    try:
+        import spatialdata as sd
+
+        el = sd.read_zarr(store).images.get(element)
+    except Exception:  # noqa: BLE001 - no extra, an unreadable store: the caller shows the spots alone
+        from .._log import logger
+
+        logger.debug("could not read %s", ref, exc_info=True)
+        return None
+    if el is None:
+        return None
+    arrays = _levels(el)
+    return _CYXImage(arrays[0], levels=[_CYXImage(a) for a in arrays[1:]])
