@@ -130,3 +130,29 @@ def test_our_h5ad_reads_back_as_the_prediction_it_was_written_from(tmp_path):
     for k, img in a.uns["spatial"]["sec"]["images"].items():
         assert np.array_equal(img, b.uns["spatial"]["sec"]["images"][k])
     assert a.uns["spatial"]["sec"]["scalefactors"] == b.uns["spatial"]["sec"]["scalefactors"]
+
+
+def test_measured_counts_read_back_too(tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from napari_hggep.data.anndata_export import write_h5ad
+    from napari_hggep.data.anndata_reader import read_prediction_h5ad
+    from napari_hggep.records import Measured
+
+    pred = small_prediction()
+    rng = np.random.default_rng(1)
+    has = rng.random(len(pred.spot_ids)) < 0.7
+    vals = sp.csr_matrix(rng.gamma(1.0, 1.0, pred.values.shape).astype(np.float32) * has[:, None])
+    pred.measured = Measured(values=vals, has_counts=has, pcc=np.array([0.2, np.nan, -0.1]),
+                             normalisation="log1p(counts / total x 1e4)", source="counts.h5")
+    back = read_prediction_h5ad(write_h5ad(pred, tmp_path / "a.h5ad"))
+    assert np.array_equal(back.measured.values.toarray(), vals.toarray())
+    assert np.array_equal(back.measured.has_counts, has) and back.measured.source == "counts.h5"
+    np.testing.assert_array_equal(back.measured.pcc, np.asarray(pred.measured.pcc, np.float32))
+    a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(write_h5ad(back, tmp_path / "b.h5ad"))
+    assert (a.layers["measured"] != b.layers["measured"]).nnz == 0
+    ia, ib = dict(a.uns["napari_hggep"]), dict(b.uns["napari_hggep"])
+    # var keeps each gene's measured PCC as float32: their mean, computed again, agrees to float32
+    assert ib.pop("measured_pcc_mean") == pytest.approx(ia.pop("measured_pcc_mean"), rel=1e-6) and ia == ib
+    pd.testing.assert_frame_equal(a.var, b.var)
