@@ -70,11 +70,11 @@ def pytest_configure(config):
 # viewer, "subprocess" runs the command line or Python in a fresh process, "slow" trains or runs the
 # bundled model on whole slides. `pytest -m "not slow"` is the quick subset (README, development).
 GUI = {"test_napari", "test_napari_exports", "test_napari_measured", "test_napari_space_ranger", "test_napari_truth",
-       "test_study_widget", "test_train_dock", "test_dock_truth"}
+       "test_study_widget", "test_train_dock", "test_dock_truth", "test_napari_h5ad"}
 SUBPROCESS = {"test_cli_discipline", "test_distributed", "test_manifest", "test_nothing_lost", "test_predict_cli"}
 SLOW = GUI | {"test_cli_discipline", "test_distributed", "test_nothing_lost", "test_predict_cli", "test_study",
               "test_training", "test_dense", "test_exports", "test_ecosystem", "test_measured", "test_faults",
-              "test_properties", "test_reliability"}
+              "test_properties", "test_reliability", "test_house_exports"}
 
 
 def pytest_collection_modifyitems(config, items):

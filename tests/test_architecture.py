@@ -13,7 +13,7 @@ QT_FREE = ("model", "data", "training", "cli")  # sub-packages (or modules) that
 # the package's parts from the top down (as its __init__ docstring lists them): each imports only
 # parts further down
 LAYERS = ("cli", "_napari", "batch", "scoring", "predict", "cost", "dense", "training", "_bundled", "reliability", "model", "data",
-          "records", "distributed", "devices", "_atomic", "_version")
+          "records", "distributed", "devices", "_atomic", "_log", "_version")
 
 
 def modules() -> dict[str, Path]:
@@ -144,3 +144,16 @@ def test_model_data_training_and_cli_import_no_qt():
             if mod.split(".")[0] in QT:
                 bad.append(f"{path.relative_to(SRC)}:{line} imports {mod}")
     assert not bad, "Qt / napari imports below the GUI layer: " + "; ".join(bad)
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name starting with ``_`` is its module's own: another module that needs it gets a public
+    name (issue 34), so the 500-line cap never splits a file along a seam that is not one."""
+    mods = modules()
+    found = []
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(PACKAGE)):
+                found += [f"{name}:{node.lineno} {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "private names imported across modules: " + ", ".join(found)

@@ -149,10 +149,10 @@ def test_unwritable_out_is_refused_before_evaluation_or_training(tiny_data, tmp_
     def refuse(*a, **k):
         raise AssertionError("sections were read before --out was checked")
 
-    monkeypatch.setattr(cli_eval, "_sections", refuse)
-    monkeypatch.setattr(cli_eval, "_study", refuse)
-    monkeypatch.setattr(cli_train, "_sections", refuse)
-    monkeypatch.setattr(cli_train, "_study", refuse)
+    monkeypatch.setattr(cli_eval, "read_sections", refuse)
+    monkeypatch.setattr(cli_eval, "make_study", refuse)
+    monkeypatch.setattr(cli_train, "read_sections", refuse)
+    monkeypatch.setattr(cli_train, "make_study", refuse)
     bad = _blocked(tmp_path)
     runs = [
         ["evaluate", "--loo", "--data", str(tiny_data), "--epochs", "1", "--out", str(bad)],
@@ -185,7 +185,7 @@ def test_unwritable_out_as_a_command_is_quick_and_plain(tiny_data, tmp_path):
 def test_bad_training_inputs_are_refused_before_any_section(tiny_data, tmp_path, capsys, monkeypatch):
     import napari_hggep.cli.evaluate as cli_eval
 
-    monkeypatch.setattr(cli_eval, "_sections", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    monkeypatch.setattr(cli_eval, "read_sections", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
     out = tmp_path / "ev"
     cases = [
         (["--genes", str(tmp_path / "nope.txt")], "no such gene list"),

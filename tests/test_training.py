@@ -8,7 +8,7 @@ from napari_hggep.training.dataset import SectionData
 from napari_hggep.training.config import TrainConfig
 from napari_hggep.training.initialise import gene_stats, init_stats_branch, pca_basis, smooth_targets
 from napari_hggep.training.train import train_model
-from napari_hggep.training.validation import _split
+from napari_hggep.training.validation import validation_split
 
 N_FEAT = 6
 
@@ -33,12 +33,12 @@ def small_cfg(**over):
 
 def test_validation_never_uses_held_out_section_and_section_split():
     secs = [section("A"), section("B", seed=1), section("C", seed=2)]
-    m = _split(secs, 0.2, 0)
+    m = validation_split(secs, 0.2, 0)
     assert all((~x).sum() == 6 for x in m)
-    ms = _split(secs, 0.2, 0, "section")
+    ms = validation_split(secs, 0.2, 0, "section")
     assert sum((~x).all() for x in ms) == 1 and sum(x.all() for x in ms) == 2
     with pytest.raises(ValueError):
-        _split(secs[:1], 0.2, 0, "section")
+        validation_split(secs[:1], 0.2, 0, "section")
 
 
 def test_statistics_branch_starts_at_ridge_and_stays_frozen_image_path_trains():
@@ -49,7 +49,7 @@ def test_statistics_branch_starts_at_ridge_and_stays_frozen_image_path_trains():
     assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
     from napari_hggep.model import HGGEP
 
-    masks = _split(secs, tcfg.val_frac, tcfg.seed)
+    masks = validation_split(secs, tcfg.val_frac, tcfg.seed)
     mean, std = gene_stats(secs, masks)
     z = [((s.target - mean) / std).astype(np.float32) for s in secs]
     fresh = HGGEP(cfg)

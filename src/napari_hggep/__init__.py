@@ -19,8 +19,9 @@ below :mod:`._napari` imports Qt):
 * :mod:`.records`: the typed objects every part passes on: what a reader knows of a slide
   (``SlideInfo``), a prediction and its parts (``Prediction``: provenance, reliability, measured
   counts);
-* :mod:`.distributed`, :mod:`.devices`, :mod:`._atomic`, :mod:`._version`: torchrun, devices,
-  atomic file output, the version.
+* :mod:`.distributed`, :mod:`.devices`, :mod:`._atomic`, :mod:`._log`, :mod:`._version`: torchrun,
+  devices, atomic file output, the ``napari_hggep`` logger (an unexpected error's traceback kept in
+  a log file its message names), the version.
 
 ``import napari_hggep`` stays light: torch loads on the first use of :func:`load_model`,
 :func:`predict_slide` or :func:`open_slide`.

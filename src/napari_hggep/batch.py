@@ -148,8 +148,10 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
                 log(f"napari-hggep: {name}: {m}")
             for f in outputs_for(out_dir, name, opts.formats):
                 write_prediction(pred, f, opts.genes)
-        except (SlideError, ValueError, KeyError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        except Exception as e:  # noqa: BLE001 - one slide's failure never stops the batch
+            from ._log import describe
+
+            msg = describe(e, f"batch: {path}")  # an unexpected error's traceback is logged, the line names the file
             report.failed[name] = msg
             log(f"napari-hggep: {path}: error: {msg}")
             continue

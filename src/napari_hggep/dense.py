@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .data.patches import _plan, _spatial_order
+from .data.patches import origins_order, patch_plan
 from .data.image import read_box
 from .data.slide import Slide
 
@@ -77,11 +77,11 @@ def plan_tiles(slide: Slide, patch_um: float, patch_px: int, tile_px: int = TILE
     """``(level, side, origins, tiles)``: the pyramid level and window side the per-patch path
     reads, every spot's window origin on that level, and ``[(spot indices, (x0, y0, x1, y1)), ...]``
     the tiles (boxes in the level's pixels), row-major."""
-    level, side, origins = _plan(slide, patch_um, patch_px)
+    level, side, origins = patch_plan(slide, patch_um, patch_px)
     f = patch_px / side  # patch-resolution pixels per level pixel
     core = max(tile_px / f, 1.0)
     margin = int(np.ceil(margin_px / f))
-    order = _spatial_order(origins)  # region-major, so tiles of one region are read together
+    order = origins_order(origins)  # region-major, so tiles of one region are read together
     keys = np.floor_divide(origins, core).astype(np.int64)
     k = keys[order]
     # row-major tiles; spots of a tile in the per-patch path's order

@@ -240,6 +240,13 @@ def predict_slide(model, slide: Slide, batch_size: int = 256,
     """Predict every gene of ``model`` (a bundle from :func:`load_model`) for every spot;
     ``shared_trunk`` as in :func:`predict_steps`. ``progress(done, total, phase)`` (or a callable
     of two arguments) never sees ``done == total``: the caller says when its own last step is done."""
+    import time
+
+    from ._log import logger
+
+    logger.debug("predicting %s: %d spots at %.4g um/px, batch %d, shared trunk %s", slide.name, slide.n_spots,
+                 slide.um_per_px, batch_size, shared_trunk)
+    t0 = time.perf_counter()
     gen = predict_steps(model, slide, batch_size, notify, shared_trunk)
     phased = None
     while True:
@@ -247,6 +254,7 @@ def predict_slide(model, slide: Slide, batch_size: int = 256,
             step = next(gen)
             done, total = step
         except StopIteration as stop:
+            logger.debug("predicted %s in %.1f s", slide.name, time.perf_counter() - t0)
             return stop.value
         if progress:
             if phased is None:

@@ -63,7 +63,7 @@ def slide_signature(stats: np.ndarray) -> np.ndarray:
         return np.nanmedian(stats, axis=0)
 
 
-def _spread_feature(spread: np.ndarray) -> np.ndarray:
+def spread_feature(spread: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(spread, np.float64), 1e-3, None))
 
 
@@ -73,7 +73,7 @@ def reliability_score(prior: np.ndarray, spread: np.ndarray, coef: dict) -> np.n
     prior = np.asarray(prior, np.float64)
     prior = np.where(np.isfinite(prior), prior, float(coef.get("prior_fill", 0.0)))
     zp = (prior - coef["prior_mean"]) / coef["prior_sd"]
-    zs = (_spread_feature(spread) - coef["spread_mean"]) / coef["spread_sd"]
+    zs = (spread_feature(spread) - coef["spread_mean"]) / coef["spread_sd"]
     w = float(coef.get("w_prior", 0.5))
     return w * zp + (1 - w) * zs
 

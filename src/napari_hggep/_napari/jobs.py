@@ -72,9 +72,15 @@ class JobError(Exception):
     ``errored`` or ``finished``, which would leave the widget busy for ever."""
 
 
-def error_text(err) -> str:
-    """What an error says to the user (a KeyError's message without its quotes)."""
-    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+def error_text(err, where: str = "napari dock") -> str:
+    """What an error says to the user in one line (a KeyError's message without its quotes). An
+    unexpected error (a bug: see :func:`napari_hggep._log.is_unexpected`; a :class:`JobError` is
+    judged by the error it wraps) keeps its traceback in the log file, and the line names it."""
+    from .._log import describe
+
+    if isinstance(err, JobError) and err.__cause__ is not None:
+        return describe(err.__cause__, where)
+    return describe(err, where)
 
 
 class Activity:
@@ -119,6 +125,12 @@ class JobRunner:
     while idle), a ``state`` whose ``status`` its status line follows (:mod:`.state`) and
     ``_set_running(running)`` for its buttons."""
 
+    def _enable_log(self) -> None:
+        """An unexpected error in this dock keeps its traceback in the log file (called when it opens)."""
+        from .._log import enable_file_log
+
+        enable_file_log()
+
     def _start_job(self, job, *args, status: str, returned, errored, yielded=None, aborted=None):
         """Run ``job(*args)`` (a function, or a generator that yields progress) in a worker thread."""
         from napari.qt.threading import thread_worker
@@ -140,7 +152,7 @@ class JobRunner:
         """The error in the status line and as a napari notification."""
         from napari.utils.notifications import show_error
 
-        msg = error_text(err)
+        msg = error_text(err, type(self).__name__)
         self.state.status = f"Error: {msg}"
         show_error(f"HGGEP: {msg}")
 

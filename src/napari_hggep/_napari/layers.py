@@ -262,6 +262,22 @@ def prediction_layer_data(pred: Prediction, name=None, gene_std=None, ranges=Non
     return (pred.image_xy[:, ::-1].copy(), kwargs, "points")
 
 
+def color_kwargs(info: PredictionLayerInfo, gene: str | None) -> dict:
+    """The Points layer arguments that colour a prediction layer not yet made by ``gene`` as
+    :func:`color_by_gene` colours a live one (features, colormap, contrast limits); ``info`` records
+    the gene shown. None: plain grey spots."""
+    import pandas as pd
+
+    i = None if gene is None else info.index.get(gene)
+    if i is None:
+        return {"face_color": "#808080"}
+    sd = None if info.gene_std is None else float(info.gene_std[i])
+    lo, hi, flat = display_limits(*(float(x) for x in info.ranges[i]), sd)
+    info.gene, info.contrast_limits, info.flat = gene, (lo, hi), flat
+    return {"features": pd.DataFrame({"spot_id": info.prediction.spot_ids, gene: info.values[:, i]}),
+            "face_color": gene, "face_colormap": info.colormap, "face_contrast_limits": (lo, hi)}
+
+
 def measured_values(layer, gene: str) -> tuple[np.ndarray, np.ndarray] | None:
     """One gene's measured values on the spots that have counts, and those spots (a mask), from
     a prediction layer whose slide has counts; None otherwise."""

@@ -17,7 +17,7 @@ from .layers import ImageLayerInfo, MapLayerInfo, SpotsLayerInfo, is_prediction_
 from .state import PredictDockState
 from .trained_models import register_predict_widget
 from .widgets.export import ExportControls
-from .widgets.genes import GeneControls, _GeneList
+from .widgets.genes import GeneControls, GeneList
 from .widgets.measured import MeasuredControls
 from .widgets.prediction import PredictionControls
 from .widgets.scroll import VerticalScroll
@@ -39,7 +39,7 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
         self.warnings_shown: list[str] = []  # the image's warnings shown at the last Predict
         self._toasted: dict[int, list[str]] = {}  # image layer id -> the warnings already shown as a toast
         self._models: dict[str, str] = {}  # checkpoints added by add_model: label -> path
-        self._gene_lists: dict[int, _GeneList] = {}
+        self._gene_lists: dict[int, GeneList] = {}
         self._shown_genes: list[str] = []
         self.state = PredictDockState()  # what the dock shows follows this one object's events
         self.form = Container(labels=True)
@@ -73,6 +73,7 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
         self._refresh_genes()  # a result layer already in the viewer
         register_predict_widget(self)  # models trained in this session appear in the Model box
         warm_up_torch()  # torch and the model's libraries load in the background, not on the first click
+        self._enable_log()  # an unexpected error keeps its traceback in the log file its message names
 
     def _reset_choices(self, event=None):
         for w in (self.image_layer, self.spots, self.result):

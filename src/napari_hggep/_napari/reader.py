@@ -1,5 +1,6 @@
 """npe2 reader: a Visium or Visium HD outs/ folder, a HER2+ ST folder, a SpatialData .zarr with an
-H&E image and spots, or a spots CSV.
+H&E image and spots, a TIFF / OME-TIFF / SVS, a spots CSV, or an ``.h5ad`` napari-hggep wrote
+(:func:`read_prediction_file`: a prediction layer over the image it was predicted on).
 
 napari calls a reader on its GUI thread, so these read metadata and spot tables only: a TIFF stays
 on disk (a lazy view; zarr opens it at the first pixel read), a large one is shown through coarser
@@ -10,33 +11,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.image import TIFF_SUFFIXES
-from ..data.readers import (FULLRES_NOTICE, is_her2st_folder, is_visium_folder, on_best_image, read_her2st,
-                            read_spots_csv, read_visium)
-from ..data.spatialdata_export import is_spatialdata_store
+from ..data.anndata_reader import is_prediction_h5ad
+from ..data.image import TIFF_SUFFIXES, is_tiff_file
+from ..data.readers import (FULLRES_NOTICE, is_her2st_folder, is_visium_folder, looks_like_spot_table, on_best_image,
+                            read_her2st, read_spots_csv, read_visium)
+from ..data.spatialdata_reader import is_spatialdata_store
 from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
 from .layers import KEY, PIXEL_FRAME, SpotsLayerInfo, image_data_tuple, image_layer_data, spots_layer_data
 
 
 def get_reader(path):
+    """The reader of ``path``, or None: the manifest offers this plugin only the files it reads
+    (``filename_patterns``: TIFFs, ``.h5ad``, ``.csv``) and folders; each is told apart here by its
+    header or its files, never by reading it whole: a TIFF by its magic bytes, an ``.h5ad`` by the
+    ``uns/napari_hggep`` group our exports write, a CSV by an ``x`` and ``y`` column in its header."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
     p = Path(path)
-    if p.is_dir() and (is_visium_folder(p) or is_visium_hd_folder(p) or is_her2st_folder(p)):
-        return read_slide_folder
-    if p.is_dir() and bins_root(p) is not None:  # an HD outs/ without bin folders: read_slide_folder says why
-        return read_slide_folder
-    if p.is_dir() and p.name.lower().endswith(".zarr") and is_spatialdata_store(p):
-        return read_spatialdata_store
-    if p.is_file() and p.name.lower().endswith(TIFF_SUFFIXES):
+    if p.is_dir():
+        if is_visium_folder(p) or is_visium_hd_folder(p) or is_her2st_folder(p):
+            return read_slide_folder
+        if bins_root(p) is not None:  # an HD outs/ without bin folders: read_slide_folder says why
+            return read_slide_folder
+        if p.name.lower().endswith(".zarr") and is_spatialdata_store(p):
+            return read_spatialdata_store
+        return None
+    if not p.is_file():
+        return None
+    name = p.name.lower()
+    if name.endswith(TIFF_SUFFIXES) and is_tiff_file(p):
         return read_tiff
-    if p.suffix.lower() == ".csv" and p.is_file():
-        try:
-            read_spots_csv(p)
-        except ValueError:
-            return None  # not a spot table: let other readers try
+    if name.endswith(".h5ad") and is_prediction_h5ad(p):
+        return read_prediction_file
+    if name.endswith(".csv") and looks_like_spot_table(p):
         return read_spots_table
     return None
 
@@ -141,7 +150,7 @@ def read_spatialdata_store(path):
     to predict. A store napari-hggep wrote is in micrometres; for another store the pixel size is
     not known, so both layers are in the image's pixels and the Predict widget asks for µm per
     pixel. Needs the optional extra (``pip install "napari-hggep[spatialdata]"``)."""
-    from ..data.spatialdata_export import read_spatialdata
+    from ..data.spatialdata_reader import read_spatialdata
 
     path = Path(path[0] if isinstance(path, list) else path)
     slide = read_spatialdata(path, pixel_size_needed=False)
@@ -189,3 +198,59 @@ def read_spots_table(path):
               "features": spot_features(df["spot_id"], rc),
               "metadata": {KEY: SpotsLayerInfo(frame=PIXEL_FRAME, source=str(path))}}
     return [(np.column_stack([df["y"].to_numpy(float), df["x"].to_numpy(float)]), kwargs, "points")]
+
+
+def read_prediction_file(path):
+    """An ``.h5ad`` napari-hggep wrote (``napari-hggep predict --out p.h5ad``, or the dock's
+    export): its prediction as a prediction layer (the Predict dock's genes, colours and exports
+    work on it), coloured by its most trustworthy gene, over the image it was predicted on when
+    that file (or SpatialData image element, ``store.zarr::element``) is still where the export
+    says (``uns["napari_hggep"]["image_predicted_on"]``), scaled in micrometres so the spots sit on
+    their tissue. Without the image, the prediction
+    layer alone, and a notice says which file is missing."""
+    from ..data.anndata_reader import read_prediction_h5ad
+    from ..data.image import image_stem, is_image_path, read_image
+    from .layers import color_kwargs, prediction_layer_data
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    pred = read_prediction_h5ad(path)
+    layers = []
+    image_path = pred.slide.image_path or ""
+    image = None
+    if "::" in image_path:  # an image element of a SpatialData store
+        from ..data.spatialdata_reader import read_store_image
+
+        image = read_store_image(image_path)
+    elif image_path and is_image_path(image_path) and Path(image_path).is_file():
+        image = read_image(image_path, lazy=True)  # metadata only for a TIFF, as File > Open of the image
+    if image is not None:
+        if not getattr(image, "levels", None):
+            image = shown_image(image)
+        name = Path(image_path.partition("::")[0]).stem if "::" in image_path else image_stem(image_path)
+        layers += with_overview([image_data_tuple(image, pred.image_um_per_px, name, source=image_path,
+                                                  um_per_px_source=f"the prediction {path.name}",
+                                                  info=pred.slide.spatial())])
+    else:
+        from napari.utils.notifications import show_info
+
+        why = (f"its image {image_path} is not there any more" if image_path else "it names no image")
+        show_info(f"HGGEP: {path.name} opened as the predicted spots alone: {why}")
+    data, kwargs, kind = prediction_layer_data(pred, name=f"{pred.name} genes")
+    kwargs.update(color_kwargs(kwargs["metadata"][KEY], best_gene(pred)))
+    return layers + [(data, kwargs, kind)]
+
+
+def best_gene(pred) -> str | None:
+    """The gene a prediction opens coloured by: the highest expected PCC on this slide, else the
+    highest held-out PCC, else the first."""
+    import numpy as np
+
+    if not pred.genes:
+        return None
+    for figures in (pred.reliability.slide_reliability,
+                    [pred.provenance.gene_pcc.get(g) for g in pred.genes] if pred.provenance.gene_pcc else None):
+        if figures is not None and len(figures) == len(pred.genes):
+            f = np.array([np.nan if v is None else float(v) for v in figures], float)
+            if np.isfinite(f).any():
+                return pred.genes[int(np.nanargmax(f))]
+    return pred.genes[0]

@@ -135,6 +135,7 @@ class TrainWidget(JobRunner, Container):
         self.margins = (0, 0, 0, 0)
         self.native.setMaximumWidth(460)  # leave the canvas most of the window
         warm_up_torch()  # torch loads in the background, not on the first click
+        self._enable_log()  # an unexpected error keeps its traceback in the log file its message names
         self.events = _Events()
         self.events.event.connect(self._on_event)
         self.events.log.connect(self._on_log)

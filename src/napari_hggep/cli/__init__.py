@@ -16,18 +16,21 @@ import sys
 from .._version import __version__
 from .checks import (Parser, check_device, count_arg, device_arg, fraction_arg, positive_float, positive_int,
                      report, um_per_px_arg)
-from .demo import _cmd_demo
-from .evaluate import _cmd_evaluate
-from .predict import _cmd_predict
-from .pretrain import _cmd_pretrain
-from .train import _cmd_train
+from .demo import cmd_demo
+from .evaluate import cmd_evaluate
+from .predict import cmd_predict
+from .pretrain import cmd_pretrain
+from .train import cmd_train
 
 
 DESCRIPTION = ("Predict spatial gene expression from H&E histology with the HGGEP model: predict on slides, "
                "train a model on your own sections, evaluate a model (as it is, or leave-one-out by retraining), "
                "pretrain its image path, or open the napari demo.")
+VERBOSE_HELP = ("debug lines on stderr, and the traceback of any error; without it an unexpected error's traceback "
+                "is kept in the log file its message names ($NAPARI_HGGEP_LOG, else the user log folder)")
 EPILOG = ("Errors end in one line on stderr: exit status 2 for a problem with the input (found before any slide "
-          "is read wherever possible), 1 for a failure at run time (a full disk, out of memory). "
+          "is read wherever possible), 1 for a failure at run time (a full disk, out of memory). An unexpected "
+          "error (a bug) also names the log file that keeps its traceback (--verbose: on stderr). "
           "Run napari-hggep COMMAND --help for a command's options.")
 
 
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="napari-hggep", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"napari-hggep {__version__}",
                    help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
                            parser_class=Parser)
 
@@ -84,17 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --out-dir: which files to write per slide (default csv)")
     pr.add_argument("--workers", type=positive_int, default=1,
                     help="with --out-dir: local worker processes (under torchrun, the ranks share the slides)")
-    pr.set_defaults(func=_cmd_predict)
+    pr.set_defaults(func=cmd_predict)
 
     for name, helptext, desc, func in (
             ("train", "train a model on your labelled sections",
              "Train a model on sections with H&E images and measured counts: a study (--samples or --data; "
              "held-out folds give each gene's PCC on unseen sections), or the expert recipe the bundled model "
-             "was made with.", _cmd_train),
+             "was made with.", cmd_train),
             ("evaluate", "score a model on labelled sections (as it is), or leave-one-out by retraining (--loo)",
              "Without --loo: score an existing model (--model, default the bundled one) on labelled sections; "
              "nothing is trained. With --loo: leave-one-section-out and leave-one-patient-out evaluation by "
-             "retraining the recipe on all sections but the held-out ones.", _cmd_evaluate)):
+             "retraining the recipe on all sections but the held-out ones.", cmd_evaluate)):
         t = sub.add_parser(name, help=helptext, description=desc)
         t.add_argument("--samples", help="samples table (CSV): section,folder[,image,patient,um_per_px]; folders are "
                                          "Space Ranger outs/, HER2+ ST folders, or an image + spots.csv + counts table")
@@ -202,14 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="backbone file to write (use with train --backbone); its folder "
                                                  "is checked first")
     pt.add_argument("--resume", action="store_true", help="resume from OUT.state")
-    pt.set_defaults(func=_cmd_pretrain)
+    pt.set_defaults(func=cmd_pretrain)
 
     d = sub.add_parser("demo", help="open napari with the sample slide and predict on it",
                        description="Open napari with the bundled sample section (B4), predict on it and colour the "
                                    "spots by a gene.")
     d.add_argument("--screenshot", help="save a PNG of the viewer and exit")
     d.add_argument("--gene", default=None, help="gene to colour by (default: the best-predicted one)")
-    d.set_defaults(func=_cmd_demo)
+    d.set_defaults(func=cmd_demo)
+    for sp in sub.choices.values():  # also after the command: napari-hggep predict ... --verbose
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return p
 
 
@@ -234,6 +240,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None:  # run as the command, not called from Python
         _exit_on_sigterm()
+    from .._log import enable_file_log, logger, verbose
+
+    if getattr(args, "verbose", False):
+        verbose()
+    enable_file_log()  # an unexpected error's traceback goes there, and its line names the file
+    logger.debug("napari-hggep %s: %s", __version__, " ".join(sys.argv[1:] if argv is None else map(str, argv)))
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
@@ -241,5 +253,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nnapari-hggep: interrupted; no output is half-written", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, OSError, MemoryError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - one line for every error; an unexpected one's traceback is logged
         return report(e)

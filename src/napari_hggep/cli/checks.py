@@ -211,12 +211,26 @@ def one_line(err: BaseException) -> str:
 
 def report(err: BaseException, stream=None) -> int:
     """Print ``err`` as one line and return the exit status: 2 for a user error, 1 for a failure
-    at run time."""
+    at run time. An unexpected error (a bug, or a library's error no check turned into advice: see
+    :func:`napari_hggep._log.is_unexpected`) keeps its traceback in the log file, and the line
+    names that file; any error's traceback is on stderr with ``--verbose``."""
+    from .._log import is_unexpected, logger, record_unexpected, unexpected_note
+
     stream = stream or sys.stderr
     runtime = isinstance(err, (RunFailure, MemoryError)) or (
         isinstance(err, OSError) and not isinstance(err, USER_ERRORS)) or (
-        isinstance(err, RuntimeError) and not isinstance(err, USER_ERRORS))
-    print(f"{PROG}: error: {one_line(err)}", file=stream)
+        isinstance(err, RuntimeError) and not isinstance(err, USER_ERRORS)) or (
+        not isinstance(err, (ValueError, KeyError, OSError, MemoryError, RuntimeError)))
+    line = one_line(err)
+    if is_unexpected(err):
+        line += f" ({unexpected_note(err, record_unexpected(err, PROG))})"
+    else:  # --verbose: the traceback, and that of the error it replaced (``raise ... from None`` hides it)
+        logger.debug("%s: %s", type(err).__name__, line, exc_info=(type(err), err, err.__traceback__))
+        hidden = err.__context__ if err.__suppress_context__ else None
+        if hidden is not None:
+            logger.debug("it replaced %s: %s", type(hidden).__name__, hidden,
+                         exc_info=(type(hidden), hidden, hidden.__traceback__))
+    print(f"{PROG}: error: {line}", file=stream)
     return 1 if runtime else 2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .checks import check_out_file
 
 
-def _cmd_demo(a) -> int:
+def cmd_demo(a) -> int:
     if a.screenshot:
         check_out_file(a.screenshot, "--screenshot")  # before napari starts
     from .._napari.demo import run_demo

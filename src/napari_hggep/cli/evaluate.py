@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 
 from .checks import UsageError, check_in_file, check_out_dir, check_pairs
-from .progress import _epoch_printer
-from .sections import _sections, _study, _train_config, check_training_inputs
+from .progress import epoch_printer
+from .sections import check_training_inputs, make_study, read_sections, train_config_from_args
 
 LOO_FILES = ("loo.json", "loo.md")
 
@@ -51,7 +51,7 @@ def _check_loo(a) -> None:
                              f"(have {', '.join(sorted(a.backbones_map))}); give PATIENT=FILE for every patient")
 
 
-def _cmd_evaluate(a) -> int:
+def cmd_evaluate(a) -> int:
     from ..training.dataset import load_sections
     from ..training.evaluate import ablation, evaluate, markdown_table, write_results
 
@@ -60,7 +60,7 @@ def _cmd_evaluate(a) -> int:
     _check_loo(a)
     if a.samples or a.hvg:
         return _evaluate_study(a)
-    secs, genes, cfg = _sections(a)
+    secs, genes, cfg = read_sections(a)
     labels = None
     if a.labels_df is not None:
         df = a.labels_df
@@ -74,11 +74,11 @@ def _cmd_evaluate(a) -> int:
         resampled[um] = {n: s for n, s in zip(names, load_sections(a.data, names, genes, cfg, a.cache, resample_um=um))}
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     backbones = a.backbones_map or None
-    res = evaluate(secs, cfg, genes, _train_config(a), labels, resampled, patients, log=log,
-                   progress=_epoch_printer(a.epochs or 30), backbones=backbones)
+    res = evaluate(secs, cfg, genes, train_config_from_args(a), labels, resampled, patients, log=log,
+                   progress=epoch_printer(a.epochs or 30), backbones=backbones)
     if a.ablation:
-        res["ablation"] = ablation(secs, cfg, genes, _train_config(a), resampled, patients, log=log,
-                                   progress=_epoch_printer(a.epochs or 30), backbones=backbones, done=res)
+        res["ablation"] = ablation(secs, cfg, genes, train_config_from_args(a), resampled, patients, log=log,
+                                   progress=epoch_printer(a.epochs or 30), backbones=backbones, done=res)
     js, md = write_results(res, a.out)
     print(markdown_table(res))
     print(f"wrote {js} and {md}", file=sys.stderr)
@@ -91,18 +91,18 @@ def _evaluate_study(a) -> int:
     from ..training.evaluate import ablation, evaluate, markdown_table, write_results
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    study = _study(a, log)
+    study = make_study(a, log)
     study.load()
     patients = {r.section: r.patient for r in study.rows if r.patient} or None
     if a.patients_map:
         patients = a.patients_map
     tcfg = study.train_config(None)
     res = evaluate(study.sections, study.config, study.panel.genes, tcfg, None, {}, patients, log=log,
-                   progress=_epoch_printer(tcfg.epochs))
+                   progress=epoch_printer(tcfg.epochs))
     res["protocol"]["panel"] = study.panel.card()
     if a.ablation:
         res["ablation"] = ablation(study.sections, study.config, study.panel.genes, tcfg, {}, patients, log=log,
-                                   progress=_epoch_printer(tcfg.epochs), done=res)
+                                   progress=epoch_printer(tcfg.epochs), done=res)
     js, md = write_results(res, a.out)
     print(markdown_table(res))
     print(f"wrote {js} and {md}", file=sys.stderr)

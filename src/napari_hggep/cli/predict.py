@@ -10,10 +10,10 @@ from pathlib import Path
 
 from .checks import UsageError, check_in_file, check_in_path, check_um_per_px, write_failure
 from .progress import Bar
-from .torchrun import _distributed_command
+from .torchrun import distributed_command
 
 
-def _cmd_predict(a) -> int:
+def cmd_predict(a) -> int:
     if a.out_dir is not None or len(a.image) > 1:
         return _predict_many(a)
     a.image = a.image[0]
@@ -76,7 +76,7 @@ def write_outputs(pred, outputs, genes) -> None:
             raise write_failure(out, e, kept=existed) from None
 
 
-@_distributed_command
+@distributed_command
 def _predict_many(a, dist, device) -> int:
     from .._bundled import load_model
     from ..batch import BatchOptions, check_batch_options, list_slides, predict_many

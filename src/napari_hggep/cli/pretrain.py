@@ -6,11 +6,11 @@ from pathlib import Path
 
 from .checks import UsageError, check_in_path, check_out_file, check_um_per_px
 from .progress import Bar
-from .torchrun import _distributed_command
+from .torchrun import distributed_command
 
 
-@_distributed_command
-def _cmd_pretrain(a, dist, device) -> int:
+@distributed_command
+def cmd_pretrain(a, dist, device) -> int:
     from ..data.readers import open_slide
     from ..training.pretrain import PretrainConfig, pretrain
 

@@ -22,7 +22,7 @@ class Bar:
         self.stream.flush()
 
 
-def _epoch_printer(total):
+def epoch_printer(total):
     """A progress bar over epochs that shows the loss and the validation PCC."""
     bar = Bar("train")
 
@@ -34,7 +34,7 @@ def _epoch_printer(total):
     return show
 
 
-class _StudyBar:
+class StudyBar:
     """One progress line for the whole study job (reading, held-out folds, final model)."""
 
     def __init__(self):

@@ -8,7 +8,7 @@ from pathlib import Path
 from .checks import UsageError, check_in_file, check_out_dir
 
 
-def _train_config(a, device=None, epochs: int = 30):
+def train_config_from_args(a, device=None, epochs: int = 30):
     from ..training.config import TrainConfig
 
     return TrainConfig(epochs=a.epochs or epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
@@ -37,7 +37,7 @@ def _model_config(a, genes):
     return cfg
 
 
-def _sections(a):
+def read_sections(a):
     from ..training.dataset import load_sections, read_genes
 
     if a.data is None:
@@ -51,7 +51,7 @@ def _sections(a):
     return secs, genes, cfg
 
 
-def _study(a, log):
+def make_study(a, log):
     """The study's sections and options from ``--samples`` or ``--data`` (plus --hvg/--genes)."""
     from ..data.samples import read_samples_table, rows_from_data_dir
     from ..training.study import Study, StudyOptions
@@ -72,7 +72,7 @@ def _study(a, log):
     opts = StudyOptions(hvg=a.hvg, genes_file=a.genes,
                         default_genes_file=str(Path(a.data) / "genes.txt") if a.data else None,
                         from_scratch=a.from_scratch, finetune=a.finetune, branches=a.branches,
-                        train=_train_config(a, epochs=12), minutes=getattr(a, "minutes", None) or None,
+                        train=train_config_from_args(a, epochs=12), minutes=getattr(a, "minutes", None) or None,
                         heldout=not getattr(a, "no_heldout", False), stats_res_copies=a.stats_res_copies or 0,
                         cache=a.cache, keep_state=getattr(a, "keep_state", False),
                         preset=a.preset)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def _distributed_command(run):
+def distributed_command(run):
     """A command that joins torchrun's process group when started by it (a world of one
     otherwise) and leaves it however the command ends."""
 

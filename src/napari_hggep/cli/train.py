@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from .checks import UsageError, check_in_file, check_out_file
-from .progress import _epoch_printer, _StudyBar
-from .sections import _sections, _study, _train_config, check_training_inputs
-from .torchrun import _distributed_command
+from .progress import StudyBar, epoch_printer
+from .sections import check_training_inputs, make_study, read_sections, train_config_from_args
+from .torchrun import distributed_command
 
 
 def _expert_train(a) -> bool:
@@ -32,7 +32,7 @@ def _card_metrics(path) -> dict:
     return ev
 
 
-def _cmd_train(a) -> int:
+def cmd_train(a) -> int:
     import os
 
     check_out_file(a.out, "--out")  # before anything is read or trained
@@ -46,17 +46,17 @@ def _cmd_train(a) -> int:
     if expert:
         return _cmd_train_expert(a)
     log = lambda m: print(f"\n{m}" if bar.open else m, file=sys.stderr, flush=True)  # noqa: E731
-    bar = _StudyBar()
-    study = _study(a, log)
+    bar = StudyBar()
+    study = make_study(a, log)
     study.run(a.out, progress=bar, resume=a.resume)
     return 0
 
 
-@_distributed_command
+@distributed_command
 def _cmd_train_expert(a, dist, device) -> int:
     from ..training.train import train_model
 
-    secs, genes, cfg = _sections(a)
+    secs, genes, cfg = read_sections(a)
     if dist.active:
         print(f"rank {dist.rank} of {dist.world} on {device}", file=sys.stderr)
     metrics = None
@@ -76,8 +76,8 @@ def _cmd_train_expert(a, dist, device) -> int:
 
             metrics["reliability"] = calibrate(ev, secs)
     epochs = a.epochs or 30
-    train_model(secs, cfg, genes, _train_config(a, device), out=a.out, resume=a.resume,
-                progress=_epoch_printer(epochs) if dist.is_main else None, metrics=metrics, dist=dist,
+    train_model(secs, cfg, genes, train_config_from_args(a, device), out=a.out, resume=a.resume,
+                progress=epoch_printer(epochs) if dist.is_main else None, metrics=metrics, dist=dist,
                 keep_state=a.keep_state)
     if dist.is_main:
         print(f"wrote {a.out}", file=sys.stderr)

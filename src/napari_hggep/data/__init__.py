@@ -3,8 +3,8 @@
 * :mod:`.slide`: the :class:`Slide` every reader returns; :mod:`.readers`: :func:`open_slide`,
   the one entry point, and images with a spot table or a generated grid;
 * input formats: :mod:`.her2st` (HER2+ ST folders), :mod:`.visium` and :mod:`.visium_hd` (Space
-  Ranger folders, sharing :mod:`.space_ranger`), :mod:`.spatialdata_export` (SpatialData stores,
-  read and written), :mod:`.tables` (text tables as users save them), :mod:`.samples` (a study's
+  Ranger folders, sharing :mod:`.space_ranger`), :mod:`.spatialdata_reader` (SpatialData stores),
+  :mod:`.tables` (text tables as users save them), :mod:`.samples` (a study's
   labelled sections and their counts);
 * images and what is read from them: :mod:`.image`, :mod:`.patches`, :mod:`.tissue`,
   :mod:`.features` (tissue statistics), :mod:`.stain`, :mod:`.quality`;

@@ -1,6 +1,6 @@
 """AnnData exports (``.h5ad``), laid out as ``scanpy.read_visium`` lays them out: ``obsm["spatial"]`` in
 full-resolution pixels, ``uns["spatial"][library_id]`` with images and scale factors, each gene's
-held-out PCC and reliability in ``var``; ``X`` streamed into the file."""
+held-out PCC and reliability in ``var``; written by anndata's own writer."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,11 +11,11 @@ from .._atomic import atomic_path
 from .export_values import (
     UNRELIABLE_PCC,
     VALUES,
-    _columns,
-    _select,
     export_values,
     gene_table,
     negative_fraction,
+    selected_columns,
+    selected_values,
     spot_diameter_px,
 )
 
@@ -114,20 +114,16 @@ def library_id(pred) -> str:
     return clean(pred.name or "slide")
 
 
-def to_anndata(pred, genes=None, with_values: bool = True):
+def to_anndata(pred, genes=None, rows: int = 16384):
     """AnnData as ``scanpy.read_visium`` makes it, so ``sc.pl.spatial(adata, color=gene)`` and
-    ``squidpy.pl.spatial_scatter`` draw it without extra arguments. ``with_values=False`` leaves
-    ``X`` out (:func:`write_h5ad` streams it into the file)."""
+    ``squidpy.pl.spatial_scatter`` draw it without extra arguments; ``X`` float32, the clipped
+    values (:func:`~.export_values.export_values`, checked ``rows`` spots at a time)."""
     import anndata as ad
     import pandas as pd
 
-    if with_values:
-        names, vals = _select(pred, genes)
-        raw = np.asarray(vals, np.float32)
-        X = export_values(raw)
-    else:
-        names, _ = _columns(pred, genes)
-        raw, X = pred.values, None
+    names, vals = selected_values(pred, genes)
+    raw = np.asarray(vals, np.float32)
+    X = export_values(raw, rows=rows)
     obs = pd.DataFrame(index=pd.Index(np.asarray(pred.spot_ids).astype(str), name="spot_id"))
     obs["in_tissue"] = np.ones(len(obs), np.int64)
     if pred.array_rc is not None:
@@ -136,11 +132,10 @@ def to_anndata(pred, genes=None, with_values: bool = True):
     measured = pred.measured
     layers = {}
     if measured is not None:
-        _, idx = _columns(pred, genes)
+        _, idx = selected_columns(pred, genes)
         layers["measured"] = measured.values if idx is None else measured.values[:, idx]
         obs["has_counts"] = np.asarray(measured.has_counts, bool)
-    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None,
-                       shape=(len(obs), len(names)) if X is None else None)
+    adata = ad.AnnData(X=X, obs=obs, var=gene_table(pred, names), layers=layers or None)
     adata.obsm["spatial"] = np.asarray(pred.xy, np.float64)
     lib = library_id(pred)
     image_path = absolute_path(pred.slide.image_path)
@@ -201,25 +196,12 @@ def to_anndata(pred, genes=None, with_values: bool = True):
 
 
 def write_h5ad(pred, path, genes=None, rows: int = 16384) -> Path:
-    """:func:`to_anndata` written to ``path``: everything but ``X`` through anndata, then ``X``
-    (the clipped values, see :data:`VALUES`) streamed into the same file ``rows`` spots at a
-    time, as anndata's dense-array encoding, so a slide's values are never copied whole (not even
-    for a gene subset or unclipped values). Written to a temporary file, renamed when complete."""
-    import h5py
-
-    adata = to_anndata(pred, genes, with_values=False)
-    _, idx = _columns(pred, genes)
-    vals = pred.values
-    n, g = adata.n_obs, adata.n_vars
+    """:func:`to_anndata` written to ``path`` by anndata's own writer (``AnnData.write_h5ad``, its
+    encodings and versions), atomically: into a temporary file in the same folder, renamed over
+    ``path`` (``os.replace``) only when complete, so a failed write never leaves half a file.
+    ``X`` holds the clipped values (see :data:`VALUES`), checked ``rows`` spots at a time; values
+    already clipped (as ``predict_steps`` returns them) are written without a copy."""
+    adata = to_anndata(pred, genes, rows=rows)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
-        with h5py.File(tmp, "a") as f:
-            if "X" in f:
-                del f["X"]
-            ds = f.create_dataset("X", shape=(n, g), dtype="float32")
-            ds.attrs["encoding-type"] = "array"
-            ds.attrs["encoding-version"] = "0.2.0"
-            for i in range(0, n, rows):
-                part = np.asarray(vals[i:i + rows] if idx is None else vals[i:i + rows][:, idx], np.float32)
-                ds[i:i + len(part)] = export_values(part)
     return Path(path)

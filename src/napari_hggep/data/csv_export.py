@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
-from .export_values import _columns, _select, export_values, gene_table
+from .export_values import export_values, gene_table, selected_columns, selected_values
 
 
 MEASURED_PREFIX = "measured:"  # CSV columns of the slide's own counts, beside the predicted genes
@@ -16,7 +16,7 @@ MEASURED_PREFIX = "measured:"  # CSV columns of the slide's own counts, beside t
 def prediction_frame(pred, genes=None):
     import pandas as pd
 
-    names, vals = _select(pred, genes)
+    names, vals = selected_values(pred, genes)
     clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
     if clash:
         raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
@@ -37,7 +37,7 @@ def write_csv(pred, path, genes=None, chunk: int = 8192) -> Path:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    names, idx = _columns(pred, genes)
+    names, idx = selected_columns(pred, genes)
     clash = sorted(set(names) & {"spot_id", "x", "y", "array_row", "array_col"})
     if clash:
         raise ValueError(f"gene name(s) {clash} clash with the CSV's spot columns; export to .h5ad instead")
@@ -79,7 +79,7 @@ def gene_table_path(path) -> Path:
 def write_gene_table(pred, path, genes=None) -> Path:
     """The per-gene table (held-out PCC, reliable, this slide's reliability and spread) as CSV;
     the slide's "unlike the training tissue" verdict and score repeat on every row."""
-    names, _ = _columns(pred, genes)
+    names, _ = selected_columns(pred, genes)
     var = gene_table(pred, names)
     rel = pred.reliability
     if rel.unfamiliar is not None:

@@ -13,7 +13,7 @@ VALUES = ("predicted log1p(counts / total x median total), the model's training 
 
 
 
-def _columns(pred, genes):
+def selected_columns(pred, genes):
     """The exported genes' names and their columns in ``pred.values`` (``None``: all, in order)."""
     if genes is None:
         return list(pred.genes), None
@@ -21,8 +21,8 @@ def _columns(pred, genes):
     return [pred.genes[i] for i in idx], idx
 
 
-def _select(pred, genes):
-    names, idx = _columns(pred, genes)
+def selected_values(pred, genes):
+    names, idx = selected_columns(pred, genes)
     return names, (pred.values if idx is None else pred.values[:, idx])
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
-from .export_values import UNRELIABLE_PCC, _select, export_values, spot_diameter_px
+from .export_values import UNRELIABLE_PCC, export_values, selected_values, spot_diameter_px
 
 
 def spot_outline(shape: str, diameter_px: float, n: int = 16) -> np.ndarray:
@@ -52,7 +52,7 @@ def write_geojson(pred, path, genes=None, chunk: int = 500) -> Path:
     (memory does not grow with the slide), renamed when complete."""
     import uuid
 
-    names, vals = _select(pred, geojson_default_genes(pred) if genes is None else genes)
+    names, vals = selected_values(pred, geojson_default_genes(pred) if genes is None else genes)
     vals = export_values(vals)  # not a copy where the values are already clipped
     ring = spot_outline(pred.spot_shape, spot_diameter_px(pred))
     fmt = ",".join(json.dumps(str(g)).replace("%", "%%") + ":%.3g" for g in names)

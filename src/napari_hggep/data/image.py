@@ -23,6 +23,18 @@ def is_image_path(path) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
+
+
+def is_tiff_file(path) -> bool:
+    """The file begins as a TIFF does (an SVS and an OME-TIFF too), whatever its name says."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in TIFF_MAGIC
+    except OSError:
+        return False
+
+
 def image_stem(path) -> str:
     """The name without its image suffix (``slide.ome.tiff`` -> ``slide``); a folder's name as it is."""
     name = Path(path).name

@@ -52,7 +52,7 @@ def resize_batch(windows: np.ndarray, size: int) -> np.ndarray:
     return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _plan(slide: Slide, patch_um: float, patch_px: int):
+def patch_plan(slide: Slide, patch_um: float, patch_px: int):
     """The level to read, the window side on it and every spot's window origin on it."""
     side0 = patch_window_px(slide.um_per_px, patch_um)
     level, ds = choose_level(slide.image, side0 / patch_px)
@@ -61,24 +61,24 @@ def _plan(slide: Slide, patch_um: float, patch_px: int):
     return level, side, origins
 
 
-def _spatial_order(origins: np.ndarray) -> np.ndarray:
+def origins_order(origins: np.ndarray) -> np.ndarray:
     tiles = np.floor_divide(origins, REGION_PX)
     return np.lexsort((origins[:, 0], origins[:, 1], tiles[:, 0], tiles[:, 1]))
 
 
 def spatial_order(slide: Slide, patch_um: float, patch_px: int) -> np.ndarray:
     """Spot indices ordered region by region (row-major regions, then row-major spots)."""
-    return _spatial_order(_plan(slide, patch_um, patch_px)[2])
+    return origins_order(patch_plan(slide, patch_um, patch_px)[2])
 
 
 def extract_patches(slide: Slide, patch_um: float, patch_px: int, indices=None) -> np.ndarray:
     """``B x patch_px x patch_px x 3`` uint8 patches covering ``patch_um`` of tissue each."""
     idx = np.arange(slide.n_spots) if indices is None else np.asarray(indices, dtype=np.int64)
-    return _extract(_plan(slide, patch_um, patch_px), idx, patch_px)
+    return _extract(patch_plan(slide, patch_um, patch_px), idx, patch_px)
 
 
 def _extract(plan, idx: np.ndarray, patch_px: int) -> np.ndarray:
-    """The patches of spots ``idx`` under a :func:`_plan`, one decoded region per tile."""
+    """The patches of spots ``idx`` under a :func:`patch_plan`, one decoded region per tile."""
     level, side, origins = plan
     o = origins[idx]
     out = np.empty((len(idx), patch_px, patch_px, 3), np.uint8)
@@ -95,8 +95,8 @@ def iter_patch_batches(slide: Slide, patch_um: float, patch_px: int, batch_size:
                        prefetch: bool = True):
     """Yield ``(indices, patches)`` batches over all spots of a slide, in spatial order; with
     ``prefetch`` the next batch is read in a background thread while the caller works."""
-    plan = _plan(slide, patch_um, patch_px)  # once for the slide, not per batch
-    order = _spatial_order(plan[2])
+    plan = patch_plan(slide, patch_um, patch_px)  # once for the slide, not per batch
+    order = origins_order(plan[2])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if not prefetch or len(batches) < 2:
         for b in batches:

@@ -1,6 +1,6 @@
 """Slides from what users have: one entry point, :func:`open_slide`, for a HER2+ ST folder
 (:mod:`.her2st`), a Visium or Visium HD folder (:mod:`.visium`, :mod:`.visium_hd`), a SpatialData
-store (:mod:`.spatialdata_export`) or an image with a spot table or a generated grid (here).
+store (:mod:`.spatialdata_reader`) or an image with a spot table or a generated grid (here).
 Each returns a :class:`Slide`."""
 from __future__ import annotations
 
@@ -17,6 +17,37 @@ from .space_ranger import space_ranger_images
 from .tables import decode_text, numeric_column, parse_table
 from .tissue import DEFAULT_PITCH_UM, tissue_grid
 from .visium import is_visium_folder, read_visium
+
+
+SPOT_TABLE_PEEK = 65536  # bytes read to see a table's header line
+
+
+def spot_table_columns(path) -> list[str] | None:
+    """The header of a text table, lower-cased, from its first bytes only (the encodings and
+    delimiters :func:`read_spots_csv` reads); None for a binary or empty file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SPOT_TABLE_PEEK)
+    except OSError:
+        return None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw[: len(raw) // 2 * 2].decode("utf-16", errors="ignore")
+    elif b"\x00" in raw:
+        return None
+    else:
+        text = raw.decode("utf-8-sig", errors="replace")
+    lines = text.lstrip().splitlines()
+    if not lines:
+        return None
+    sep = max([",", ";", "\t"], key=lines[0].count)
+    return [c.strip().strip("\"'").strip().lower() for c in lines[0].split(sep)]
+
+
+def looks_like_spot_table(path) -> bool:
+    """A spot table by its header line (``x`` and ``y`` columns): what the napari reader claims,
+    decided without reading the table itself."""
+    cols = spot_table_columns(path)
+    return cols is not None and {"x", "y"} <= set(cols)
 
 
 def read_spots_csv(path) -> pd.DataFrame:
@@ -124,9 +155,12 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
                bin_um=None) -> Slide:
     """One entry point: a HER2+ folder, a Visium or Visium HD folder (``bin_um``: 8 or 16, default
     16), or an image with spots / a grid."""
+    from .._log import logger
     from .visium_hd import is_visium_hd_folder, read_visium_hd
 
     path = Path(path)
+    logger.debug("opening %s (spots %s, visium %s, grid %s, um/px %s, bins %s)", path, spots, visium, grid, um_per_px,
+                 bin_um)
     hd = [f for f in (visium, path) if f is not None and is_visium_hd_folder(f)]
     if bin_um is not None and not hd:
         raise SlideError(f"--bin-um is for Visium HD folders (binned_outputs/square_008um, square_016um); "
@@ -147,7 +181,7 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
             if um_per_px:  # the user's figure over the one estimated from the 200 um spot pitch
                 slide.um_per_px = float(um_per_px)
             return slide
-        from .spatialdata_export import is_spatialdata_store, read_spatialdata
+        from .spatialdata_reader import is_spatialdata_store, read_spatialdata
 
         if is_spatialdata_store(path):  # an H&E image and spot shapes in a SpatialData store
             return read_spatialdata(path, um_per_px)

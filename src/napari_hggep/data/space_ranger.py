@@ -15,7 +15,7 @@ from .tables import decode_text, numeric_column, parse_table
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet")
 
 
-def _visium_spatial(folder: Path) -> Path:
+def visium_spatial(folder: Path) -> Path:
     for cand in (folder / "spatial", folder / "outs" / "spatial"):
         if cand.is_dir():
             return cand

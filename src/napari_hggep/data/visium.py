@@ -12,11 +12,11 @@ from ..records import SlideInfo, SpaceRangerRef
 from .slide import Slide, SlideError
 from .space_ranger import (
     POSITION_FILES,
-    _visium_spatial,
     read_10x_h5,
     read_visium_positions,
     visium_image_with_tissue,
     visium_named_image,
+    visium_spatial,
     visium_spatial_meta,
 )
 
@@ -28,7 +28,7 @@ def is_visium_folder(path) -> bool:
     if not p.is_dir():
         return False
     try:
-        sp = _visium_spatial(p)
+        sp = visium_spatial(p)
     except SlideError:
         return False
     return any((sp / n).is_file() for n in POSITION_FILES)
@@ -46,7 +46,7 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     folder = Path(folder)
     if not folder.is_dir():
         raise SlideError(f"{folder} is not a folder")
-    spatial = _visium_spatial(folder)
+    spatial = visium_spatial(folder)
     sf_path = spatial / "scalefactors_json.json"
     if not sf_path.is_file():
         raise SlideError(f"{spatial}: scalefactors_json.json is missing")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..reliability import _spread_feature, gene_reliability, slide_signature, unfamiliar_score
+from ..reliability import gene_reliability, slide_signature, spread_feature, unfamiliar_score
 from .metrics import mean_over_sections
 
 # a statistic enters the slide score only if resampling a training section to a coarser scan
@@ -74,7 +74,7 @@ W_PRIOR = 0.5
 
 
 def _clean(row):
-    p, s, y = row["prior"], _spread_feature(row["spread"]), row["pcc"]
+    p, s, y = row["prior"], spread_feature(row["spread"]), row["pcc"]
     ok = np.isfinite(p) & np.isfinite(s) & np.isfinite(y)
     return p[ok], s[ok], y[ok]
 

@@ -12,7 +12,7 @@ from .config import TrainConfig
 from .dataset import SectionData
 
 
-class _TrainForward(torch.nn.Module):
+class TrainForward(torch.nn.Module):
     """One training forward pass as a module, so DistributedDataParallel can wrap it: patches
     (or a frozen trunk's views, or frozen tokens) to tokens, then attention, hypergraph and heads."""
 
@@ -21,10 +21,10 @@ class _TrainForward(torch.nn.Module):
         self.model = model
 
     def forward(self, inputs, coords, stats):
-        return self.model.forward_tokens(_tokens(self.model, inputs), coords, stats)
+        return self.model.forward_tokens(patch_tokens(self.model, inputs), coords, stats)
 
 
-def _tokens(model: HGGEP, inputs):
+def patch_tokens(model: HGGEP, inputs):
     """Patches (``N x 3 x P x P``), a frozen trunk's stage maps (a list) or tokens (``N x 3 x d``)."""
     if isinstance(inputs, list):
         return model.project(inputs)
@@ -32,7 +32,7 @@ def _tokens(model: HGGEP, inputs):
 
 
 @torch.no_grad()
-def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainConfig, device,
+def frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainConfig, device,
                         n_views: int = 8, batch: int = 256) -> list[list[torch.Tensor]]:
     """With a frozen GEM + ShuffleNet, their stage maps are computed once per spot for
     ``n_views`` (up to 8) views: the flips/rotations, every second one also at a random scan resolution
@@ -58,7 +58,7 @@ def _frozen_trunk_views(model: HGGEP, sections, g: torch.Generator, tcfg: TrainC
 
 
 @torch.no_grad()
-def _frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch: int = 256) -> list[list[torch.Tensor]]:
+def frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch: int = 256) -> list[list[torch.Tensor]]:
     """With a frozen encoder, each spot's tokens for ``tcfg.encoder_views`` views (the patch as
     it is, then flips/rotations, every second one at a random scan resolution): per section
     ``[V x N x 3 x d]``. The views are drawn per section (seeded by its name), so they are the
@@ -100,7 +100,7 @@ def _frozen_token_views(model: HGGEP, sections, tcfg: TrainConfig, device, batch
     return out
 
 
-def _train_windows(sec: SectionData, max_spots: int, device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+def train_windows(sec: SectionData, max_spots: int, device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
     """``[(spot indices, core mask)]`` of a section's training windows; ``[(None, None)]``
     (the whole section at once) when it has at most ``max_spots`` spots."""
     from ..model.windows import spatial_windows

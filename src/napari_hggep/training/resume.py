@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 
-def _draw_seed(seed: int, epoch: int, step_start: int, position: int) -> int:
+def draw_seed(seed: int, epoch: int, step_start: int, position: int) -> int:
     return (int(seed) * 1_000_003 + epoch * 10_007 + step_start * 101 + position) % (2**63 - 1)
 
 
 @contextlib.contextmanager
-def _rng_scope(own: bool, gen: torch.Generator, device: torch.device):
+def rng_scope(own: bool, gen: torch.Generator, device: torch.device):
     """With ``own``: dropout and the like draw from a stream seeded from ``gen`` (the same on
     one process or many); otherwise from the run's global stream, as always."""
     if not own:
@@ -24,7 +24,7 @@ def _rng_scope(own: bool, gen: torch.Generator, device: torch.device):
         yield
 
 
-def _read_state(path: Path, fingerprint: dict) -> dict:
+def read_state(path: Path, fingerprint: dict) -> dict:
     """A resumable state, refused with a clear message when it belongs to another run."""
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)

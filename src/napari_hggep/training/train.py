@@ -31,10 +31,10 @@ from ..model.pretrained import load_backbone_into
 from .augment import train_augment
 from .config import TrainConfig
 from .dataset import SectionData
-from .forward import _frozen_token_views, _frozen_trunk_views, _train_windows, _TrainForward
+from .forward import TrainForward, frozen_token_views, frozen_trunk_views, train_windows
 from .initialise import gene_stats, init_from_checkpoint, init_stats_branch, pca_basis, smooth_targets
-from .resume import _draw_seed, _read_state, _rng_scope
-from .validation import _split, _stats_tensor, _val_pcc
+from .resume import draw_seed, read_state, rng_scope
+from .validation import stats_tensor, validation_pcc, validation_split
 
 
 def train_model(
@@ -70,7 +70,7 @@ def train_model(
     torch.manual_seed(tcfg.seed)
     g = torch.Generator().manual_seed(tcfg.seed)
     device = resolve_device(tcfg.device)
-    train_masks = _split(sections, tcfg.val_frac, tcfg.seed, tcfg.val_split)
+    train_masks = validation_split(sections, tcfg.val_frac, tcfg.seed, tcfg.val_split)
     # the loss may see denoised targets; validation always scores against the raw ones
     fit_targets = [smooth_targets(s.target, s.coords_um, tcfg.smooth_targets) for s in sections]
     mean, std = gene_stats(sections, train_masks)
@@ -94,7 +94,7 @@ def train_model(
     if tcfg.freeze_encoder and config.image_path:
         model.stages.requires_grad_(False)
     ema = copy.deepcopy(model).eval()
-    step_net = _TrainForward(model)
+    step_net = TrainForward(model)
     if dist.active:  # gradients averaged across ranks by PyTorch's DistributedDataParallel
         from torch.nn.parallel import DistributedDataParallel
 
@@ -111,7 +111,7 @@ def train_model(
     state_path = Path(str(out) + ".state") if out else None
     tensors = [
         (torch.from_numpy(z).to(device), torch.from_numpy(s.counts).to(device),
-         torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device), _stats_tensor(s, device))
+         torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device), stats_tensor(s, device))
         for s, z, m in zip(sections, z_targets, train_masks)
     ]
     has_val = any((~m).any() for m in train_masks)
@@ -119,15 +119,15 @@ def train_model(
     frozen, kind = None, None
     if epochs and tcfg.freeze_encoder:
         t_tok = time.time()
-        frozen, kind = _frozen_token_views(model, sections, tcfg, device), "tokens"
+        frozen, kind = frozen_token_views(model, sections, tcfg, device), "tokens"
         provenance["token_views_seconds"] = round(time.time() - t_tok, 1)
     elif epochs and tcfg.freeze_backbone:
-        frozen, kind = _frozen_trunk_views(model, sections, g, tcfg, device), "maps"
+        frozen, kind = frozen_trunk_views(model, sections, g, tcfg, device), "maps"
     # what makes a run repeatable: the same sections, genes and config, then every random stream
     fingerprint = {"config": json.dumps(config.to_dict(), sort_keys=True), "genes": list(genes),
                    "sections": [s.name for s in sections], "seed": int(tcfg.seed)}
     if resume and state_path and state_path.is_file():  # after the frozen views, which an uninterrupted run draws first
-        st = _read_state(state_path, fingerprint)
+        st = read_state(state_path, fingerprint)
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -136,7 +136,7 @@ def train_model(
         torch.set_rng_state(st["torch_rng"])
         start_epoch, best, history = st["epoch"], st["best"], list(st["history"])
         best_state = st["best_state"]
-    windows = [_train_windows(s, tcfg.train_window_spots, device) for s in sections]
+    windows = [train_windows(s, tcfg.train_window_spots, device) for s in sections]
     t_start = time.time()
     stopped_early = False
     for epoch in range(start_epoch, epochs):
@@ -160,7 +160,7 @@ def train_model(
         else:  # groups (cyclically filled): every section's draws from its own generator, so that
             # one process and many give the same steps
             order += order[: (-len(order)) % group]
-            steps = [[(i, torch.Generator().manual_seed(_draw_seed(tcfg.seed, epoch, k, pos)))
+            steps = [[(i, torch.Generator().manual_seed(draw_seed(tcfg.seed, epoch, k, pos)))
                       for pos, i in enumerate(order[k:k + group])][dist.rank::dist.world]
                      for k in range(0, len(order), group)]
         for step in steps:
@@ -172,7 +172,7 @@ def train_model(
                 sec = sections[i]
                 z, counts, mask, coords, st = tensors[i]
                 wins = windows[i]
-                with _rng_scope(group > 1, gen, device):
+                with rng_scope(group > 1, gen, device):
                     if frozen is not None:  # one of the precomputed views for every spot
                         views = frozen[i]
                         pick = torch.randint(0, views[0].shape[0], (sec.n_spots,), generator=gen).to(device)
@@ -222,7 +222,7 @@ def train_model(
         if dist.active:  # the epoch's loss over every rank's sections
             total, count = all_sum(dist, [sum(losses), len(losses)], device)
             losses = [total / max(count, 1)]
-        val = _val_pcc(ema, sections, train_masks, mean, std, device, frozen, kind) if has_val else float("nan")
+        val = validation_pcc(ema, sections, train_masks, mean, std, device, frozen, kind) if has_val else float("nan")
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "val_pcc": val, "seconds": time.time() - t0}
         history.append(rec)
         score = val if has_val else -rec["loss"]
@@ -241,7 +241,7 @@ def train_model(
     if best_state is None:  # nothing to train (statistics only): the closed-form model
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if has_val:
-            best = _val_pcc(model, sections, train_masks, mean, std, device)
+            best = validation_pcc(model, sections, train_masks, mean, std, device)
     final = HGGEP(config)
     final.load_state_dict(best_state)
     final.to(device).eval()

@@ -9,11 +9,11 @@ from ..data.features import standardise_features
 from ..data.patches import to_tensor
 from ..model.hggep import HGGEP
 from .dataset import SectionData
-from .forward import _tokens
+from .forward import patch_tokens
 from .metrics import gene_pcc
 
 
-def _split(sections: list[SectionData], frac: float, seed: int, how: str = "spots") -> list[np.ndarray]:
+def validation_split(sections: list[SectionData], frac: float, seed: int, how: str = "spots") -> list[np.ndarray]:
     """Training masks per section (False: a validation spot)."""
     rng = np.random.default_rng(seed)
     if how == "section":
@@ -33,7 +33,7 @@ def _split(sections: list[SectionData], frac: float, seed: int, how: str = "spot
     return masks
 
 
-def _stats_tensor(sec: SectionData, device):
+def stats_tensor(sec: SectionData, device):
     return None if sec.stats is None else torch.from_numpy(standardise_features(sec.stats)).to(device)
 
 
@@ -59,12 +59,12 @@ def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.nd
         tokens = torch.cat([model.encode_views(to_tensor(sec.patches[i:i + 256]).to(device), colour, views=views)
                             for i in range(0, sec.n_spots, 256)])
     c = torch.from_numpy(sec.coords_um).to(device)
-    st = _stats_tensor(sec, device) if model.config.stats_features else None
+    st = stats_tensor(sec, device) if model.config.stats_features else None
     z = model.forward_tokens(tokens, c, st)["expr"].float().cpu().numpy()
     return z * std + mean
 
 
-def _val_pcc(model, sections, masks, mean, std, device, frozen=None, kind="maps") -> float:
+def validation_pcc(model, sections, masks, mean, std, device, frozen=None, kind="maps") -> float:
     """Mean gene PCC on the validation spots of the training sections (never a test section).
     ``frozen``: the precomputed trunk maps (their first view is the patch as it is)."""
     rs = []
@@ -75,9 +75,9 @@ def _val_pcc(model, sections, masks, mean, std, device, frozen=None, kind="maps"
             else:
                 with torch.no_grad():
                     model.eval()
-                    tokens = _tokens(model, frozen[i][0][0] if kind == "tokens" else [v[0] for v in frozen[i]])
+                    tokens = patch_tokens(model, frozen[i][0][0] if kind == "tokens" else [v[0] for v in frozen[i]])
                     z = model.forward_tokens(tokens, torch.from_numpy(sec.coords_um).to(device),
-                                             _stats_tensor(sec, device))["expr"].float().cpu().numpy()
+                                             stats_tensor(sec, device))["expr"].float().cpu().numpy()
                 pred = z * std + mean
             rs.append(np.nanmean(gene_pcc(pred[~m], sec.target[~m])))
     return float(np.mean(rs)) if rs else float("nan")

@@ -77,7 +77,7 @@ def selector_tooltip(info: PredictionLayerInfo) -> str:
     return text
 
 
-class _GeneList:
+class GeneList:
     """Labels and orders of a result layer's genes, made once per layer (20,000 genes refilter in ms)."""
 
     def __init__(self, layer):
@@ -163,11 +163,11 @@ class GeneControls:
         # here, not through magicgui's choices, so that reset would empty it (e.g. a measured map added)
         self.gene.reset_choices = lambda *a, **k: None
 
-    def _gene_list(self, layer) -> _GeneList:
+    def _gene_list(self, layer) -> GeneList:
         gl = self._gene_lists.get(id(layer))
         genes = layer_info(layer, PredictionLayerInfo).genes
         if gl is None or gl.genes is not genes and gl.genes != genes:
-            gl = self._gene_lists[id(layer)] = _GeneList(layer)
+            gl = self._gene_lists[id(layer)] = GeneList(layer)
         return gl
 
     def _fill_gene_box(self, labels: list[str], genes: list[str], current: int) -> None:

@@ -245,7 +245,10 @@ class SourceControls:
 
             try:
                 w = stain_warning(data)
-            except Exception:  # a warning never blocks anything
+            except Exception:  # a warning never blocks anything; a failed check keeps its traceback in the log
+                from ..._log import logger
+
+                logger.warning("the stain check of %r failed", getattr(layer, "name", layer), exc_info=True)
                 w = None
             try:
                 relay.ready.emit((layer, info, key, w))

@@ -125,8 +125,13 @@ class SpaceRangerControls:
         layer = self.image_layer.value
 
         def failed(e):
-            msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
-            self._fail(ValueError(msg.replace("Use --bin-um 8 or 16.", "Choose 8 or 16 µm bins.")))
+            from ..._log import is_unexpected
+
+            if is_unexpected(e):  # a bug: said with the log file that keeps its traceback
+                self._fail(e)
+            else:
+                msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+                self._fail(ValueError(msg.replace("Use --bin-um 8 or 16.", "Choose 8 or 16 µm bins.")))
             self._sync_space_ranger(layer)  # the choices show what is open again
 
         try:
