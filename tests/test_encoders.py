@@ -4,6 +4,7 @@ and snapshot folders, the three maps HGGEP takes, the config and checkpoint reco
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,10 @@ def test_snapshot_folder_gives_arguments_and_normalisation(tmp_path):
     spec, file = enc.make_spec("timm:vit_tiny_patch16_224", snap)
     assert file.name == "model.safetensors" and spec.mean == (0.7, 0.6, 0.7) and spec.std == (0.2, 0.2, 0.2)
     assert spec.input_px == 112 and spec.kwargs["img_size"] == 112
+    spec2, _ = enc.make_spec("timm:vit_tiny_patch16_224", snap, {"mean": [0.1, 0.2, 0.3]})
+    assert spec2.mean == (0.1, 0.2, 0.3) and spec2.std == (0.2, 0.2, 0.2) and "mean" not in spec2.kwargs
+    with pytest.raises(ValueError, match="three numbers"):
+        enc.make_spec("timm:vit_tiny_patch16_224", snap, {"std": 0.5})
     with pytest.raises(ValueError, match="names the architecture"):
         enc.make_spec("timm:vit_small_patch16_224", snap)
 
@@ -222,3 +227,23 @@ def test_feature_cache_computes_once(tmp_path, monkeypatch):
     monkeypatch.setenv(fc.ENV, "off")
     assert fc.cache_root() is None
     assert fc.cache_root(tmp_path / "c").name == "encoder-features"
+
+
+@pytest.mark.parametrize("name", ["UNI", "UNI2-h", "H-optimus-0", "Virchow2"])
+def test_foundation_model_recipes_build(name):
+    """docs/encoders.md's recipes, by construction: each architecture with its arguments builds (on
+    the meta device: no memory, no weights) and gives three token grids of its width."""
+    from napari_hggep.model.encoder_spec import RECIPES, _freeze_args
+
+    r = RECIPES[name]
+    spec = EncoderSpec(name="timm", arch=r["arch"], args=_freeze_args(r["args"]), input_px=224, um_per_patch=r["um"],
+                       mean=r["mean"], std=r["std"])
+    with torch.device("meta"):
+        e = enc.TimmStages(spec)
+        maps = e(torch.zeros(1, 3, 224, 224))
+    width = {"UNI": 1024, "UNI2-h": 1536, "H-optimus-0": 1536, "Virchow2": 1280}[name]
+    assert [tuple(m.shape) for m in maps] == [(1, width, 4, 4)] * 3
+    n = sum(p.numel() for p in e.parameters()) / 1e6
+    assert {"UNI": 303, "UNI2-h": 681, "H-optimus-0": 1135, "Virchow2": 631}[name] == pytest.approx(n, abs=2)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "encoders.md").read_text()
+    assert f"timm:{r['arch']}" in doc and r["repo"] in doc

@@ -156,3 +156,28 @@ def split_encoder_name(name: str) -> tuple[str, str | None]:
 
 
 __all__ = ["EncoderSpec", "shufflenet_spec", "split_encoder_name", "parse_encoder_arg", "IMAGENET_SHA256"]
+
+
+# Pathology foundation models through timm (docs/encoders.md): the architecture, the create_model
+# arguments their model cards give, the input normalisation and the tissue per 224 px input (20x,
+# about 0.5 um/px). Weights are the user's (gated downloads, licences that forbid redistribution);
+# tests/test_encoders.py builds every recipe's network (on the meta device: no memory, no weights).
+RECIPES: dict[str, dict] = {
+    "UNI": {"repo": "MahmoodLab/UNI", "arch": "vit_large_patch16_224",
+            "args": {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True},
+            "mean": IMAGENET_RGB[0], "std": IMAGENET_RGB[1], "um": 112.0},
+    "UNI2-h": {"repo": "MahmoodLab/UNI2-h", "arch": "vit_giant_patch14_224",
+               "args": {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
+                        "embed_dim": 1536, "mlp_ratio": 5.33334, "no_embed_class": True,
+                        "mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU", "reg_tokens": 8,
+                        "dynamic_img_size": True},
+               "mean": IMAGENET_RGB[0], "std": IMAGENET_RGB[1], "um": 112.0},
+    "H-optimus-0": {"repo": "bioptimus/H-optimus-0", "arch": "vit_giant_patch14_reg4_dinov2",
+                    "args": {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
+                    "mean": (0.707223, 0.578729, 0.703617), "std": (0.211883, 0.230117, 0.177517), "um": 112.0},
+    "Virchow2": {"repo": "paige-ai/Virchow2", "arch": "vit_huge_patch14_224",
+                 "args": {"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4,
+                          "global_pool": "", "dynamic_img_size": True, "mlp_layer": "timm.layers.SwiGLUPacked",
+                          "act_layer": "torch.nn.SiLU"},
+                 "mean": IMAGENET_RGB[0], "std": IMAGENET_RGB[1], "um": 112.0},
+}

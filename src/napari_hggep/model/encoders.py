@@ -277,7 +277,8 @@ def make_spec(name: str, weights=None, args: dict | None = None, um_per_patch: f
               finetune: bool = False, layers=None) -> tuple[EncoderSpec, Path | None]:
     """The spec that ``--encoder NAME [--encoder-weights PATH] [--encoder-arg K=V] [--encoder-um UM]``
     describes, and the weights file to load (verified, hashed). A snapshot folder's ``config.json``
-    gives the timm arguments and normalisation; ``--encoder-arg`` overrides its arguments."""
+    gives the timm arguments and normalisation; ``--encoder-arg`` overrides its arguments, and its
+    ``mean=[r,g,b]`` / ``std=[r,g,b]`` the normalisation (default: the architecture's timm config)."""
     kind, arch = split_encoder_name(name)
     if kind == "shufflenet":
         raise ValueError("make_spec: the shufflenet encoder has no spec to make (the config's default)")
@@ -299,8 +300,15 @@ def make_spec(name: str, weights=None, args: dict | None = None, um_per_patch: f
         raise ValueError(f"--encoder timm:{arch}: the snapshot's config.json names the architecture "
                          f"{hub['architecture']!r}; give --encoder timm:{hub['architecture']}")
     merged.update(args or {})
-    pcfg = (hub or {}).get("pretrained_cfg") or {}
-    probe = TimmStages(EncoderSpec(name="timm", arch=arch, args=_freeze_args(merged)), None)
+    pcfg = dict((hub or {}).get("pretrained_cfg") or {})
+    for k in ("mean", "std"):  # the input normalisation, not create_model arguments
+        if k in merged:
+            v = merged.pop(k)
+            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+                raise ValueError(f"--encoder-arg {k}=...: give three numbers, e.g. {k}=[0.485,0.456,0.406]")
+            pcfg[k] = tuple(float(x) for x in v)
+    with torch.device("meta"):  # the architecture's shape and defaults: no memory, no init
+        probe = TimmStages(EncoderSpec(name="timm", arch=arch, args=_freeze_args(merged)), None)
     import timm.data
 
     data = timm.data.resolve_data_config(pcfg, model=probe.net)

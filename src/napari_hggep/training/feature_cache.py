@@ -91,6 +91,11 @@ def encoder_maps(model, patches: np.ndarray, device, transform=None, view: str =
     folder = None if root is None else root / encoder_key(model.config.encoder_spec)
     was = model.training
     model.eval()
+    fast = torch.device(device).type == "cpu"
+    if fast:  # channels-last weights and input: oneDNN runs EfficientNet-Lite0 ~2x faster (no backward here)
+        from ..model.hggep import use_fast_inference_layout
+
+        use_fast_inference_layout(model)
     out: list[list[torch.Tensor]] = [[], [], []]
     for i in range(0, len(patches), batch):
         p = patches[i:i + batch]
@@ -100,7 +105,8 @@ def encoder_maps(model, patches: np.ndarray, device, transform=None, view: str =
             x = to_tensor(p)
             if transform is not None:
                 x = transform(x)
-            maps = [m.float().cpu().half().float() for m in model.trunk(x.contiguous().to(device))]
+            x = x.to(device).contiguous(memory_format=torch.channels_last if fast else torch.contiguous_format)
+            maps = [m.float().cpu().contiguous().half().float() for m in model.trunk(x)]
             if path is not None:
                 _write(path, maps)
         for j, m in enumerate(maps):
