@@ -60,3 +60,35 @@ def test_train_and_predict_on_a_timm_encoder(tiny_data, tmp_path, monkeypatch, c
     n = len(calls)
     p2 = predict_slide(b, slide)
     assert n > 0 and len(calls) == n and (p1.values == p2.values).all()
+    # leave-one-out by retraining on the same encoder: the sections' maps come from the cache
+    capsys.readouterr()
+    res = tmp_path / "loo"
+    assert main(["evaluate", "--loo", "--data", str(tiny_data), "--encoder", f"timm:{ARCH}", "--encoder-weights",
+                 str(w), "--encoder-arg", "img_size=112", "--epochs", "1", "--resample-um", "--device", "cpu",
+                 "--out", str(res)]) == 0
+    assert set(json.loads((res / "loo.json").read_text())["per_section"]) == {"S1", "S2"}
+
+
+def test_imagenet_encoder_trains_and_predicts_with_the_package_weights(tiny_data, tmp_path, monkeypatch):
+    from napari_hggep.training.feature_cache import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path / "cache"))
+    ck = tmp_path / "m.pt"
+    assert main(["train", "--data", str(tiny_data), "--encoder", "imagenet", "--epochs", "1", "--branches", "image",
+                 "--no-heldout", "--device", "cpu", "--out", str(ck)]) == 0
+    b = load_model(ck, device="cpu")
+    assert (b.config.encoder.name, b.config.patch_px, b.config.patch_um) == ("imagenet", 224, 110.0)
+    assert b.meta["encoder"]["weights_sha256"].startswith("579344248a93")
+    assert main(["predict", str(tiny_data / "S2"), "--model", str(ck), "-o", str(tmp_path / "p.csv")]) == 0
+
+
+def test_shufflenet_weights_are_the_backbone_option(tiny_data, tmp_path, capsys):
+    bad = tmp_path / "bad_bb.pt"
+    bad.write_bytes(b"not a torch file")
+    out = str(tmp_path / "m.pt")
+    rc = main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", out, "--encoder", "shufflenet",
+               "--encoder-weights", str(bad)])
+    assert rc == 2 and "bad_bb.pt" in capsys.readouterr().err  # read as --backbone is, before any section
+    rc = main(["train", "--data", str(tiny_data), "--out", out, "--encoder-weights", str(bad), "--backbone",
+               str(tmp_path / "other.pt")])
+    assert rc == 2 and "give one of them" in capsys.readouterr().err
