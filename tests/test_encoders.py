@@ -247,3 +247,22 @@ def test_foundation_model_recipes_build(name):
     assert {"UNI": 303, "UNI2-h": 681, "H-optimus-0": 1135, "Virchow2": 631}[name] == pytest.approx(n, abs=2)
     doc = (Path(__file__).resolve().parents[1] / "docs" / "encoders.md").read_text()
     assert f"timm:{r['arch']}" in doc and r["repo"] in doc
+
+
+def test_a_finetuned_encoder_is_stored_in_the_checkpoint(tmp_path):
+    from napari_hggep.model.checkpoint import load_checkpoint, save_checkpoint
+    from napari_hggep.model.hggep import HGGEP
+
+    f = _tiny_vit_file(tmp_path / "vit.pth")
+    spec, file = enc.make_spec("timm:vit_tiny_patch16_224", f, {"img_size": 112}, finetune=True)
+    assert spec.stored and not spec.external
+    cfg = preset("compact", n_genes=3, stats_features=0).with_encoder(spec)
+    m = HGGEP(cfg, encoder_weights=file).eval()
+    with torch.no_grad():
+        m.backbone.net.blocks[0].mlp.fc1.weight.add_(0.1)  # as fine-tuning would move it
+    save_checkpoint(tmp_path / "m.pt", m, cfg, ["a", "b", "c"])
+    f.unlink()  # not needed any more: the checkpoint holds the encoder
+    b = load_checkpoint(tmp_path / "m.pt", "cpu")
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(b.model.encode(x), m.encode(x))
