@@ -74,7 +74,7 @@ GUI = {"test_napari", "test_napari_exports", "test_napari_measured", "test_napar
 SUBPROCESS = {"test_cli_discipline", "test_distributed", "test_manifest", "test_nothing_lost", "test_predict_cli"}
 SLOW = GUI | {"test_cli_discipline", "test_distributed", "test_nothing_lost", "test_predict_cli", "test_study",
               "test_training", "test_dense", "test_exports", "test_ecosystem", "test_measured", "test_faults",
-              "test_properties", "test_reliability", "test_house_exports"}
+              "test_properties", "test_reliability", "test_house_exports", "test_encoders_cli"}
 
 
 def pytest_collection_modifyitems(config, items):

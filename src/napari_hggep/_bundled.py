@@ -15,8 +15,10 @@ class NoBundledModelError(FileNotFoundError):
     pass
 
 
-def load_model(path=None, device: str = "auto"):
-    """Load a checkpoint (``path``) or, with no path, the model bundled in the package."""
+def load_model(path=None, device: str = "auto", encoder_weights=None):
+    """Load a checkpoint (``path``) or, with no path, the model bundled in the package.
+    ``encoder_weights``: the weights file (or snapshot folder) of a model whose frozen pretrained
+    encoder is kept outside its checkpoint (checked against the sha256 the checkpoint records)."""
     from .model.checkpoint import load_checkpoint
 
     if path is None:
@@ -26,7 +28,7 @@ def load_model(path=None, device: str = "auto"):
                 "no trained model is bundled with this installation of napari-hggep; "
                 "train one with `napari-hggep train` and pass its path"
             )
-    return load_checkpoint(path, device)
+    return load_checkpoint(path, device, encoder_weights)
 
 
 def bundled_card() -> dict:

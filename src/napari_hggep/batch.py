@@ -29,6 +29,7 @@ class BatchOptions:
     formats: tuple[str, ...] = ("csv",)
     bin_um: float | None = None  # Visium HD folders: 8 or 16 um bins (default 16)
     shared_trunk: str = "auto"  # dense grids: the shared trunk ("auto", "on", "off"; see predict_steps)
+    encoder_weights: str | None = None  # a model whose frozen pretrained encoder's weights are kept outside it
 
 
 def check_batch_options(opts: BatchOptions, out_dir) -> None:
@@ -122,7 +123,7 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
     if not todo:
         return report
     if bundle is None:
-        bundle = load_model(opts.model, opts.device)
+        bundle = load_model(opts.model, opts.device, opts.encoder_weights)
     from .data.export import check_genes
     from .data.quality import image_warnings, require_tissue
     from .reliability import slide_verdict

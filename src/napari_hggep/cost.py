@@ -21,6 +21,9 @@ from .data.slide import SlideError
 BASE_BYTES = 512 * 2**20  # torch, the model and the interpreter
 MAX_SHARE_OF_FREE = 0.5  # a prediction may take at most half of the memory free when it starts
 SPOTS_PER_S = {"per patch": 400.0, "shared trunk": 1000.0}  # end to end on 2 CPU cores (README, benchmarks)
+# a pretrained encoder's patches per second on 2 CPU cores (docs/encoders.md: EfficientNet-Lite0 at 224 px,
+# ~16; a timm ViT-L and larger, about one or less; cached maps are not counted)
+ENCODER_PATCHES_PER_S = {"imagenet": 15.0, "timm": 1.0}
 GPU_SPEEDUP = 5.0  # a rough factor for an unmeasured accelerator: the time is said as "about"
 
 
@@ -115,6 +118,8 @@ def estimate_cost(spots: int, genes: int, um_per_px: float, config, shared: bool
             side = max(patch_px, float(config.patch_px))
             mem += min(batch_size, max(n, 1)) * (side * side * 3 * 2 + 3 * int(config.patch_px) ** 2 * 4)
     rate = SPOTS_PER_S["shared trunk" if shared else "per patch"] * (1.0 if device == "cpu" else GPU_SPEEDUP)
+    if config.image_path and getattr(config, "pretrained_encoder", False):  # its encoder, not ShuffleNet, sets the pace
+        rate = min(rate, ENCODER_PATCHES_PER_S.get(config.encoder.name, 1.0) * (1.0 if device == "cpu" else GPU_SPEEDUP))
     seconds = 2.0 + n / rate + values / 400e6  # the model, then values written at ~400 MB/s
     return PredictionCost(spots=n, genes=g, patch_px=patch_px, memory_bytes=int(mem), seconds=float(seconds),
                           free_bytes=free_memory_bytes() if free_bytes is None else free_bytes, counts=counts)

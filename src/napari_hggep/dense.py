@@ -68,6 +68,11 @@ def use_shared_trunk(slide: Slide, config, mode: str = "auto") -> bool:
         raise ValueError(f"shared_trunk must be one of {', '.join(MODES)}, not {mode!r}")
     if not config.image_path or mode == "off":
         return False
+    if getattr(config, "pretrained_encoder", False):  # a ViT or a pooled CNN: no map to share across spots
+        if mode == "on":
+            raise ValueError(f"the shared trunk is ShuffleNet's; this model's encoder is {config.encoder.label}: "
+                             "use --shared-trunk off (or auto)")
+        return False
     if mode == "on":
         return True
     return slide.n_spots > 1 and grid_pitch_um(slide.coords_um) < float(config.patch_um)

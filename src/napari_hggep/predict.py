@@ -198,7 +198,18 @@ def _patch_tokens(model, slide: Slide, guard, colour, fast: bool, batch_size: in
     import torch
 
     cfg = model.config
+    cached = cfg.encoder_spec.external and cfg.tta_views <= 1  # a frozen pretrained encoder: its maps on disk
     for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
+        if cached:
+            from .training.feature_cache import encoder_maps
+
+            def project(i, j, patches=patches):  # the encoder's maps computed once (training/feature_cache.py)
+                dev = guard.device
+                maps = encoder_maps(model, patches[i:j], dev, cache=getattr(model, "feature_cache", None))
+                return model.project([m.to(dev) for m in maps]).cpu()
+
+            yield idx, torch.cat(guard.run(project, len(idx)))
+            continue
         x_all = to_tensor(patches)
 
         def encode(i, j, x_all=x_all):

@@ -263,17 +263,20 @@ def prediction_layer_data(pred: Prediction, name=None, gene_std=None, ranges=Non
 
 
 def color_kwargs(info: PredictionLayerInfo, gene: str | None) -> dict:
-    """The Points layer arguments that colour a prediction layer not yet made by ``gene`` as
-    :func:`color_by_gene` colours a live one (features, colormap, contrast limits); ``info`` records
-    the gene shown. None: plain grey spots."""
+    """The layer arguments that colour a prediction layer not yet made by ``gene`` as
+    :func:`color_by_gene` colours a live one (points: features, colormap, contrast limits; an image
+    on the bin grid: its painted ``data``, colormap and contrast limits); ``info`` records the gene
+    shown. None: plain grey spots."""
     import pandas as pd
 
     i = None if gene is None else info.index.get(gene)
     if i is None:
-        return {"face_color": "#808080"}
+        return {} if info.grid is not None else {"face_color": "#808080"}
     sd = None if info.gene_std is None else float(info.gene_std[i])
     lo, hi, flat = display_limits(*(float(x) for x in info.ranges[i]), sd)
     info.gene, info.contrast_limits, info.flat = gene, (lo, hi), flat
+    if info.grid is not None:  # an image on the bin grid: its data painted with the gene ("data")
+        return {"data": info.grid.paint(info.values[:, i]), "colormap": info.colormap, "contrast_limits": (lo, hi)}
     return {"features": pd.DataFrame({"spot_id": info.prediction.spot_ids, gene: info.values[:, i]}),
             "face_color": gene, "face_colormap": info.colormap, "face_contrast_limits": (lo, hi)}
 

@@ -236,7 +236,9 @@ def read_prediction_file(path):
         why = (f"its image {image_path} is not there any more" if image_path else "it names no image")
         show_info(f"HGGEP: {path.name} opened as the predicted spots alone: {why}")
     data, kwargs, kind = prediction_layer_data(pred, name=f"{pred.name} genes")
-    kwargs.update(color_kwargs(kwargs["metadata"][KEY], best_gene(pred)))
+    colours = color_kwargs(kwargs["metadata"][KEY], best_gene(pred))
+    data = colours.pop("data", data)  # an image on the bin grid: painted with the gene
+    kwargs.update(colours)
     return layers + [(data, kwargs, kind)]
 
 

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--um-per-px", type=um_per_px_arg,
                     help="micrometres per pixel of the image (default: from the file); 0.1-20 is accepted")
     pr.add_argument("--model", help="checkpoint (default: the bundled model); loaded before any slide is read")
+    pr.add_argument("--encoder-weights", metavar="PATH",
+                    help="the encoder weights (file or snapshot folder) of a model trained on a frozen timm encoder, "
+                         "when they are no longer where training read them; a file whose sha256 differs from the "
+                         "one the model records is refused (docs/encoders.md)")
     _device(pr)
     pr.add_argument("--batch-size", type=positive_int, default=256,
                     help="patches per step of the model (default 256; halved by itself when memory runs out)")
@@ -144,7 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which branches the model has: tissue statistics, image path, or both; auto (default): "
                             "both, and a study leaves the image path out of its final model when it adds under "
                             "0.005 mean PCC in the held-out folds")
-        t.add_argument("--backbone", help="pretrained image path made by napari-hggep pretrain")
+        t.add_argument("--encoder", default="shufflenet", metavar="NAME",
+                       help="the image path's encoder: shufflenet (default: GEM + ShuffleNet, the paper's), imagenet "
+                            "(EfficientNet-Lite0 with the ImageNet weights installed with the package) or timm:ARCH "
+                            "(a timm architecture with --encoder-weights: UNI, UNI2-h, H-optimus-0, Virchow2, ...; "
+                            "docs/encoders.md); a pretrained encoder stays frozen unless --finetune")
+        t.add_argument("--encoder-weights", metavar="PATH",
+                       help="timm:ARCH: the weights you downloaded (.pth, .bin, .safetensors, or a Hugging Face "
+                            "snapshot folder; read offline); shufflenet: a file made by napari-hggep pretrain")
+        t.add_argument("--encoder-arg", action="append", metavar="KEY=VALUE",
+                       help="timm:ARCH: a keyword argument of timm.create_model (JSON value or a class name such as "
+                            "torch.nn.SiLU); may be given several times")
+        t.add_argument("--encoder-um", type=positive_float, metavar="UM",
+                       help="pretrained encoders: micrometres of tissue per input patch (default: imagenet 110, timm "
+                            "0.5 um/px x its input size)")
+        t.add_argument("--backbone", help="deprecated, the same as --encoder shufflenet --encoder-weights FILE: a "
+                                          "pretrained image path made by napari-hggep pretrain")
         t.add_argument("--freeze-backbone", action="store_true",
                        help="keep the (pretrained) GEM + ShuffleNet fixed; much faster on a CPU")
         t.add_argument("--ridge-alpha", type=positive_float,
@@ -172,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--loo", action="store_true",
                            help="retrain under leave-one-section-out and leave-one-patient-out (slow); without it, "
                                 "the model of --model (default: the bundled one) is scored on the sections as it is")
-            t.add_argument("--model", help="without --loo: the checkpoint to score (default: the bundled model)")
+            t.add_argument("--model", help="without --loo: the checkpoint to score (default: the bundled model); its "
+                                           "encoder's weights with --encoder-weights when it keeps them outside")
             t.add_argument("--labels", help="CSV section,spot_id,label of pathologist regions (for ARI)")
             t.add_argument("--out", default=".", help="folder for the results, checked first: score.json, score.md, "
                                                       "score_sections.csv, score_genes.csv (without --loo); "

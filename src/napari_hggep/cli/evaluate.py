@@ -130,7 +130,7 @@ def _score(a) -> int:
         if unknown:
             raise UsageError(f"--sections {' '.join(unknown)}: not in {a.samples}")
         rows = [r for r in rows if r.section in set(a.sections)]
-    bundle = load_model(a.model, a.device)
+    bundle = load_model(a.model, a.device, a.encoder_weights)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"scoring {bundle.path} ({len(bundle.genes)} genes) on {len(rows)} section(s); nothing is trained")
     res = score_model(bundle, rows, log=log)

@@ -90,10 +90,10 @@ def _predict_many(a, dist, device) -> int:
     opts = BatchOptions(grid=a.grid, pitch_um=a.pitch_um, um_per_px=check_um_per_px(a.um_per_px), model=a.model,
                         device=str(device), batch_size=a.batch_size,
                         genes=a.genes.split(",") if a.genes else None, formats=tuple(a.formats), bin_um=a.bin_um,
-                        shared_trunk=a.shared_trunk)
+                        shared_trunk=a.shared_trunk, encoder_weights=a.encoder_weights)
     check_batch_options(opts, a.out_dir)
     slides = list_slides(a.image)
-    bundle = load_model(a.model, device)  # a bad checkpoint or gene fails now, not on the first slide
+    bundle = load_model(a.model, device, a.encoder_weights)  # a bad checkpoint or gene fails now, not on the first slide
     check_genes(bundle.genes, opts.genes)
     if dist.is_main:
         where = f"{dist.world} processes" if dist.active else f"{a.workers} worker(s)"
@@ -127,7 +127,7 @@ def _predict_one(a) -> int:
     _check_pixel_size(a)
     _check_bin_um(a)
     t0 = time.time()
-    bundle = load_model(a.model, a.device)
+    bundle = load_model(a.model, a.device, a.encoder_weights)
     genes = check_genes(bundle.genes, a.genes)
     slide = open_slide(a.image, spots=a.spots, visium=a.visium, grid=a.grid, um_per_px=a.um_per_px,
                        pitch_um=a.pitch_um, bin_um=a.bin_um)

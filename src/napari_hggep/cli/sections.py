@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .checks import UsageError, check_in_file, check_out_dir
+from .checks import UsageError, check_in_file, check_in_path, check_out_dir
 
 
 def train_config_from_args(a, device=None, epochs: int = 30):
@@ -14,7 +14,9 @@ def train_config_from_args(a, device=None, epochs: int = 30):
     return TrainConfig(epochs=a.epochs or epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
                        val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,
                        backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha,
-                       sections_per_step=getattr(a, "sections_per_step", 1))
+                       sections_per_step=getattr(a, "sections_per_step", 1),
+                       encoder_weights=None if getattr(a, "encoder_file", None) is None else str(a.encoder_file),
+                       feature_cache=a.cache)
 
 
 def _model_config(a, genes):
@@ -27,7 +29,7 @@ def _model_config(a, genes):
         over["colour_norm"] = a.colour_norm
     if getattr(a, "pca_blocks", None):
         over["pca_blocks"] = tuple(a.pca_blocks)
-    cfg = preset(a.preset, **over)
+    cfg = preset(a.preset, **over).with_encoder(getattr(a, "encoder_spec", None))
     if a.branches == "stats":
         cfg = cfg.replace(image_path=False)
     elif a.branches == "image":
@@ -75,7 +77,8 @@ def make_study(a, log):
                         train=train_config_from_args(a, epochs=12), minutes=getattr(a, "minutes", None) or None,
                         heldout=not getattr(a, "no_heldout", False), stats_res_copies=a.stats_res_copies or 0,
                         cache=a.cache, keep_state=getattr(a, "keep_state", False),
-                        preset=a.preset)
+                        preset=a.preset, encoder=getattr(a, "encoder_spec", None),
+                        encoder_weights=None if getattr(a, "encoder_file", None) is None else str(a.encoder_file))
     return Study(rows, opts, log=log)
 
 
@@ -114,8 +117,50 @@ def check_training_inputs(a, expert: bool = False) -> list:
         read_genes(genes)
     if a.cache:
         check_out_dir(a.cache, "--cache")
+    check_encoder(a)
     if getattr(a, "backbone", None):
         from ..model.pretrained import read_backbone
 
         read_backbone(a.backbone)  # a wrong file fails now, not after the sections are read
     return rows
+
+
+def check_encoder(a) -> None:
+    """``--encoder``, ``--encoder-weights``, ``--encoder-arg``, ``--encoder-um`` (and the older
+    ``--backbone``), before any section is read: ``a.encoder_spec`` and ``a.encoder_file`` for a
+    pretrained encoder (weights found, read and hashed; a timm architecture built once), and
+    ``--encoder shufflenet --encoder-weights FILE`` made ``--backbone FILE``."""
+    from ..model.encoder_spec import parse_encoder_arg, split_encoder_name
+
+    a.encoder_spec = a.encoder_file = None
+    try:
+        kind, _ = split_encoder_name(getattr(a, "encoder", None) or "shufflenet")
+        args = dict(parse_encoder_arg(v) for v in (getattr(a, "encoder_arg", None) or []))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    weights = getattr(a, "encoder_weights", None)
+    if kind == "shufflenet":
+        if args or getattr(a, "encoder_um", None):
+            raise UsageError("--encoder-arg and --encoder-um are for pretrained encoders (--encoder imagenet or "
+                             "timm:ARCH)")
+        if weights:
+            if a.backbone and a.backbone != weights:
+                raise UsageError("--backbone is the older name of --encoder-weights for the shufflenet encoder; "
+                                 "give one of them")
+            a.backbone = weights
+        return
+    if a.backbone:
+        raise UsageError(f"--backbone is a ShuffleNet made by napari-hggep pretrain; --encoder {a.encoder} takes "
+                         "its weights with --encoder-weights")
+    if getattr(a, "from_scratch", False):
+        raise UsageError(f"--from-scratch trains the ShuffleNet image path from random weights; --encoder {a.encoder} "
+                         "is pretrained (add --finetune to train it too)")
+    from ..model.encoders import make_spec
+
+    if weights:
+        check_in_path(weights, "--encoder-weights")
+    a.encoder_spec, a.encoder_file = make_spec(a.encoder, weights, args, getattr(a, "encoder_um", None),
+                                               finetune=bool(getattr(a, "finetune", False)))
+    print(f"encoder {a.encoder_spec.label}: {a.encoder_spec.input_px} px patches of {a.encoder_spec.um_per_patch:g} um"
+          f", maps of layers {list(a.encoder_spec.layers)}, weights {a.encoder_file.name} (sha256 "
+          f"{a.encoder_spec.weights_sha256[:12]}…)" + ("" if a.encoder_spec.stored else ", frozen"), file=sys.stderr)

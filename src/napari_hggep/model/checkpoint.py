@@ -15,6 +15,8 @@ from .config import HGGEPConfig
 
 FORMAT = "napari-hggep-checkpoint"
 FORMAT_VERSION = 1
+# a frozen pretrained encoder's weights stay outside the checkpoint (only their sha256 is in it)
+EXTERNAL_PREFIX = "backbone."
 
 
 class CheckpointError(ValueError):
@@ -96,7 +98,8 @@ def save_checkpoint(
     if len(genes) != config.n_genes:
         raise ValueError(f"{len(genes)} genes but the config has n_genes={config.n_genes}")
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-             for k, v in model.state_dict().items()}
+             for k, v in model.state_dict().items()
+             if not (config.image_path and config.encoder_spec.external and k.startswith(EXTERNAL_PREFIX))}
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -108,6 +111,8 @@ def save_checkpoint(
         "metrics": _jsonable(metrics or {}),
         "extra": _jsonable(extra or {}),
     }
+    if config.image_path:  # what the image path runs on, for every model (config.encoder is None for ShuffleNet)
+        meta["encoder"] = config.encoder_spec.to_dict()
     digest = _digest(meta, state)
     buf = io.BytesIO()
     torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
@@ -180,17 +185,38 @@ def check_inputs(meta: dict, config: HGGEPConfig, path) -> None:
                                   "made it")
 
 
-def load_checkpoint(path: str | Path, device: str = "auto") -> ModelBundle:
+def load_checkpoint(path: str | Path, device: str = "auto", encoder_weights=None) -> ModelBundle:
+    """A checkpoint ready to predict. A model on a frozen pretrained encoder keeps only the sha256
+    of the encoder's weights: they are read from the package (imagenet), from ``encoder_weights``
+    (a file or snapshot folder) or from where they were when the model was trained, and a file
+    whose sha256 differs is refused (:class:`CheckpointError`)."""
     from ..devices import resolve_device
     from .hggep import HGGEP
 
     meta, state = read_checkpoint(path)
     config = HGGEPConfig.from_dict(meta["config"])
     check_inputs(meta, config, path)
-    model = HGGEP(config)
+    external = config.image_path and config.encoder_spec.external
+    weights = None
+    if config.image_path and config.pretrained_encoder and (external or encoder_weights is not None):
+        from .encoders import EncoderWeightsError, verify_weights
+
+        try:
+            weights = verify_weights(config.encoder, encoder_weights) if external else None
+            if not external:  # the encoder is in the checkpoint (fine-tuned): a file given is checked all the same
+                verify_weights(config.encoder.replace(weights_file=None), encoder_weights)
+        except EncoderWeightsError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    elif encoder_weights is not None:
+        raise CheckpointError(f"{path}: this model's image path is {config.encoder_spec.label if config.image_path else 'absent'}"
+                              "; it takes no --encoder-weights")
+    model = HGGEP(config, encoder_weights=weights)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=not external)
+        missing = [k for k in missing if not k.startswith(EXTERNAL_PREFIX)]
+        if missing or unexpected:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the config stored with them: {str(e)[:300]}") from None
     model.to(resolve_device(device)).eval()

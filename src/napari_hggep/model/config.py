@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .encoder_spec import EncoderSpec, shufflenet_spec
+
 
 @dataclass(frozen=True)
 class HGGEPConfig:
@@ -59,8 +61,15 @@ class HGGEPConfig:
     # spots (linear cost on whole slides); a slide with fewer spots is one window
     window_spots: int = 4096
     zinb: bool = True
+    # the image encoder (docs/encoders.md); None: GEM + ShuffleNet, as every model before encoders
+    # could be chosen (such a config's dict has no "encoder" key, so older cards read as before)
+    encoder: EncoderSpec | None = None
 
     def __post_init__(self):
+        if self.encoder is not None and self.encoder.name != "shufflenet":
+            if (int(self.patch_px), float(self.patch_um)) != (self.encoder.input_px, self.encoder.um_per_patch):
+                raise ValueError(f"patch {self.patch_px} px / {self.patch_um} um differs from the encoder's input "
+                                 f"({self.encoder.input_px} px / {self.encoder.um_per_patch} um); use with_encoder")
         if self.pca_blocks is not None:
             if self.pca_k is None:
                 raise ValueError("pca_blocks needs pca_k (components per block)")
@@ -74,8 +83,32 @@ class HGGEPConfig:
             return None
         return self.pca_k * (len(self.pca_blocks) if self.pca_blocks else 1)
 
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        """The encoder, also for a config without one (ShuffleNet at this config's patch size)."""
+        if self.encoder is not None:
+            return self.encoder
+        return shufflenet_spec(self.patch_px, self.patch_um, self.colour_norm)
+
+    @property
+    def pretrained_encoder(self) -> bool:
+        """Whether the image path runs a pretrained encoder (imagenet or timm) instead of GEM + ShuffleNet."""
+        return self.encoder is not None and self.encoder.name != "shufflenet"
+
+    def with_encoder(self, spec: EncoderSpec | None) -> "HGGEPConfig":
+        """This config on ``spec``'s encoder: patches of its input size covering its tissue."""
+        if spec is None or spec.name == "shufflenet":
+            return replace(self, encoder=None)
+        # colour: the encoder's own fixed input statistics ("imagenet": fixed, not the slide's)
+        return replace(self, encoder=spec, patch_px=int(spec.input_px), patch_um=float(spec.um_per_patch),
+                       colour_norm="imagenet")
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.encoder is None:
+            d.pop("encoder")
+        else:
+            d["encoder"] = self.encoder.to_dict()
         d["pos_wavelength_um"] = list(self.pos_wavelength_um)
         d["context_um"] = list(self.context_um)
         if self.pca_blocks is None:
@@ -97,6 +130,8 @@ class HGGEPConfig:
             d["context_um"] = tuple(d["context_um"])
         if d.get("pca_blocks") is not None:
             d["pca_blocks"] = tuple(int(b) for b in d["pca_blocks"])
+        if d.get("encoder") is not None:
+            d["encoder"] = EncoderSpec.from_dict(d["encoder"])
         return cls(**d)
 
     def replace(self, **changes) -> "HGGEPConfig":

@@ -97,7 +97,7 @@ class HGGEP(nn.Module):
     encoded in batches.
     """
 
-    def __init__(self, config: HGGEPConfig, backbone_weights=None):
+    def __init__(self, config: HGGEPConfig, backbone_weights=None, encoder_weights=None):
         super().__init__()
         self.config = config
         d = config.dim
@@ -113,19 +113,31 @@ class HGGEP(nn.Module):
             nn.init.zeros_(self.stats_head.bias)
         if not config.image_path:
             return
-        self.register_buffer("rgb_mean", torch.tensor(_RGB_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("rgb_std", torch.tensor(_RGB_STD).view(1, 3, 1, 1), persistent=False)
-        self.gem = GEM(3, config.gem_theta)
-        self.backbone = ShuffleNetStages(backbone_weights)
+        spec = config.encoder_spec
+        mean, std = (spec.mean, spec.std) if config.pretrained_encoder else (_RGB_MEAN, _RGB_STD)
+        self.register_buffer("rgb_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("rgb_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if config.pretrained_encoder:  # its own input statistics: no GEM in front of pretrained weights
+            from .encoders import build_encoder
+
+            self.gem = nn.Identity()
+            self.backbone = build_encoder(spec, encoder_weights)
+            probe_px = config.patch_px
+        else:
+            self.gem = GEM(3, config.gem_theta)
+            self.backbone = ShuffleNetStages(backbone_weights)
+            probe_px = config.patch_px // 2
         with torch.no_grad():
             was = self.backbone.training
             self.backbone.eval()
-            probe = torch.zeros(1, 3, config.patch_px // 2, config.patch_px // 2)
-            sides = [s.shape[-1] for s in self.backbone(probe)]
+            maps = self.backbone(torch.zeros(1, 3, probe_px, probe_px))
+            channels, sides = [m.shape[1] for m in maps], [m.shape[-1] for m in maps]
             self.backbone.train(was)
+        if not config.pretrained_encoder:
+            assert tuple(channels) == STAGE_CHANNELS
         self.stages = nn.ModuleList(
             StageProjection(c, s, d, config.proj_pool, config.cbam_reduction)
-            for c, s in zip(STAGE_CHANNELS, sides)
+            for c, s in zip(channels, sides)
         )
         self.vits = nn.ModuleList(
             SpotTransformer(d, config.depth, config.heads, config.mlp_ratio, config.dropout) for _ in range(3)
@@ -154,7 +166,8 @@ class HGGEP(nn.Module):
         return self.project(self.trunk(patches, colour_stats))
 
     def trunk(self, patches: torch.Tensor, colour_stats=None) -> tuple[torch.Tensor, ...]:
-        """Standardised patches -> GEM -> ShuffleNet stage maps (S3, S4, S5)."""
+        """Standardised patches -> GEM -> ShuffleNet stage maps (S3, S4, S5), or a pretrained
+        encoder's three maps (its own input normalisation; no GEM)."""
         if not self.config.image_path:
             raise ValueError("this model has no image path (statistics branch only)")
         if patches.ndim != 4 or patches.shape[1] != 3:
@@ -163,7 +176,7 @@ class HGGEP(nn.Module):
         # training; inference keeps the caller's layout (channels-last is ~2x faster on CPU)
         if torch.is_grad_enabled():
             patches = patches.contiguous()
-        if self.config.colour_norm == "slide":
+        if self.config.colour_norm == "slide" and not self.config.pretrained_encoder:
             mean, std = colour_stats if colour_stats is not None else colour_stats_of(patches)
             x = (patches - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         else:

@@ -40,3 +40,9 @@ class TrainConfig:
     # a section with more spots trains window by window (overlapping spatial windows, the loss on
     # each window's core), gradients accumulated into the section's step: bounded memory
     train_window_spots: int = 2048
+    # a pretrained encoder's weights (imagenet: the package's when None; timm: a file or snapshot
+    # folder), checked against the sha256 in the model config's encoder
+    encoder_weights: str | None = None
+    # where a frozen pretrained encoder's maps are kept (None: $NAPARI_HGGEP_CACHE or the platform's
+    # cache folder; see feature_cache.py)
+    feature_cache: str | None = None

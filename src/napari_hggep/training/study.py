@@ -63,6 +63,10 @@ class StudyOptions:
     cache: str | None = None  # folder for the sections' patches and statistics
     keep_state: bool = False
     preset: str = "compact"
+    # a pretrained image encoder (model.encoders.make_spec; None: the bundled model's ShuffleNet) and
+    # its weights file (imagenet: None, the package's); frozen unless finetune
+    encoder: object = None
+    encoder_weights: str | None = None
 
 
 @dataclass
@@ -145,6 +149,8 @@ class Study:
 
             card = json.loads(bundled_checkpoint().with_suffix(".json").read_text())
             cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes, pca_blocks=None)
+        if o.encoder is not None:  # a pretrained encoder: the bundled sizes, its patches and its maps
+            cfg = cfg.with_encoder(o.encoder)
         if o.branches == "stats":
             cfg = cfg.replace(image_path=False)
         elif o.branches == "image":
@@ -194,6 +200,11 @@ class Study:
     def train_config(self, minutes: float | None) -> TrainConfig:
         o = self.opts
         init = None
+        if self.config.pretrained_encoder:  # its own weights; the heads are trained on its (cached) maps
+            from dataclasses import replace
+
+            return replace(o.train, init_from=None, max_minutes=minutes, freeze_encoder=False,
+                           encoder_weights=o.encoder_weights, feature_cache=o.cache)
         if not o.from_scratch and self.config.image_path:
             from .._bundled import bundled_checkpoint
 
@@ -319,7 +330,12 @@ class Study:
                                        "image": None if r.image is None else str(r.image), "patient": r.patient}
                                       for r in self.rows],
                           "panel": self.panel.card(), "options": {k: v for k, v in asdict(o).items() if k != "cache"},
-                          "recipe": ("image path from the bundled model, encoder frozen (tokens of "
+                          "recipe": (f"image path on the {config.encoder.label} encoder, "
+                                     + ("fine-tuned" if config.encoder.stored else
+                                        f"frozen (its maps of {tcfg.encoder_views} views, cached)")
+                                     + ", CBAM, transformers, hypergraph and fusion trained"
+                                     if config.image_path and config.pretrained_encoder else
+                                     "image path from the bundled model, encoder frozen (tokens of "
                                      f"{tcfg.encoder_views} views), slide-level part trained"
                                      if tcfg.freeze_encoder else
                                      "image path trained from scratch" if o.from_scratch and config.image_path else

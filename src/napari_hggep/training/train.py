@@ -74,7 +74,16 @@ def train_model(
     # the loss may see denoised targets; validation always scores against the raw ones
     fit_targets = [smooth_targets(s.target, s.coords_um, tcfg.smooth_targets) for s in sections]
     mean, std = gene_stats(sections, train_masks)
-    model = HGGEP(config)
+    external = bool(config.image_path and config.encoder_spec.external)  # a frozen pretrained encoder
+    weights = None
+    if config.image_path and config.pretrained_encoder:
+        from ..model.encoders import verify_weights
+
+        weights = verify_weights(config.encoder, tcfg.encoder_weights)
+        if tcfg.backbone:
+            raise ValueError(f"a pretrained backbone from `napari-hggep pretrain` is a ShuffleNet; this model's "
+                             f"encoder is {config.encoder.label}")
+    model = HGGEP(config, encoder_weights=weights)
     provenance: dict = {}
     if tcfg.init_from and config.image_path:
         provenance["initialised_from"] = init_from_checkpoint(model, tcfg.init_from)
@@ -88,10 +97,10 @@ def train_model(
     if config.stats_features:
         provenance["ridge_alpha"] = init_stats_branch(model, sections, z_targets, train_masks, tcfg.ridge_alpha)
     model.to(device)
-    if (tcfg.freeze_backbone or tcfg.freeze_encoder) and config.image_path:
+    if (tcfg.freeze_backbone or tcfg.freeze_encoder or external) and config.image_path:
         model.gem.requires_grad_(False)
         model.backbone.requires_grad_(False)
-    if tcfg.freeze_encoder and config.image_path:
+    if tcfg.freeze_encoder and config.image_path and not external:
         model.stages.requires_grad_(False)
     ema = copy.deepcopy(model).eval()
     step_net = TrainForward(model)
@@ -117,7 +126,13 @@ def train_model(
     has_val = any((~m).any() for m in train_masks)
     epochs = tcfg.epochs if config.image_path else 0  # a statistics-only model is fitted in closed form
     frozen, kind = None, None
-    if epochs and tcfg.freeze_encoder:
+    if epochs and external:  # the encoder's maps once per view (and from the disk cache when there)
+        from .feature_cache import frozen_encoder_views
+
+        t_enc = time.time()
+        frozen, kind = frozen_encoder_views(model, sections, tcfg, device), "maps"
+        provenance["encoder_features_seconds"] = round(time.time() - t_enc, 1)
+    elif epochs and tcfg.freeze_encoder:
         t_tok = time.time()
         frozen, kind = frozen_token_views(model, sections, tcfg, device), "tokens"
         provenance["token_views_seconds"] = round(time.time() - t_tok, 1)
@@ -245,6 +260,7 @@ def train_model(
     final = HGGEP(config)
     final.load_state_dict(best_state)
     final.to(device).eval()
+    final.feature_cache = tcfg.feature_cache  # where predict_section finds a frozen encoder's maps
     target_norm = {"kind": "log1p_median_total", "mean": mean.tolist(), "std": std.tolist()}
     if stopped_early:
         provenance["stopped_early"] = f"time budget of {tcfg.max_minutes:g} min reached after {len(history)} epochs"

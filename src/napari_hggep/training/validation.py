@@ -56,8 +56,15 @@ def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.nd
             sd = np.sqrt(np.maximum(s2 - n * mu * mu, 0) / max(n - 1, 1))
             colour = (torch.tensor(mu, dtype=torch.float32, device=device),
                       torch.tensor(np.maximum(sd, 1e-3), dtype=torch.float32, device=device))
-        tokens = torch.cat([model.encode_views(to_tensor(sec.patches[i:i + 256]).to(device), colour, views=views)
-                            for i in range(0, sec.n_spots, 256)])
+        if model.config.encoder_spec.external and views <= 1:  # a frozen pretrained encoder: its maps once
+            from .feature_cache import encoder_maps
+
+            maps = encoder_maps(model, sec.patches, device, cache=getattr(model, "feature_cache", None))
+            tokens = torch.cat([model.project([m[i:i + 256].to(device) for m in maps])
+                                for i in range(0, sec.n_spots, 256)])
+        else:
+            tokens = torch.cat([model.encode_views(to_tensor(sec.patches[i:i + 256]).to(device), colour, views=views)
+                                for i in range(0, sec.n_spots, 256)])
     c = torch.from_numpy(sec.coords_um).to(device)
     st = stats_tensor(sec, device) if model.config.stats_features else None
     z = model.forward_tokens(tokens, c, st)["expr"].float().cpu().numpy()
