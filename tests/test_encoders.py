@@ -233,10 +233,10 @@ def test_feature_cache_computes_once(tmp_path, monkeypatch):
 def test_foundation_model_recipes_build(name):
     """docs/encoders.md's recipes, by construction: each architecture with its arguments builds (on
     the meta device: no memory, no weights) and gives three token grids of its width."""
-    from napari_hggep.model.encoder_spec import RECIPES, _freeze_args
+    from napari_hggep.model.encoder_spec import RECIPES, freeze_args
 
     r = RECIPES[name]
-    spec = EncoderSpec(name="timm", arch=r["arch"], args=_freeze_args(r["args"]), input_px=224, um_per_patch=r["um"],
+    spec = EncoderSpec(name="timm", arch=r["arch"], args=freeze_args(r["args"]), input_px=224, um_per_patch=r["um"],
                        mean=r["mean"], std=r["std"])
     with torch.device("meta"):
         e = enc.TimmStages(spec)
