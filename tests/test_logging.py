@@ -99,12 +99,11 @@ def test_a_batch_slide_that_fails_unexpectedly_names_the_log(log_file):
 
 def test_the_dock_status_names_the_log_file(log_file):
     pytest.importorskip("napari")
-    from types import SimpleNamespace
-
     from napari_hggep._napari.jobs import JobError, JobRunner
+    from napari_hggep._napari.state import PredictDockState
 
     class Dock(JobRunner):
-        status = SimpleNamespace(value="")
+        state = PredictDockState()  # the status line follows the dock's state
 
     d = Dock()
     try:
@@ -114,13 +113,13 @@ def test_the_dock_status_names_the_log_file(log_file):
             raise JobError(str(e)) from e  # as a job's worker re-raises a RuntimeError
     except JobError as e:
         d._show_error(e)
-    assert d.status.value.startswith("Error: object of type 'NoneType' has no len()")
-    assert str(log_file) in d.status.value and "unexpected TypeError" in d.status.value
+    assert d.state.status.startswith("Error: object of type 'NoneType' has no len()")
+    assert str(log_file) in d.state.status and "unexpected TypeError" in d.state.status
     assert "Dock: unexpected TypeError" in log_file.read_text() and "len(None)" in log_file.read_text()
     d._show_error(_raise(lambda: (_ for _ in ()).throw(ValueError("x"))))  # not raised by the package:
-    assert "unexpected ValueError" in d.status.value  # made here, in a test, so judged unexpected
+    assert "unexpected ValueError" in d.state.status  # made here, in a test, so judged unexpected
     d._show_error(_raise(lambda: read_missing()))  # a user error: its own words, nothing more
-    assert d.status.value == "Error: spot table none.csv does not exist"
+    assert d.state.status == "Error: spot table none.csv does not exist"
 
 
 def read_missing():

@@ -30,8 +30,10 @@ _warm_up = None  # the background thread importing torch (one per process)
 
 def warm_up_torch() -> None:
     """Start importing torch and the model's libraries in a background thread, so that neither a
-    dock's first job nor the GUI waits for the 3-5 s import: called when a dock opens. A job
-    calls :func:`wait_for_torch` first (in its worker thread)."""
+    dock's first job nor the GUI waits for the 3-5 s import: called when a dock opens. The thread
+    first builds what napari loads on the first layer of a slide (its unit registry, scipy.ndimage),
+    so a slide opened after the dock does not wait for it. A job calls :func:`wait_for_torch` first
+    (in its worker thread)."""
     global _warm_up
     import sys
     import threading
@@ -45,6 +47,13 @@ def warm_up_torch() -> None:
 
 
 def _quiet_import():
+    try:  # first what napari itself loads on the first layer a slide adds (~1 s on 2 cores)
+        import pint
+        import scipy.ndimage  # noqa: F401  (napari's thumbnails)
+
+        pint.get_application_registry().pixel  # the unit registry, built on first use
+    except Exception:  # napari loads them itself when it needs them
+        pass
     try:
         import_torch_stack()
     except Exception:  # said by the job that needs it, when it imports again
