@@ -102,20 +102,28 @@ class Activity:
         self.bar = progress(total=0, desc=desc)  # total 0: napari shows a busy bar until one is known
         self.pending: tuple | None = None
         self.closed = False
+        self.last = 0.0  # when the panel was last updated
 
     def show(self, done: int, total: int, desc: str | None = None) -> None:
-        """Shown on the next event-loop turn: the panel's QProgressBar repaints the window at once
-        (letting queued signals in), which must not happen inside a dock's own handler."""
+        """Shown on a later event-loop turn, at most twice a second: each update of the panel's
+        progress bar repaints napari's window at once and lets queued events in, which must not
+        happen inside a dock's own handler, nor often."""
         if self.pending is None and not self.closed:
+            import time
+
             from qtpy.QtCore import QTimer
 
-            QTimer.singleShot(0, self._flush)
+            wait = max(0.0, self.last + 0.5 - time.perf_counter())
+            QTimer.singleShot(int(1000 * wait), self._flush)
         self.pending = (int(done), int(total), desc)
 
     def _flush(self) -> None:
+        import time
+
         if self.closed or self.pending is None:
             return
         (done, total, desc), self.pending = self.pending, None
+        self.last = time.perf_counter()
         bar = self.bar
         if total and bar.total != total:
             bar.total = total
@@ -177,8 +185,13 @@ class JobRunner:
         self._set_running(False)
 
     def _show_activity(self, done: int, total: int, text: str | None = None) -> None:
-        if getattr(self, "activity", None) is not None:
-            self.activity.show(done, total, f"HGGEP: {text}" if text else None)
+        """The job's phase and count in napari's activity panel. Each update repaints napari's
+        window (its progress bars repaint at once): not while a result is being put on the canvas,
+        and the phase without its details (what follows "—" or ":")."""
+        if getattr(self, "activity", None) is None or getattr(self, "_after_arrival", None) is not None:
+            return
+        phase = str(text).split(" — ")[0].split(":")[0].strip() if text else None
+        self.activity.show(done, total, f"HGGEP: {phase}" if phase else None)
 
 
 def in_turns(steps, then, failed) -> None:

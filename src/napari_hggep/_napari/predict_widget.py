@@ -16,6 +16,7 @@ from .jobs import JobRunner, warm_up_torch
 from .layers import ImageLayerInfo, MapLayerInfo, SpotsLayerInfo, is_prediction_layer, layer_info
 from .state import PredictDockState
 from .trained_models import register_predict_widget
+from .warmup import warm_up_canvas_text
 from .widgets.export import ExportControls
 from .widgets.genes import GeneControls, GeneList
 from .widgets.measured import MeasuredControls
@@ -73,6 +74,7 @@ class PredictWidget(JobRunner, SourceControls, SpaceRangerControls, PredictionCo
         self._refresh_genes()  # a result layer already in the viewer
         register_predict_widget(self)  # models trained in this session appear in the Model box
         warm_up_torch()  # torch and the model's libraries load in the background, not on the first click
+        warm_up_canvas_text(self.viewer)  # the caption's and colour bar's glyphs, in idle turns
         self._enable_log()  # an unexpected error keeps its traceback in the log file its message names
 
     def _reset_choices(self, event=None):
