@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import he_like_image, write_visium_study_section
+from helpers import he_like_image, shown, write_visium_study_section
 
 pytest.importorskip("napari")
 
@@ -260,3 +260,29 @@ def test_the_train_dock_follows_its_state(dock):
     assert tw.progress.value == 250
     tw.state.status = "anything"
     assert tw.status.value == "anything" == tw.status.tooltip
+
+
+def test_the_image_encoder_is_chosen_in_the_dock_and_checked_before_training(dock, qtbot, tmp_path):
+    """Train on the ImageNet encoder from the dock (its weights from the installed package, read in
+    the worker); a timm choice without its architecture or weights says what to give."""
+    import json
+
+    from napari_hggep._napari.widgets.encoder_choice import IMAGENET, TIMM
+
+    _, tw, _ = dock
+    tw.out_file.value = str(tmp_path / "enc.pt")
+    tw.hvg.value, tw.epochs.value, tw.device.value = 20, 1, "cpu"
+    tw.encoder.kind.value = TIMM
+    assert shown(tw.encoder.arch) and shown(tw.encoder.weights)
+    tw.run()
+    assert tw.worker is None and tw.status.value.startswith("Error: Give the timm architecture")
+    tw.encoder.arch.value = "vit_tiny_patch16_224"
+    tw.run()
+    assert tw.worker is None and tw.status.value.startswith("Error: Choose the encoder's weights")
+    tw.encoder.kind.value = IMAGENET
+    assert not shown(tw.encoder.weights)
+    tw.run()
+    qtbot.waitUntil(lambda: tw.worker is None, timeout=600_000)
+    assert (tmp_path / "enc.pt").exists(), tw.status.value
+    card = json.loads((tmp_path / "enc.json").read_text())
+    assert card["config"]["encoder"]["name"] == "imagenet"

@@ -39,6 +39,7 @@ from .layers import ImageLayerInfo, layer_info
 from .state import TrainDockState
 from .widgets.scroll import VerticalScroll, set_progress
 from .trained_models import model_trained
+from .widgets.encoder_choice import EncoderChoice, resolve
 from .widgets.training_curves import CurvePlot
 
 HVG = "Most variable genes (HVG)"
@@ -103,6 +104,7 @@ class TrainWidget(JobRunner, Container):
                                             "the final model); a training stops before an epoch that would not "
                                             "fit and keeps its best epoch. A resumed run has the budget again.")
         self.epochs = SpinBox(label="Epochs per training", value=12, min=1, max=400)
+        self.encoder = EncoderChoice()
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.out_file = FileEdit(label="Save model to", mode="w", filter="*.pt")
         self.train_btn = PushButton(text="Train")
@@ -112,7 +114,8 @@ class TrainWidget(JobRunner, Container):
         self.form = Container(labels=True)
         self.form.extend([self.table_file, self.load_table_btn, self.folder, self.folder_image, self.patient,
                           self.add_btn, self.add_open_btn, self.sections, self.remove_btn, self.panel, self.hvg,
-                          self.genes_file, self.minutes, self.epochs, self.device, self.out_file, self.train_btn,
+                          self.genes_file, self.minutes, self.epochs, *self.encoder.widgets, self.device, self.out_file,
+                          self.train_btn,
                           self.cancel_btn, self.progress])
         self.plot = CurvePlot()
         self.form.native.layout().addWidget(self.status.native)  # the whole width, not the fields' column
@@ -144,7 +147,8 @@ class TrainWidget(JobRunner, Container):
         self.add_open_btn.clicked.connect(self.add_open_slides)
         self.remove_btn.clicked.connect(self.remove_selected)
         self.panel.changed.connect(self._on_panel)
-        for w in (self.panel, self.hvg, self.genes_file, self.minutes, self.epochs, self.device, self.out_file):
+        for w in (self.panel, self.hvg, self.genes_file, self.minutes, self.epochs, self.device, self.out_file,
+                  *self.encoder.widgets):
             w.changed.connect(self._sync_train_button)
         self.train_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
@@ -286,7 +290,8 @@ class TrainWidget(JobRunner, Container):
 
     def _key(self, opts, out: str):
         """What a run is: a resumed run must have the same sections, options and model file."""
-        return tuple((r.section, str(r.folder), str(r.image), r.patient) for r in self.rows), repr(opts), out
+        return (tuple((r.section, str(r.folder), str(r.image), r.patient) for r in self.rows), repr(opts), out,
+                self.encoder.choice())
 
     def _current_key(self):
         try:
@@ -316,6 +321,7 @@ class TrainWidget(JobRunner, Container):
                 raise ValueError("Add labelled sections first (a samples table, section folders, or open slides).")
             out = self._out_path()
             opts = self._options()
+            encoder = self.encoder.choice()
         except Exception as e:
             self._fail(e)
             return
@@ -342,6 +348,8 @@ class TrainWidget(JobRunner, Container):
             import torch
 
             try:
+                if encoder is not None and study.opts.encoder is None:  # its weights read and checked here
+                    study.opts.encoder, study.opts.encoder_weights = resolve(encoder)
                 # autograd on, whatever this pool thread was left in: a cancelled prediction's generator
                 # stops inside torch.inference_mode and never leaves it in the thread that ran it
                 with torch.inference_mode(False):
