@@ -128,8 +128,8 @@ class Activity:
         if total and bar.total != total:
             bar.total = total
         if done != bar.n:
-            bar.update(done - bar.n)
-        if desc and desc != bar.desc:
+            bar.update(done - bar.n)  # napari's bar lets events in: the job may end (close) here
+        if desc and desc != bar.desc and not self.closed:
             bar.set_description(desc)
 
     def close(self) -> None:

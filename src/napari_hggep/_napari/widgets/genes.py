@@ -292,6 +292,6 @@ class GeneControls:
             ov.visible = False
             return
         ov.text = text
-        ov.position = "top_left"
+        ov.position = getattr(self, "_caption_corner", "top_left")  # bottom left while maps carry titles
         ov.font_size = 12
         ov.visible = True

@@ -113,6 +113,7 @@ class MeasuredControls:
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _drop_truth_layers(self, pred_layer=None):
+        self._place_caption("top_left")  # no titles left on the canvas
         for ly in list(self.viewer.layers):
             info = layer_info(ly, MapLayerInfo)
             if info is not None and (pred_layer is None or info.of == pred_layer.name) and ly in self.viewer.layers:
@@ -247,7 +248,12 @@ class MeasuredControls:
         ly.translate = (float(img.translate[-2]), float(img.translate[-1]) + shift)
 
     def _titles(self, pred_layer, titles: list[tuple[str, float]]) -> None:
-        """Each map's title on the canvas, above its top-left corner (a points layer of text only)."""
+        """Each map's title on the canvas, above its top-left corner (a points layer of text only);
+        the gene's caption moves to the bottom left, out of their way, and a map beside the slide
+        is brought into view the first time it is shown."""
+        self._place_caption("bottom_left")
+        if titles and titles[-1][1] > 0 and self._truth_layer(pred_layer, "titles") is None:
+            self.viewer.reset_view()  # both maps in view
         ext = np.asarray(pred_layer.extent.world, float)
         y0, x0 = float(ext[0, -2]), float(ext[0, -1])
         height = float(ext[1, -2] - ext[0, -2])
@@ -267,6 +273,13 @@ class MeasuredControls:
             ly.features = feats
             ly.text.string = "{title}"
             ly.refresh_text()
+
+    def _place_caption(self, corner: str) -> None:
+        self._caption_corner = corner
+        canvas = getattr(self.viewer, "canvas", None)
+        ov = getattr(getattr(canvas, "overlays", None), "text", None)
+        if ov is not None and ov.position != corner:
+            ov.position = corner
 
     def _drop_one(self, layer, suffix: str):
         ly = self._truth_layer(layer, suffix)
