@@ -176,7 +176,8 @@ def slide_verdict(pred) -> list[str]:
         med = f"median {float(np.median(here[known])):.2f}" if known.any() else "none known"
         out.append(f"slide reliability: {int((here[known] >= 0.1).sum())} of {len(here)} genes are expected at "
                    f"PCC >= 0.1 on this slide ({med}; calibrated on {basis}"
-                   + (f"; {int((~known).sum())} genes without a held-out PCC have no expected figure" if (~known).any()
+                   + (f"; {_count((~known).sum(), 'gene')} without a held-out PCC {'has' if (~known).sum() == 1 else 'have'} "
+                      "no expected figure" if (~known).any()
                       else "") + ")")
     measured = pred.measured_pcc
     if measured is not None and len(measured):
@@ -187,3 +188,9 @@ def slide_verdict(pred) -> list[str]:
                        f"between prediction and the slide's own counts over {int(ok.sum())} genes on "
                        f"{pred.measured.n_spots} spots")
     return out
+
+
+def _count(n, noun: str) -> str:
+    """``1 gene``, ``3 genes``."""
+    n = int(n)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
