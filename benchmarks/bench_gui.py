@@ -30,34 +30,25 @@ def main() -> int:
 
     t_start = time.perf_counter()
     import napari
-    from qtpy.QtCore import QTimer
+    from _common import FreezeClock
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     viewer.window._qt_window.resize(1600, 1000)
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start(50)
-
-    def pump(s: float) -> None:
-        t = time.perf_counter()
-        while time.perf_counter() - t < s:
-            app.processEvents()
-            time.sleep(0.005)
+    clock = FreezeClock(app)
+    pump = clock.pump
 
     def report(step: str, t0: float) -> None:
-        ts = [t0] + [t for t in ticks if t >= t0] + [time.perf_counter()]
-        gaps = [(b - a, a - t0) for a, b in zip(ts, ts[1:])]
-        worst, at = max(gaps)
+        worst, at = clock.longest(t0, at=True)
+        ts = [time.perf_counter()]
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"{step:<44} {ts[-1] - t0:7.1f} s   longest freeze {worst:5.2f} s (at +{at:5.1f} s)   peak RSS {rss:5.2f} GB",
               flush=True)
 
     def step(name: str, action, until=None, settle: float = 1.0) -> None:
         t0 = time.perf_counter()
-        ticks.append(t0)
+        clock.ticks.append(t0)
         action()
         while until is not None and not until() and time.perf_counter() - t0 < args.timeout:
             app.processEvents()
@@ -89,7 +80,7 @@ def main() -> int:
     w.um_per_px.value = "0.05"
     step("Predict with 0.05 typed as µm per pixel", w.run)
     print(f"    {w.status.value[:160]}", flush=True)
-    timer.stop()
+    clock.timer.stop()
     viewer.close()
     return 0
 

@@ -56,7 +56,7 @@ def main() -> int:
     import logging
 
     import napari
-    from qtpy.QtCore import QTimer
+    from _common import FreezeClock
 
     if args.profile:
         logging.basicConfig(level=logging.WARNING)
@@ -81,26 +81,16 @@ def main() -> int:
             for k in ("points", "image", "image again")}
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start(50)
-
-    def pump(s: float) -> None:
-        t = time.perf_counter()
-        while time.perf_counter() - t < s:
-            app.processEvents()
-            time.sleep(0.005)
+    clock = FreezeClock(app)
+    pump = clock.pump
 
     def measure(action) -> tuple[float, float, float]:
         pump(0.5)
         m0 = rss_gb()
-        t0 = time.perf_counter()
-        ticks.append(t0)
+        t0 = clock.start()
         action()
         pump(1.5)  # the first draws
-        ts = [t0] + [t for t in ticks if t >= t0] + [time.perf_counter()]
-        return max(b - a for a, b in zip(ts, ts[1:])), time.perf_counter() - t0 - 1.5, rss_gb() - m0
+        return clock.longest(t0), time.perf_counter() - t0 - 1.5, rss_gb() - m0
 
     from napari_hggep._napari.jobs import torch_ready
 
@@ -133,7 +123,7 @@ def main() -> int:
     (a0, p0), (a1, p1) = rows["points"], rows["image on the bin grid"]
     print(f"image / points: arrival freeze {a1[0] / a0[0]:.2f}x, gene change {p1[0] / p0[0]:.2f}x; "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB", flush=True)
-    timer.stop()
+    clock.timer.stop()
     viewer.close()
     return 0
 
