@@ -36,6 +36,17 @@ def viewer(make_napari_viewer):
     return make_napari_viewer()
 
 
+@pytest.fixture(autouse=True)
+def _no_models_trained_in_other_tests(monkeypatch):
+    """Models a test trains in the Train dock are offered to every Predict dock of the session
+    (``_napari.trained_models``): each test starts a session of its own."""
+    try:
+        from napari_hggep._napari import trained_models
+    except ImportError:  # no napari in this environment
+        return
+    monkeypatch.setattr(trained_models, "TRAINED_MODELS", {})
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

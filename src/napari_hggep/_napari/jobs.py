@@ -184,6 +184,11 @@ class JobRunner:
             activity.close()
         self._set_running(False)
 
+    def _show_status(self, text: str) -> None:
+        """The status line shows the state's status, whole in its tooltip (a narrow dock wraps it)."""
+        self.status.value = text
+        self.status.tooltip = text
+
     def _show_activity(self, done: int, total: int, text: str | None = None) -> None:
         """The job's phase and count in napari's activity panel. Each update repaints napari's
         window (its progress bars repaint at once): not while a result is being put on the canvas,
@@ -192,6 +197,21 @@ class JobRunner:
             return
         phase = str(text).split(" — ")[0].split(":")[0].strip() if text else None
         self.activity.show(done, total, f"HGGEP: {phase}" if phase else None)
+
+
+def set_progress(bar, value: int, maximum: int | None = None) -> None:
+    """Move a magicgui ProgressBar without a synchronous repaint: QProgressBar.setValue repaints at
+    once when its text changes, which makes the whole window (napari's canvas too) draw in the middle
+    of the caller's work; here the bar is drawn on the next event-loop turn, with everything else."""
+    native = bar.native
+    native.setUpdatesEnabled(False)
+    try:
+        if maximum is not None:
+            bar.max = maximum
+        bar.value = min(int(value), int(bar.max))
+    finally:
+        native.setUpdatesEnabled(True)
+    native.update()
 
 
 def in_turns(steps, then, failed) -> None:

@@ -123,6 +123,12 @@ class PredictionLayerInfo:
             self._index = {g: i for i, g in enumerate(self.genes)}
         return self._index
 
+    def gene_limits(self, i: int) -> tuple[float, float, bool]:
+        """Gene ``i``'s colour range: :func:`display_limits` of its 1st-99th percentile range and its
+        training s.d. ``(lo, hi, flat)``."""
+        sd = None if self.gene_std is None else float(self.gene_std[i])
+        return display_limits(*(float(x) for x in self.ranges[i]), sd)
+
     def per_gene(self, values) -> dict:
         """``{gene: figure}`` of a per-gene array of the prediction (empty where it has none)."""
         if values is None or len(values) != len(self.genes):
@@ -272,8 +278,7 @@ def color_kwargs(info: PredictionLayerInfo, gene: str | None) -> dict:
     i = None if gene is None else info.index.get(gene)
     if i is None:
         return {} if info.grid is not None else {"face_color": "#808080"}
-    sd = None if info.gene_std is None else float(info.gene_std[i])
-    lo, hi, flat = display_limits(*(float(x) for x in info.ranges[i]), sd)
+    lo, hi, flat = info.gene_limits(i)
     info.gene, info.contrast_limits, info.flat = gene, (lo, hi), flat
     if info.grid is not None:  # an image on the bin grid: its data painted with the gene ("data")
         return {"data": info.grid.paint(info.values[:, i]), "colormap": info.colormap, "contrast_limits": (lo, hi)}
@@ -339,8 +344,7 @@ def color_by_gene(layer, gene: str, colormap: str | None = None) -> tuple[float,
     if i is None:
         raise KeyError(f"gene {str(gene)!r} is not in layer {layer.name!r}")
     cmap = colormap or info.colormap or "viridis"
-    sd = None if info.gene_std is None else float(info.gene_std[i])
-    lo, hi, flat = display_limits(*(float(x) for x in info.ranges[i]), sd)
+    lo, hi, flat = info.gene_limits(i)
     if info.grid is not None:  # an image on the bin grid: the gene's values in their bins
         if info.gene != gene or info.contrast_limits is None:
             layer.data = info.grid.paint(info.values[:, i])

@@ -34,10 +34,10 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QLabel, QSizePolicy
 
-from .jobs import JobError, JobRunner, wait_for_torch, warm_up_torch
+from .jobs import JobError, JobRunner, set_progress, wait_for_torch, warm_up_torch
 from .layers import ImageLayerInfo, layer_info
 from .state import TrainDockState
-from .widgets.scroll import VerticalScroll, set_progress
+from .widgets.scroll import VerticalScroll
 from .trained_models import model_trained
 from .widgets.encoder_choice import EncoderChoice, resolve
 from .widgets.training_curves import CurvePlot
@@ -155,7 +155,7 @@ class TrainWidget(JobRunner, Container):
         self.state.events.rows.connect(self._on_rows)
         self.state.events.running.connect(self._on_running)
         self.state.events.resumable.connect(self._on_resumable)
-        self.state.events.status.connect(self._on_status)
+        self.state.events.status.connect(self._show_status)
         self.state.events.done.connect(self._on_done_fraction)
 
     # -------------------------------------------------------------- the state's views
@@ -181,14 +181,10 @@ class TrainWidget(JobRunner, Container):
     def _on_resumable(self, resumable: bool):
         self.train_btn.text = "Resume" if resumable else "Train"
 
-    def _on_status(self, text: str):
-        self.status.value = text
-        self.status.tooltip = text
-
     def _on_done_fraction(self, fraction: float):
         permille = int(1000 * min(max(fraction, 0.0), 1.0))
         set_progress(self.progress, permille)
-        self._show_activity(permille, 1000, self.state.status.split(" — ")[0] if self.worker is not None else None)
+        self._show_activity(permille, 1000, self.state.status if self.worker is not None else None)
 
     # -------------------------------------------------------------- sections
     def _section_choices(self, _widget=None):

@@ -280,11 +280,15 @@ class GeneControls:
                                    unknown=bool(rel.unknown_because)))
         self._show_measured(layer, gene)
 
-    def _caption(self, text: str | None):
-        """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""
+    def _caption_overlay(self):
+        """napari's canvas text overlay, where the gene's caption goes (None if this napari has none)."""
         canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9; older: viewer.text_overlay
         overlays = getattr(canvas, "overlays", None)
-        ov = getattr(overlays, "text", None) if overlays is not None else getattr(self.viewer, "text_overlay", None)
+        return getattr(overlays, "text", None) if overlays is not None else getattr(self.viewer, "text_overlay", None)
+
+    def _caption(self, text: str | None):
+        """Name the gene on the canvas, beside napari's colour bar (which has no title of its own)."""
+        ov = self._caption_overlay()
         if ov is None:
             return
         if not text:

@@ -149,8 +149,9 @@ class MeasuredControls:
         import pandas as pd
 
         if ly.__class__.__name__ == "Image":  # on the bin grid: the values in their bins
-            info = layer_info(self.viewer.layers[layer_info(ly, MapLayerInfo).of], PredictionLayerInfo)
-            ly.data = info.grid.paint(np.asarray(values, np.float32), layer_info(ly, MapLayerInfo).mask)
+            of = layer_info(ly, MapLayerInfo)
+            grid = layer_info(self.viewer.layers[of.of], PredictionLayerInfo).grid
+            ly.data = grid.paint(np.asarray(values, np.float32), of.mask)
             ly.colormap = cmap
             set_limits(ly, limits)
             ly.colorbar.visible = colorbar
@@ -276,8 +277,7 @@ class MeasuredControls:
 
     def _place_caption(self, corner: str) -> None:
         self._caption_corner = corner
-        canvas = getattr(self.viewer, "canvas", None)
-        ov = getattr(getattr(canvas, "overlays", None), "text", None)
+        ov = self._caption_overlay()
         if ov is not None and ov.position != corner:
             ov.position = corner
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
 
-from ..jobs import JobError, in_turns, torch_ready, wait_for_torch
+from ..jobs import JobError, in_turns, set_progress, torch_ready, wait_for_torch
 from ..layers import (KEY, SpotsLayerInfo, image_info, is_prediction_layer, layer_info, place_on,
                       prediction_layer_data)
-from .scroll import set_progress
 from .source import GENERATE, image_px, is_pixel_table, parse_um_per_px, place_on_image
 from .space_ranger import image_used_text
 
@@ -164,8 +163,7 @@ class PredictionControls:
         self.state.busy = (self.state.status or "Working…") if running else ""
 
     def _on_status(self, text: str):
-        self.status.value = text
-        self.status.tooltip = text  # the whole text, however the dock's width wraps it
+        self._show_status(text)
         if self.worker is not None:
             self._show_activity(*self.state.progress, text)
 

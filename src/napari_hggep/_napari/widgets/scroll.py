@@ -23,17 +23,3 @@ class VerticalScroll(QScrollArea):
         inner = self.widget().minimumSizeHint().width() if self.widget() is not None else 0
         return QSize(max(hint.width(), inner + self.verticalScrollBar().sizeHint().width()), hint.height())
 
-
-def set_progress(bar, value: int, maximum: int | None = None) -> None:
-    """Move a magicgui ProgressBar without a synchronous repaint: QProgressBar.setValue repaints at
-    once when its text changes, which makes the whole window (napari's canvas too) draw in the middle
-    of the caller's work; here the bar is drawn on the next event-loop turn, with everything else."""
-    native = bar.native
-    native.setUpdatesEnabled(False)
-    try:
-        if maximum is not None:
-            bar.max = maximum
-        bar.value = min(int(value), int(bar.max))
-    finally:
-        native.setUpdatesEnabled(True)
-    native.update()
