@@ -10,7 +10,6 @@ import argparse
 import errno
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +80,13 @@ def test_unknown_device_is_refused_at_once_before_any_slide(tmp_path, capsys, no
     assert e.value.code == 2
     line = _one_line_error(capsys.readouterr().err)
     assert "'tpu'" in line and "cpu" in line
-    # as a command, on a slide folder: refused in well under the 15 s target, one line, status 2
-    t0 = time.time()
-    out = subprocess.run([*CLI, "predict", str(s), "-o", str(tmp_path / "p.csv"), "--device", "tpu"],
-                         capture_output=True, text=True)
-    took = time.time() - t0
-    assert out.returncode == 2 and took < 15, took
-    _one_line_error(out.stderr)
+    # as a command: the device is checked before the slide is looked at (a slide that is not there
+    # is not what the one line names), status 2
+    out = subprocess.run([*CLI, "predict", str(tmp_path / "missing"), "-o", str(tmp_path / "p.csv"), "--device",
+                          "tpu"], capture_output=True, text=True)
+    assert out.returncode == 2
+    line = _one_line_error(out.stderr)
+    assert "'tpu'" in line and "missing" not in line
 
 
 def test_missing_gpu_is_refused_before_any_slide(tmp_path, capsys, monkeypatch, no_slide_read, image):
@@ -171,14 +170,12 @@ def test_unwritable_out_is_refused_before_evaluation_or_training(tiny_data, tmp_
     assert "is a folder" in _one_line_error(capsys.readouterr().err)
 
 
-def test_unwritable_out_as_a_command_is_quick_and_plain(tiny_data, tmp_path):
-    bad = _blocked(tmp_path)
-    for args in (["evaluate", "--loo", "--data", str(tiny_data), "--out", str(bad)],
-                 ["train", "--data", str(tiny_data), "--out", str(bad / "m.pt")]):
-        t0 = time.time()
+def test_unwritable_out_as_a_command_is_refused_before_the_data(tmp_path):
+    bad, data = _blocked(tmp_path), str(tmp_path / "no-data")  # the data are not looked at first
+    for args in (["evaluate", "--loo", "--data", data, "--out", str(bad)],
+                 ["train", "--data", data, "--out", str(bad / "m.pt")]):
         out = subprocess.run([*CLI, *args], capture_output=True, text=True)
-        took = time.time() - t0
-        assert out.returncode == 2 and took < 30, (args, took)
+        assert out.returncode == 2, args
         assert "is a file, not a folder" in _one_line_error(out.stderr)
 
 

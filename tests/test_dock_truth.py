@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import he_like_image, study_counts, wait_idle, wait_predict, write_10x_h5, write_visium, write_visium_hd
 
-pytest.importorskip("napari")
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
+from helpers import he_like_image, study_counts, wait_idle, wait_predict, write_10x_h5, write_visium, write_visium_hd
 
 from qtpy.QtWidgets import QLabel  # noqa: E402
 

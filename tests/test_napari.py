@@ -2,6 +2,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 import tifffile
 
 from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict, wait_idle
@@ -9,8 +11,6 @@ from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.source import GENERATE
-
-pytest.importorskip("napari")
 
 
 @pytest.fixture
@@ -158,7 +158,28 @@ def test_error_leaves_widget_usable(viewer, qtbot):
     assert "he genes" in viewer.layers
 
 
-def test_cancel(viewer, qtbot):
+def test_cancel(viewer, qtbot, monkeypatch):
+    import threading
+
+    from napari_hggep._napari.widgets import prediction
+
+    # the job waits after its first batch until Cancel was pressed: the cancel lands mid-prediction
+    # however fast the machine is
+    pressed, real = threading.Event(), prediction._predict_job_steps
+
+    def held_after_first_batch(*args):
+        steps = real(*args)
+        item = next(steps)
+        try:
+            while True:
+                sent = yield item
+                if item[0] == "progress" and item[1] > 0:
+                    assert pressed.wait(60), "Cancel was never pressed"
+                item = steps.send(sent)
+        except StopIteration as end:
+            return end.value
+
+    monkeypatch.setattr(prediction, "_predict_job_steps", held_after_first_batch)
     viewer.add_image(he_like_image(1200, 1200), name="big", rgb=True)
     w = PredictWidget(viewer)
     w.spots.value = GENERATE
@@ -167,6 +188,7 @@ def test_cancel(viewer, qtbot):
     w.run()
     qtbot.waitUntil(lambda: w.progress.value > 0, timeout=60_000)
     w.cancel()
+    pressed.set()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert w.status.value == "Cancelled."
     assert "big genes" not in viewer.layers

@@ -7,14 +7,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 from PIL import Image
 
 from helpers import he_like_image, write_visium, write_visium_hd, N_BUNDLED, wait_predict, wait_idle
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.export import EXPORT_FILTER
-
-pytest.importorskip("napari")
 
 GENES = ["GNAS", "FN1"]
 

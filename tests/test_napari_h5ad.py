@@ -5,12 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
+
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 from PIL import Image
 
 from helpers import he_like_image
 from napari_hggep._napari.layers import KEY, PredictionLayerInfo, gene_values, is_prediction_layer
-
-pytest.importorskip("napari")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
+
 from helpers import he_like_image, study_counts, wait_predict, write_10x_h5, write_visium, wait_idle
 from napari_hggep._napari.layers import KEY, MapLayerInfo, measured_values
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.genes import SORT_CHOICES
 from napari_hggep._napari.widgets.measured import DIFF_COLORMAP, SHOW_CHOICES
-
-pytest.importorskip("napari")
 
 
 def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_path, outs_with_counts):

@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 from helpers import he_like_image, shown, write_visium, write_visium_hd, N_BUNDLED, wait_predict, wait_idle
 from PIL import Image
 
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.space_ranger import OTHER_FULLRES
-
-pytest.importorskip("napari")
 
 
 def world(points):

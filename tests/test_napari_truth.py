@@ -2,11 +2,12 @@
 pixel size, an honest gene selector, plain errors. Real viewers (Xvfb), real files, the bundled model."""
 import json
 import shutil
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
+
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 from PIL import Image
 
 from helpers import he_like_image, shown, smooth_he, write_visium, N_BUNDLED, wait_predict
@@ -15,8 +16,6 @@ from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
 from napari_hggep._napari.widgets.source import GENERATE
 from napari_hggep.records import Prediction, Provenance
-
-pytest.importorskip("napari")
 
 
 def _write_ome(path, img, um):
@@ -242,7 +241,7 @@ def test_gene_selector_sorting_filter_range_labels_and_hover(predicted):
     assert "GNAS" not in text and text.count(":") <= 4, text
 
 
-def test_gene_selector_with_20000_genes_stays_fast(viewer, qtbot):
+def test_gene_selector_with_20000_genes_fills_once(viewer, qtbot, monkeypatch):
     rng = np.random.default_rng(0)
     n, g = 2000, 20000
     genes = [f"GENE{i:05d}" for i in range(g)]
@@ -258,15 +257,15 @@ def test_gene_selector_with_20000_genes_stays_fast(viewer, qtbot):
     assert w.gene.native.count() == 10  # GENE12340 … GENE12349
     picked = w.gene.value  # the best of the ten
     assert picked == max((x for x in genes if "GENE1234" in x), key=pcc.get)
-    times = []
-    for _ in range(3):
-        w.gene_filter.value = "GENE1234"
-        t = time.perf_counter()
-        w.gene_filter.value = ""  # clearing the filter refills 20,000 entries and recolours
-        times.append(time.perf_counter() - t)
-    ms = 1000 * min(times)
-    print(f"clearing the filter with {g} genes: {ms:.0f} ms")
-    assert w.gene.native.count() == g and ms < 500, ms
+    # clearing the filter refills the 20,000 entries in one go and recolours at most once (its speed is
+    # measured in benchmarks/bench_recolor.py)
+    fills, colourings = [], []
+    real_fill = type(w)._fill_gene_box
+    monkeypatch.setattr(type(w), "_fill_gene_box", lambda self, *a: (fills.append(len(a[0])), real_fill(self, *a)))
+    layer.events.face_color.connect(lambda e: colourings.append(1))
+    w.gene_filter.value = ""
+    assert fills == [g] and len(colourings) <= 1, (fills, colourings)
+    assert w.gene.native.count() == g
     assert w.gene.native.itemData(0) == max(pcc, key=pcc.get) and w.gene.value == picked
     assert layer.metadata[KEY].gene == w.gene.value
 

@@ -1,12 +1,10 @@
 """Nothing lost: interrupted runs leave neither partial outputs nor temporary files, and a
 training run killed with SIGKILL resumes to exactly the model an uninterrupted run makes."""
 import os
-import random
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,29 +21,69 @@ def _temporaries(folder: Path):
     return sorted(p.name for p in folder.iterdir() if "~" in p.name)
 
 
-def test_train_killed_at_any_point_resumes_to_the_same_model(tiny_data, tmp_path):
-    train = [*CLI, "train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "6", "--seed", "3",
-             "--device", "cpu", "--no-heldout"]
+# A training child that runs the real CLI and stops at a named point until it is killed: the kill lands
+# exactly there (no sleeps). "step N" blocks before the N-th optimiser step (counted over the run, two
+# per epoch here); "write N" blocks after the N-th state file's temporary is written, before its rename.
+_KILLABLE = """
+import sys, threading, torch
+import napari_hggep._atomic as atomic
+import napari_hggep.training.train as train
+from napari_hggep.cli import main
+kind, at = sys.argv[1], int(sys.argv[2])
+count = [0]
+def stop_here():
+    print(f"@@killpoint {kind} {at}", flush=True)
+    threading.Event().wait()
+clip = torch.nn.utils.clip_grad_norm_
+def counted_clip(*a, **k):
+    count[0] += 1
+    if kind == "step" and count[0] == at:
+        stop_here()
+    return clip(*a, **k)
+torch.nn.utils.clip_grad_norm_ = counted_clip
+writes = [0]
+def write_then_stop(path, data):
+    writes[0] += 1
+    if kind != "write" or writes[0] != at:
+        return atomic.atomic_write_bytes(path, data)
+    with atomic.atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        stop_here()
+train.atomic_write_bytes = write_then_stop
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _kill_at(args, kind, at, env):
+    """Run ``train`` with ``args`` until it reaches the kill point, SIGKILL it there."""
+    p = subprocess.Popen([sys.executable, "-c", _KILLABLE, kind, str(at), *args], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if line.startswith("@@killpoint"):
+            break
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, f"the run ended before it reached {kind} {at}"
+
+
+def test_train_killed_mid_epoch_and_mid_write_resumes_to_the_same_model(tiny_data, tmp_path):
+    args = ["train", "--data", str(tiny_data), "--sections", "S1", "S2", "--epochs", "6", "--seed", "3",
+            "--device", "cpu", "--no-heldout"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     (tmp_path / "ref").mkdir()
     (tmp_path / "run").mkdir()
     ref, ck = tmp_path / "ref" / "m.pt", tmp_path / "run" / "m.pt"
-    subprocess.run([*train, "--out", str(ref)], env=env, check=True, capture_output=True)
+    subprocess.run([*CLI, *args, "--out", str(ref)], env=env, check=True, capture_output=True)
     state = Path(str(ck) + ".state")
-    for kill in range(2):  # killed twice: during epoch 2 or later, then again after resuming
-        p = subprocess.Popen([*train, "--out", str(ck)] + (["--resume"] if kill else []), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = state.stat().st_mtime if state.exists() else 0
-        while p.poll() is None and not (state.exists() and state.stat().st_mtime > t0):
-            time.sleep(0.02)
-        time.sleep(random.uniform(0.0, 0.6))  # anywhere in the next epoch, writing the state included
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-        assert not ck.exists()  # the model is written at the end only
-    done = torch.load(state, map_location="cpu", weights_only=True)["epoch"]
-    assert 1 <= done < 6
-    subprocess.run([*train, "--out", str(ck), "--resume"], env=env, check=True, capture_output=True)
+    epoch = lambda: torch.load(state, map_location="cpu", weights_only=True)["epoch"]  # noqa: E731
+
+    _kill_at([*args, "--out", str(ck)], "step", 6, env)  # the second step of epoch 3
+    assert epoch() == 2 and not ck.exists()  # the model is written at the end only
+    _kill_at([*args, "--out", str(ck), "--resume"], "write", 2, env)  # writing epoch 4's state
+    assert epoch() == 3 and not ck.exists()
+    assert len(_temporaries(ck.parent)) == 1  # the killed writer's temporary, not yet renamed
+
+    subprocess.run([*CLI, *args, "--out", str(ck), "--resume"], env=env, check=True, capture_output=True)
     (meta_a, a), (meta_b, b) = read_checkpoint(ref), read_checkpoint(ck)
     assert a.keys() == b.keys()
     for k in a:

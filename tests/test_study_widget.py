@@ -5,12 +5,12 @@ import json
 import pandas as pd
 import pytest
 
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
+
 from helpers import he_like_image, write_visium_study_section
 from napari_hggep._napari.layers import KEY
 from napari_hggep._napari.train_widget import TrainWidget
 from napari_hggep._napari.predict_widget import PredictWidget
-
-pytest.importorskip("napari")
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import he_like_image, shown, write_visium_study_section
+pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 
-pytest.importorskip("napari")
+from helpers import he_like_image, shown, write_visium_study_section
 
 from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QLabel, QScrollArea  # noqa: E402
