@@ -26,9 +26,10 @@ class Step(tuple):
         return step
 
 
-def plan_units(n: int, image_path: bool, stats: bool) -> dict:
+def plan_units(n: int, image_path: bool, stats: bool, pooled_crops: int = 0) -> dict:
     """The work units of each phase of a prediction of ``n`` spots (see :class:`Step`)."""
     return {"patches": n if image_path else 0, "statistics": max(1, n // 10) if stats else 0,
+            "pooled": n * pooled_crops,  # a pretrained encoder over each crop: as costly as a patch
             "attention": max(1, n // 4), "reliability": max(1, n // 20), "caller": max(1, n // 20)}
 
 
@@ -63,7 +64,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     model = bundle.model.eval()
     guard = MemoryGuard(model, batch_size, notify)
     n = slide.n_spots
-    units = plan_units(n, bool(cfg.image_path), bool(cfg.stats_features))
+    units = plan_units(n, bool(cfg.image_path), bool(cfg.stats_features), len(cfg.pooled_um))
     total = sum(units.values())
     yield Step(0, total, "reading patches and running the image model" if cfg.image_path else "tissue statistics")
     stats_job = pool = None
@@ -101,15 +102,30 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                     tokens[torch.from_numpy(idx)] = tok
                     done += len(idx)
                     yield Step(done, total, f"patches and image model: {done:,}/{n:,} spots")
-            stats_z = raw_stats = None
+            stats_z = raw_stats = pooled = None
+            if cfg.pooled_um:  # the encoder's pooled features around every spot (beside the statistics thread)
+                from .model.pooled import pooled_encoder
+                from .training.feature_cache import iter_pooled_statistics
+
+                steps = iter_pooled_statistics(pooled_encoder(cfg, bundle.encoder_weights), slide, device)
+                try:
+                    while True:
+                        done, _ = next(steps)
+                        yield Step(units["patches"] + done, total, f"pretrained encoder: {done:,}/"
+                                   f"{units['pooled']:,} crops")
+                except StopIteration as end:
+                    pooled = end.value
             if stats_job is not None:
                 from .data.features import standardise_features
 
-                if cfg.image_path:
-                    yield Step(units["patches"], total, "tissue statistics around the spots")
-                raw_stats = stats_job.result()
-                stats_z = torch.from_numpy(standardise_features(raw_stats))
-            yield Step(units["patches"] + units["statistics"], total,
+                if cfg.image_path or cfg.pooled_um:
+                    yield Step(units["patches"] + units["pooled"], total, "tissue statistics around the spots")
+                raw_stats = stats_job.result()  # the tissue statistics (also what the reliability reads)
+                stats_z = standardise_features(raw_stats)
+                if pooled is not None:
+                    stats_z = np.concatenate([stats_z, standardise_features(pooled)], axis=1)
+                stats_z = torch.from_numpy(stats_z)
+            yield Step(units["patches"] + units["pooled"] + units["statistics"], total,
                        f"slide-wide attention and hypergraph over {n:,} spots")
             coords = torch.from_numpy(slide.coords_um.astype(np.float32))
             window = overlap = None

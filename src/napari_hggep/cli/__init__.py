@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--encoder-um", type=positive_float, metavar="UM",
                        help="pretrained encoders: micrometres of tissue per input patch (default: imagenet 110, timm "
                             "0.5 um/px x its input size)")
+        t.add_argument("--pooled-um", nargs="+", metavar="UM",
+                       help="pretrained encoders: crops (um of tissue) whose pooled encoder features join the tissue "
+                            "statistics in the statistics branch's ridge (default with --encoder imagenet or timm: "
+                            "110 330; none: off)")
         t.add_argument("--backbone", help="deprecated, the same as --encoder shufflenet --encoder-weights FILE: a "
                                           "pretrained image path made by napari-hggep pretrain")
         t.add_argument("--freeze-backbone", action="store_true",

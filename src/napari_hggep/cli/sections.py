@@ -36,7 +36,21 @@ def _model_config(a, genes):
         cfg = cfg.replace(stats_features=0)
     if not cfg.stats_features and a.branches == "stats":
         raise ValueError(f"preset {a.preset!r} has no statistics branch")
-    return cfg
+    from ..model.pooled import with_pooled
+
+    return with_pooled(cfg, pooled_crops(a))
+
+
+def pooled_crops(a):
+    """``--pooled-um``: None (the default crops with a pretrained encoder), () for ``none``, or the crops."""
+    v = getattr(a, "pooled_um", None)
+    if v is None:
+        return None
+    if [str(x).lower() for x in v] == ["none"]:
+        return ()
+    from .checks import positive_float
+
+    return tuple(positive_float(str(x)) for x in v)
 
 
 def read_sections(a):
@@ -78,7 +92,8 @@ def make_study(a, log):
                         heldout=not getattr(a, "no_heldout", False), stats_res_copies=a.stats_res_copies or 0,
                         cache=a.cache, keep_state=getattr(a, "keep_state", False),
                         preset=a.preset, encoder=getattr(a, "encoder_spec", None),
-                        encoder_weights=None if getattr(a, "encoder_file", None) is None else str(a.encoder_file))
+                        encoder_weights=None if getattr(a, "encoder_file", None) is None else str(a.encoder_file),
+                        pooled_um=pooled_crops(a))
     return Study(rows, opts, log=log)
 
 
@@ -132,13 +147,19 @@ def check_encoder(a) -> None:
     ``--encoder shufflenet --encoder-weights FILE`` made ``--backbone FILE``."""
     from ..model.encoder_spec import parse_encoder_arg, split_encoder_name
 
+    import argparse
+
     a.encoder_spec = a.encoder_file = None
     try:
         kind, _ = split_encoder_name(getattr(a, "encoder", None) or "shufflenet")
         args = dict(parse_encoder_arg(v) for v in (getattr(a, "encoder_arg", None) or []))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+        crops = pooled_crops(a)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise UsageError(f"--pooled-um: {e}" if isinstance(e, argparse.ArgumentTypeError) else str(e)) from None
     weights = getattr(a, "encoder_weights", None)
+    if crops and kind == "shufflenet":
+        raise UsageError("--pooled-um needs a pretrained encoder: add --encoder imagenet (or timm:ARCH with "
+                         "--encoder-weights)")
     if kind == "shufflenet":
         if args or getattr(a, "encoder_um", None):
             raise UsageError("--encoder-arg and --encoder-um are for pretrained encoders (--encoder imagenet or "

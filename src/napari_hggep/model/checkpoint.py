@@ -33,6 +33,7 @@ class ModelBundle:
     target_norm: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     path: str | None = None
+    encoder_weights: object = None  # the verified weights file of a pooled-features encoder (config.pooled_um)
 
     @property
     def patch_um(self) -> float:
@@ -179,8 +180,8 @@ def check_inputs(meta: dict, config: HGGEPConfig, path) -> None:
         from ..data.features import feature_names
 
         have = len(feature_names(config.context_um))
-        if have != config.stats_features:
-            raise CheckpointError(f"{path}: made for {config.stats_features} tissue statistics per spot, this "
+        if have != config.tissue_features:
+            raise CheckpointError(f"{path}: made for {config.tissue_features} tissue statistics per spot, this "
                                   f"version of napari-hggep computes {have}; retrain it or use the version that "
                                   "made it")
 
@@ -207,9 +208,17 @@ def load_checkpoint(path: str | Path, device: str = "auto", encoder_weights=None
                 verify_weights(config.encoder.replace(weights_file=None), encoder_weights)
         except EncoderWeightsError as e:
             raise CheckpointError(f"{path}: {e}") from None
-    elif encoder_weights is not None:
+    elif encoder_weights is not None and not config.pooled_um:
         raise CheckpointError(f"{path}: this model's image path is {config.encoder_spec.label if config.image_path else 'absent'}"
                               "; it takes no --encoder-weights")
+    pooled_weights = None
+    if config.pooled_um:  # the statistics branch reads the encoder's pooled features: its weights, checked
+        from .encoders import EncoderWeightsError, verify_weights
+
+        try:
+            pooled_weights = verify_weights(config.encoder_spec, encoder_weights)
+        except EncoderWeightsError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     model = HGGEP(config, encoder_weights=weights)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
@@ -220,4 +229,5 @@ def load_checkpoint(path: str | Path, device: str = "auto", encoder_weights=None
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the config stored with them: {str(e)[:300]}") from None
     model.to(resolve_device(device)).eval()
-    return ModelBundle(model, config, list(meta["genes"]), meta.get("target_norm", {}), meta, str(path))
+    return ModelBundle(model, config, list(meta["genes"]), meta.get("target_norm", {}), meta, str(path),
+                       pooled_weights)

@@ -64,8 +64,19 @@ class HGGEPConfig:
     # the image encoder (docs/encoders.md); None: GEM + ShuffleNet, as every model before encoders
     # could be chosen (such a config's dict has no "encoder" key, so older cards read as before)
     encoder: EncoderSpec | None = None
+    # the pretrained encoder's pooled features (each of its three maps averaged, at crops covering
+    # these many um of tissue; napari_hggep.training.feature_cache.pooled_statistics) join the tissue
+    # statistics as ``pooled_features`` more columns of the statistics branch. (): none.
+    pooled_um: tuple[float, ...] = ()
+    pooled_features: int = 0
 
     def __post_init__(self):
+        if self.pooled_um:
+            if not self.pretrained_encoder:
+                raise ValueError("pooled encoder features need a pretrained encoder (imagenet or timm:ARCH)")
+            if not 0 < self.pooled_features <= self.stats_features:
+                raise ValueError(f"{self.pooled_features} pooled features do not fit {self.stats_features} "
+                                 "statistics columns")
         if self.encoder is not None and self.encoder.name != "shufflenet":
             if (int(self.patch_px), float(self.patch_um)) != (self.encoder.input_px, self.encoder.um_per_patch):
                 raise ValueError(f"patch {self.patch_px} px / {self.patch_um} um differs from the encoder's input "
@@ -82,6 +93,11 @@ class HGGEPConfig:
         if self.pca_k is None:
             return None
         return self.pca_k * (len(self.pca_blocks) if self.pca_blocks else 1)
+
+    @property
+    def tissue_features(self) -> int:
+        """Columns of the statistics branch that are tissue statistics (the rest: pooled encoder features)."""
+        return self.stats_features - self.pooled_features
 
     @property
     def encoder_spec(self) -> EncoderSpec:
@@ -111,6 +127,11 @@ class HGGEPConfig:
             d["encoder"] = self.encoder.to_dict()
         d["pos_wavelength_um"] = list(self.pos_wavelength_um)
         d["context_um"] = list(self.context_um)
+        if not self.pooled_um:
+            d.pop("pooled_um")  # cards of models without pooled features read as before
+            d.pop("pooled_features")
+        else:
+            d["pooled_um"] = list(self.pooled_um)
         if self.pca_blocks is None:
             d.pop("pca_blocks")  # cards of one-block models read as before
         else:
@@ -128,6 +149,8 @@ class HGGEPConfig:
             d["pos_wavelength_um"] = tuple(d["pos_wavelength_um"])
         if "context_um" in d:
             d["context_um"] = tuple(d["context_um"])
+        if "pooled_um" in d:
+            d["pooled_um"] = tuple(float(u) for u in d["pooled_um"])
         if d.get("pca_blocks") is not None:
             d["pca_blocks"] = tuple(int(b) for b in d["pca_blocks"])
         if d.get("encoder") is not None:

@@ -273,9 +273,10 @@ class HGGEP(nn.Module):
 def use_fast_inference_layout(model: HGGEP) -> None:
     """Channels-last convolution weights for inference on a CPU (oneDNN runs them about twice as
     fast); give it channels-last input too. Not for training (see :meth:`HGGEP.trunk`)."""
-    if model.config.image_path:
-        model.gem.to(memory_format=torch.channels_last)
-        model.backbone.to(memory_format=torch.channels_last)
+    for part in ("gem", "backbone"):  # also a PooledEncoder's (model.pooled), which has no GEM
+        module = getattr(model, part, None)
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
 
 
 def colour_stats_of(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,28 @@ def choose_alpha(xs: list[np.ndarray], ys: list[np.ndarray], score, alphas=ALPHA
     return best_alpha
 
 
+def ridge_scores(xs: list[np.ndarray], ys: list[np.ndarray], score, alphas=ALPHAS) -> np.ndarray:
+    """The held-out ``score(pred, group_index)`` of each alpha, averaged leave-one-group-out: what
+    :func:`choose_alpha` compares, with one eigendecomposition per fold for all alphas (of the
+    features' Gram matrix, or of the spots' when there are fewer spots than features)."""
+    alphas = np.asarray(alphas, float)
+    out = np.zeros(len(alphas))
+    for i in range(len(xs)):
+        x = np.concatenate([v for j, v in enumerate(xs) if j != i]).astype(np.float64)
+        y = np.concatenate([v for j, v in enumerate(ys) if j != i]).astype(np.float64)
+        mean = y.mean(0)
+        yc = y - mean
+        if x.shape[0] >= x.shape[1]:  # (X'X + a I)^-1 X'y
+            lam, v = np.linalg.eigh(x.T @ x)
+            left, right = xs[i] @ v, v.T @ (x.T @ yc)
+        else:  # X'(XX' + a I)^-1 y: the same weights, through the spots
+            lam, u = np.linalg.eigh(x @ x.T)
+            left, right = (xs[i] @ x.T) @ u, u.T @ yc
+        for k, a in enumerate(alphas):
+            out[k] += score(left @ (right / (np.maximum(lam, 0) + a)[:, None]) + mean, i)
+    return out / max(len(xs), 1)
+
+
 class RidgeBaseline:
     def __init__(self, alpha: float = 10.0):
         self.alpha = alpha

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
-from ..data.features import FEATURES_VERSION, tissue_features
+from ..data.features import FEATURES_VERSION, standardise_features, tissue_features
 from ..data.patches import extract_patches
 from ..data.her2st import read_her2st
 from ..data.visium import is_visium_folder, read_visium
 from ..data.slide import SlideError
+from ..model.pooled import pooled_encoder, pooled_key
 from .targets import normalise_counts
 
 
@@ -27,10 +28,27 @@ class SectionData:
     stats: np.ndarray | None = None  # N x F tissue statistics (raw; z-score within the slide to use)
     # the same statistics with the slide resampled to other scan resolutions (training augmentation)
     stats_aug: tuple[np.ndarray, ...] = ()
+    # N x P pooled features of a pretrained encoder (config.pooled_um; raw, z-scored within the slide to use)
+    pooled: np.ndarray | None = None
 
     @property
     def n_spots(self) -> int:
         return len(self.patches)
+
+    def stats_input(self, n_features: int, aug: int | None = None) -> np.ndarray | None:
+        """What the statistics branch of a model with ``n_features`` columns reads: the tissue
+        statistics (``aug``: the resampled copy ``aug`` instead), z-scored within the slide, then the
+        encoder's pooled features z-scored too when the model has more columns than tissue statistics."""
+        if self.stats is None or not n_features:
+            return None
+        z = standardise_features(self.stats if aug is None else self.stats_aug[aug])
+        if n_features == z.shape[1]:
+            return z
+        if self.pooled is None or z.shape[1] + self.pooled.shape[1] != n_features:
+            raise ValueError(f"section {self.name}: the model reads {n_features} statistics, the section has "
+                             f"{z.shape[1]} tissue statistics and "
+                             f"{0 if self.pooled is None else self.pooled.shape[1]} pooled encoder features")
+        return np.concatenate([z, standardise_features(self.pooled)], axis=1)
 
 
 def read_genes(path) -> list[str]:
@@ -52,14 +70,15 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
     ctx = tuple(config.context_um)
     spec = (f"{folder.resolve()}|{config.patch_um}|{config.patch_px}|{len(genes)}|{genes[:5]}|{resample_um}|"
             + (f"size{size_genes(config)}|" if size_genes(config) else "") +
-            f"{with_stats and (ctx, config.stats_um_per_px, stats_res_copies, FEATURES_VERSION)}")
+            f"{with_stats and (ctx, config.stats_um_per_px, stats_res_copies, FEATURES_VERSION)}"
+            + (f"|pooled{pooled_key(config)}" if config.pooled_um else ""))
     key = hashlib.sha1(spec.encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"{folder.name}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         z = np.load(cache, allow_pickle=False)
         aug = tuple(z[f"stats_aug{i}"] for i in range(stats_res_copies)) if with_stats else ()
         return SectionData(z["name"].item(), z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
-                           z["stats"] if with_stats else None, aug)
+                           z["stats"] if with_stats else None, aug, z["pooled"] if "pooled" in z else None)
     slide = read_visium(folder, genes=genes) if is_visium_folder(folder) else read_her2st(folder, genes=genes)
     if slide.counts is None:
         raise SlideError(f"{folder}: training needs counts (counts.tsv.gz or filtered_feature_bc_matrix.h5)")
@@ -72,6 +91,8 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         extra = {"stats": sec.stats, **{f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)}} if with_stats else {}
+        if sec.pooled is not None:
+            extra["pooled"] = sec.pooled
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, name=np.array(name), patches=sec.patches, coords_um=sec.coords_um, target=sec.target,
@@ -80,11 +101,12 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
 
 
 def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies: int = 0,
-                  progress=None) -> SectionData:
+                  progress=None, encoder_weights=None, feature_cache=None) -> SectionData:
     """A training section from a slide (image + spots) and its counts (``spots x genes``):
     patches, tissue statistics (and ``stats_res_copies`` copies on the slide resampled to random
-    resolutions between 1 and 4 um/px), targets. A section whose image shows no tissue under
-    its spots is refused."""
+    resolutions between 1 and 4 um/px), then the encoder's pooled features when the config has
+    them (``encoder_weights``: a timm encoder's file; ``feature_cache``: where its maps are kept),
+    targets. A section whose image shows no tissue under its spots is refused."""
     check_tissue(slide, name)
     patches = extract_patches(slide, config.patch_um, config.patch_px)
     stats, aug = None, ()
@@ -94,6 +116,11 @@ def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies
         rng = np.random.default_rng(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
         aug = tuple(tissue_features(slide.resampled(float(np.exp(rng.uniform(0, np.log(4))))), ctx,
                                     config.stats_um_per_px) for _ in range(stats_res_copies))
+    pooled = None
+    if config.pooled_um:  # the encoder's pooled features (the same for every resampled copy)
+        from .feature_cache import pooled_statistics
+
+        pooled = pooled_statistics(pooled_encoder(config, encoder_weights), slide, cache=feature_cache)
     return SectionData(
         name=name,
         patches=patches,
@@ -103,6 +130,7 @@ def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies
         spot_ids=slide.spot_ids,
         stats=stats,
         stats_aug=aug,
+        pooled=pooled,
     )
 
 
@@ -134,3 +162,4 @@ def load_sections(data_dir, sections: list[str], genes: list[str], config, cache
     if missing:
         raise SlideError(f"{data_dir}: no section folder(s) {missing}")
     return [load_section(data_dir / s, genes, config, cache_dir, resample_um, stats_res_copies) for s in sections]
+

@@ -54,7 +54,7 @@ def published_note(genes) -> str | None:
 ABLATION = {
     "ridge on statistics": {"image_path": False, "smooth_weight": 0.0},
     "statistics branch": {"image_path": False},
-    "image path": {"stats_features": 0},
+    "image path": {"stats_features": 0, "pooled_um": (), "pooled_features": 0},
     "both (full model)": {},
 }
 

@@ -150,3 +150,45 @@ def frozen_encoder_views(model, sections, tcfg, device) -> list[list[torch.Tenso
             per_view.append([torch.cat(p) for p in parts])
         out.append([torch.stack(v).to(device) for v in zip(*per_view)])
     return out
+
+
+POOLED_SPOTS = 256  # spots whose crops are read at a time (memory: 256 x 224 x 224 x 3 bytes per crop size)
+
+
+def pooled_statistics(encoder, slide, device="cpu", cache=None) -> np.ndarray:
+    """``N x config.pooled_features`` pooled features of ``encoder`` (a
+    :class:`~napari_hggep.model.pooled.PooledEncoder`) around every spot of ``slide``: for each
+    crop size in ``encoder.config.pooled_um`` (um of tissue, read at the encoder's input size) the
+    three maps averaged, through the disk cache of :func:`encoder_maps`. Raw: z-score them within
+    the slide like the tissue statistics."""
+    steps = iter_pooled_statistics(encoder, slide, device, cache)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def iter_pooled_statistics(encoder, slide, device="cpu", cache=None):
+    """:func:`pooled_statistics` as a generator: yields ``(done, total)`` crops after each group of
+    spots and returns the features."""
+    from ..data.patches import extract_patches
+
+    cfg = encoder.config
+    px = int(cfg.encoder_spec.input_px)
+    n = slide.n_spots
+    encoder.to(device)
+    parts = []
+    for c, um in enumerate(cfg.pooled_um):
+        feats = []
+        for i in range(0, n, POOLED_SPOTS):
+            idx = np.arange(i, min(i + POOLED_SPOTS, n))
+            patches = extract_patches(slide, float(um), px, idx)
+            feats.append(encoder.pool(encoder_maps(encoder, patches, device, view=f"pooled|{float(um)}",
+                                                   cache=cache)))
+            yield c * n + idx[-1] + 1, len(cfg.pooled_um) * n
+        parts.append(torch.cat(feats) if feats else torch.zeros(0, 0))
+    out = torch.cat(parts, dim=1).numpy().astype(np.float32) if n else np.zeros((0, cfg.pooled_features), np.float32)
+    if out.shape[1] != cfg.pooled_features:
+        raise ValueError(f"the encoder gives {out.shape[1]} pooled features, the model expects {cfg.pooled_features}")
+    return out

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.features import standardise_features
 from ..model.hggep import HGGEP
 from ..model.smoothing import neighbour_blend
 from .dataset import SectionData
@@ -49,27 +48,42 @@ def pca_basis(z: np.ndarray, k: int, blocks=None) -> np.ndarray:
     return basis
 
 
-def _stats_rows(sec: SectionData, mask: np.ndarray) -> np.ndarray:
-    """A section's z-scored statistics at its own resolution, then at the resampled ones."""
-    return np.concatenate([standardise_features(f)[mask] for f in (sec.stats, *sec.stats_aug)])
+def _stats_rows(sec: SectionData, mask: np.ndarray, n_features: int) -> np.ndarray:
+    """A section's z-scored statistics at its own resolution, then at the resampled ones (each
+    with the pooled encoder features when the model reads them)."""
+    return np.concatenate([sec.stats_input(n_features, aug)[mask] for aug in (None, *range(len(sec.stats_aug)))])
+
+
+# weights of the pooled encoder features' block against the tissue statistics, as multiples of
+# sqrt(tissue columns / pooled columns) (at 1 both blocks carry the same total variance)
+POOLED_WEIGHTS = (0.5, 1.0, 2.0)
+# the pooled features are kept when they add at least this much mean PCC over the tissue statistics
+# alone, leave-one-section-out within the training sections (else weight 0: the model drops them)
+POOLED_MIN_GAIN = 0.005
 
 
 @torch.no_grad()
-def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None) -> float:
+def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None
+                      ) -> tuple[float, float | None]:
     """Fix the statistics branch at the ridge solution from the tissue statistics to the
     output (principal components, or genes) on the training spots, and freeze it; the image
     path then learns what the statistics cannot explain. Rows computed on the slide resampled
     to other resolutions are added, so the branch holds at any scan resolution. ``alpha``
-    None: chosen by leave-one-section-out over the training sections. Returns alpha."""
-    from .baseline import choose_alpha, ridge_solve
+    None: chosen by leave-one-section-out over the training sections. With the encoder's pooled
+    features (``config.pooled_um``) their block's weight is chosen the same way (from
+    :data:`POOLED_WEIGHTS`, or 0 when none adds :data:`POOLED_MIN_GAIN` over the tissue statistics
+    alone) and folded into the branch's weights. Returns alpha and a note on the pooled features
+    (None without them): weight, the inner held-out PCC with and without them."""
+    from .baseline import ALPHAS, choose_alpha, ridge_scores, ridge_solve
 
     if any(s.stats is None for s in sections):
         raise ValueError("the statistics branch needs the sections' tissue statistics")
-    basis = model.pca_basis.cpu().numpy() if model.config.pca_k is not None else None
+    cfg = model.config
+    basis = model.pca_basis.cpu().numpy() if cfg.pca_k is not None else None
     xs, ys, zs = [], [], []
     for sec, z, m in zip(sections, z_targets, masks):
         copies = 1 + len(sec.stats_aug)
-        xs.append(_stats_rows(sec, m))
+        xs.append(_stats_rows(sec, m, model.config.stats_features))
         out = z[m] @ basis.T if basis is not None else z[m]
         ys.append(np.concatenate([out] * copies))
         zs.append(z[m])
@@ -78,13 +92,36 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
         p = pred[: len(zs[i])]
         return float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, zs[i])))
 
+    scale, note = np.ones(cfg.stats_features), None
+    if cfg.pooled_um:
+        base = float(np.sqrt(cfg.tissue_features / cfg.pooled_features)) if cfg.tissue_features else 1.0
+        if len(xs) < 2:  # nothing to choose on: the pooled features kept at weight 1
+            note = {"weight": 1.0, "chosen": "one training section: not chosen"}
+            weight = 1.0
+        else:
+            alphas = ALPHAS if alpha is None else (float(alpha),)
+            found = {}
+            for wgt in (0.0, *POOLED_WEIGHTS):
+                s = np.ones(cfg.stats_features)
+                s[cfg.tissue_features:] = wgt * base
+                res = ridge_scores([x * s for x in xs], ys, score, alphas)
+                k = int(np.argmax(res))
+                found[wgt] = (float(res[k]), float(alphas[k]))
+            best = max(POOLED_WEIGHTS, key=lambda w: found[w][0])
+            gain = found[best][0] - found[0.0][0]
+            weight = best if gain >= POOLED_MIN_GAIN else 0.0
+            alpha = found[weight][1]
+            note = {"weight": weight, "inner_pcc_with": round(found[best][0], 4),
+                    "inner_pcc_without": round(found[0.0][0], 4), "gain": round(gain, 4), "min_gain": POOLED_MIN_GAIN,
+                    "kept": weight > 0}
+        scale[cfg.tissue_features:] = weight * base
     alpha = choose_alpha(xs, ys, score) if alpha is None else float(alpha)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    w = ridge_solve(x, y - y.mean(0), alpha)
+    x, y = np.concatenate(xs) * scale, np.concatenate(ys)
+    w = ridge_solve(x, y - y.mean(0), alpha) * scale[:, None]  # the block weights folded into the weights
     model.stats_head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
     model.stats_head.bias.copy_(torch.from_numpy(y.mean(0).astype(np.float32)))
     model.stats_head.requires_grad_(False)
-    return alpha
+    return alpha, note
 
 
 def init_from_checkpoint(model: HGGEP, path) -> dict:

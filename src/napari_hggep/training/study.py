@@ -19,6 +19,7 @@ from .._atomic import atomic_write_bytes
 from ..data.samples import LabelledSection, SampleRow, read_labelled_section
 from ..data.slide import SlideError
 from ..devices import resolve_device
+from ..model.pooled import pooled_key, with_pooled
 from .dataset import SectionData, build_section, read_genes
 from ..reliability import prediction_spread
 from .metrics import gene_pcc, mean_over_sections
@@ -67,6 +68,9 @@ class StudyOptions:
     # its weights file (imagenet: None, the package's); frozen unless finetune
     encoder: object = None
     encoder_weights: str | None = None
+    # crops (um) whose pooled features of a pretrained encoder join the statistics branch (None: 110
+    # and 330 um with a pretrained encoder and a statistics branch; (): none; model.pooled.with_pooled)
+    pooled_um: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -155,7 +159,7 @@ class Study:
             cfg = cfg.replace(image_path=False)
         elif o.branches == "image":
             cfg = cfg.replace(stats_features=0)
-        return cfg
+        return with_pooled(cfg, o.pooled_um)
 
     def _section(self, lab: LabelledSection) -> SectionData:
         o, cfg = self.opts, self.config
@@ -164,20 +168,25 @@ class Study:
         if o.cache:
             spec = json.dumps([str(lab.row.folder.resolve()), str(lab.row.image), lab.row.um_per_px, lab.name,
                                self.panel.genes, cfg.patch_um, cfg.patch_px, list(cfg.context_um),
-                               cfg.stats_um_per_px, bool(cfg.stats_features), o.stats_res_copies])
+                               cfg.stats_um_per_px, bool(cfg.stats_features), o.stats_res_copies]
+                              + ([pooled_key(cfg)] if cfg.pooled_um else []))
             cache = Path(o.cache) / f"study-{lab.name}-{hashlib.sha1(spec.encode()).hexdigest()[:12]}.npz"
             if cache.is_file():
                 z = np.load(cache, allow_pickle=False)
                 return SectionData(lab.name, z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
                                    z["stats"] if "stats" in z else None,
-                                   tuple(z[f"stats_aug{i}"] for i in range(o.stats_res_copies) if f"stats_aug{i}" in z))
-        sec = build_section(lab.slide, panel_counts(lab, self.panel.genes), lab.name, cfg, o.stats_res_copies)
+                                   tuple(z[f"stats_aug{i}"] for i in range(o.stats_res_copies) if f"stats_aug{i}" in z),
+                                   z["pooled"] if "pooled" in z else None)
+        sec = build_section(lab.slide, panel_counts(lab, self.panel.genes), lab.name, cfg, o.stats_res_copies,
+                            encoder_weights=o.encoder_weights, feature_cache=o.cache)
         if cache is not None:
             from .._atomic import atomic_path
 
             cache.parent.mkdir(parents=True, exist_ok=True)
             extra = {} if sec.stats is None else {"stats": sec.stats}
             extra.update({f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)})
+            if sec.pooled is not None:
+                extra["pooled"] = sec.pooled
             with atomic_path(cache) as tmp, open(tmp, "wb") as f:
                 np.savez(f, patches=sec.patches, coords_um=sec.coords_um, target=sec.target, counts=sec.counts,
                          spot_ids=sec.spot_ids, **extra)
@@ -271,6 +280,7 @@ class Study:
                                     progress=_epoch_events(progress, "fold", label, key, lo, hi, tcfg.epochs),
                                     should_stop=should_stop)
             self.log(f"  trained in {time.time() - t_fold:.0f}s ({len(hist)} epochs)")
+            self._log_pooled(bundle, "  ")
             tn = bundle.target_norm
             dev = resolve_device(o.train.device)
             res = {}
@@ -344,16 +354,31 @@ class Study:
                                     + ("" if image_note is None or image_note["kept"] else
                                        f"; image path left out (it added {image_note['gain']:+.3f} mean PCC over the "
                                        "statistics branch in the held-out folds)")
-                                    + "; statistics branch: ridge on the bundled tissue statistics, refitted"}}
+                                    + "; statistics branch: ridge on the bundled tissue statistics, refitted"
+                                    + (f", with the {config.encoder.label} encoder's pooled features at "
+                                       f"{' and '.join(f'{u:g}' for u in config.pooled_um)} um crops where they add "
+                                       "at least 0.005 mean PCC within the training sections" if config.pooled_um
+                                       else "")}}
         bundle, history = train_model(self.sections, config, genes, tcfg, out=out, resume=resume,
                                       progress=_epoch_events(progress, "final", "final model", None, lo, 1.0,
                                                              tcfg.epochs),
                                       metrics=metrics, should_stop=should_stop, keep_state=o.keep_state, card=card)
         if not o.keep_state:
             study_state.unlink(missing_ok=True)
+        self._log_pooled(bundle, "")
         self.log(f"wrote {out} in {time.time() - t0:.0f}s")
         _emit(progress, StudyEvent("done", f"Wrote {out.name}", 1.0, extra={"metrics": metrics}))
         return bundle
+
+    def _log_pooled(self, bundle, indent: str) -> None:
+        """Whether a training kept the encoder's pooled features, and what they added within its sections."""
+        note = (bundle.meta.get("extra") or {}).get("pooled_features")
+        if not note or "gain" not in note:
+            return
+        what = (f"kept (block weight {note['weight']:g})" if note["kept"] else
+                f"left out (under {note['min_gain']} mean PCC)")
+        self.log(f"{indent}pooled encoder features {what}: they added {note['gain']:+.3f} mean PCC over the tissue "
+                 "statistics alone, leave-one-section-out within the training sections")
 
     def _reliability(self, protocol: str, done: dict, spreads: dict, genes: list[str]) -> dict:
         """The per-slide reliability calibrated on the study's own held-out folds (see

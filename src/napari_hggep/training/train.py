@@ -95,7 +95,10 @@ def train_model(
                           config.pca_blocks)
         model.pca_basis.copy_(torch.from_numpy(basis))
     if config.stats_features:
-        provenance["ridge_alpha"] = init_stats_branch(model, sections, z_targets, train_masks, tcfg.ridge_alpha)
+        provenance["ridge_alpha"], pooled = init_stats_branch(model, sections, z_targets, train_masks,
+                                                              tcfg.ridge_alpha)
+        if pooled is not None:
+            provenance["pooled_features"] = pooled
     model.to(device)
     if (tcfg.freeze_backbone or tcfg.freeze_encoder or external) and config.image_path:
         model.gem.requires_grad_(False)
@@ -120,7 +123,7 @@ def train_model(
     state_path = Path(str(out) + ".state") if out else None
     tensors = [
         (torch.from_numpy(z).to(device), torch.from_numpy(s.counts).to(device),
-         torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device), stats_tensor(s, device))
+         torch.from_numpy(m).to(device), torch.from_numpy(s.coords_um).to(device), stats_tensor(s, device, config.stats_features))
         for s, z, m in zip(sections, z_targets, train_masks)
     ]
     has_val = any((~m).any() for m in train_masks)
@@ -257,6 +260,13 @@ def train_model(
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if has_val:
             best = validation_pcc(model, sections, train_masks, mean, std, device)
+    if config.pooled_um and not provenance["pooled_features"].get("kept", True):
+        # the pooled features added too little within the training sections: the model leaves them
+        # out (their weights are 0), so predicting never runs the encoder for them
+        from ..model.pooled import with_pooled
+
+        best_state = dict(best_state, **{"stats_head.weight": best_state["stats_head.weight"][:, :config.tissue_features]})
+        config = with_pooled(config, ())
     final = HGGEP(config)
     final.load_state_dict(best_state)
     final.to(device).eval()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.features import standardise_features
 from ..data.patches import to_tensor
 from ..model.hggep import HGGEP
 from .dataset import SectionData
@@ -33,8 +32,10 @@ def validation_split(sections: list[SectionData], frac: float, seed: int, how: s
     return masks
 
 
-def stats_tensor(sec: SectionData, device):
-    return None if sec.stats is None else torch.from_numpy(standardise_features(sec.stats)).to(device)
+def stats_tensor(sec: SectionData, device, n_features: int):
+    """The section's statistics as a model with ``n_features`` statistics columns reads them (None: none)."""
+    x = sec.stats_input(n_features)
+    return None if x is None else torch.from_numpy(x).to(device)
 
 
 @torch.no_grad()
@@ -66,7 +67,7 @@ def predict_section(model: HGGEP, sec: SectionData, mean: np.ndarray, std: np.nd
             tokens = torch.cat([model.encode_views(to_tensor(sec.patches[i:i + 256]).to(device), colour, views=views)
                                 for i in range(0, sec.n_spots, 256)])
     c = torch.from_numpy(sec.coords_um).to(device)
-    st = stats_tensor(sec, device) if model.config.stats_features else None
+    st = stats_tensor(sec, device, model.config.stats_features)
     z = model.forward_tokens(tokens, c, st)["expr"].float().cpu().numpy()
     return z * std + mean
 
@@ -84,7 +85,7 @@ def validation_pcc(model, sections, masks, mean, std, device, frozen=None, kind=
                     model.eval()
                     tokens = patch_tokens(model, frozen[i][0][0] if kind == "tokens" else [v[0] for v in frozen[i]])
                     z = model.forward_tokens(tokens, torch.from_numpy(sec.coords_um).to(device),
-                                             stats_tensor(sec, device))["expr"].float().cpu().numpy()
+                                             stats_tensor(sec, device, model.config.stats_features))["expr"].float().cpu().numpy()
                 pred = z * std + mean
             rs.append(np.nanmean(gene_pcc(pred[~m], sec.target[~m])))
     return float(np.mean(rs)) if rs else float("nan")

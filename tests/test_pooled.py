@@ -1,0 +1,133 @@
+"""A pretrained encoder's pooled features in the statistics branch (issue 35): trained and predicted
+with a random-init timm ViT saved to a local file (the real loading code, nothing downloaded), the
+weights' sha256 checked for a model that reads only pooled features, each training keeping them
+only when they add at least 0.005 mean PCC within its own sections, and the fast ridge path equal
+to the plain solve."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_hggep.cli import main
+
+timm = pytest.importorskip("timm")
+ARCH = "vit_tiny_patch16_224"
+
+
+def _vit(path, seed):
+    torch.manual_seed(seed)
+    torch.save(timm.create_model(ARCH, pretrained=False, img_size=112).state_dict(), path)
+    return path
+
+
+def test_pooled_features_train_predict_and_their_weights_are_checked(tiny_data, tmp_path, monkeypatch, capsys):
+    from napari_hggep import load_model, predict_slide
+    from napari_hggep.data import read_her2st
+    from napari_hggep.training.feature_cache import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path / "cache"))
+    w, other = _vit(tmp_path / "vit.pth", 0), _vit(tmp_path / "other.pth", 1)
+    ck = tmp_path / "m.pt"
+    # one training section: nothing to choose the pooled features on, so they are kept (weight 1)
+    assert main(["train", "--data", str(tiny_data), "--sections", "S1", "--encoder", f"timm:{ARCH}",
+                 "--encoder-weights", str(w), "--encoder-arg", "img_size=112", "--branches", "stats",
+                 "--pooled-um", "110", "330", "--no-heldout", "--device", "cpu", "--out", str(ck)]) == 0
+    card = json.loads(ck.with_suffix(".json").read_text())
+    cfg = card["config"]
+    assert cfg["image_path"] is False and cfg["pooled_um"] == [110.0, 330.0]
+    assert cfg["pooled_features"] == 2 * 3 * 192  # two crops x three ViT blocks' 192-wide tokens, averaged
+    assert cfg["stats_features"] == cfg["pooled_features"] + 90
+    assert card["extra"]["pooled_features"]["weight"] == 1.0
+    state = torch.load(ck, weights_only=True)["state_dict"]
+    assert not any(k.startswith("backbone.") for k in state)  # the encoder's weights stay in the user's file
+    pooled_block = state["stats_head.weight"][:, 90:].float()
+    assert pooled_block.abs().sum() > 0  # the ridge reads them
+
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_data / "S2"), "--model", str(ck), "-o", str(out)]) == 0
+    capsys.readouterr()
+    rc = main(["predict", str(tiny_data / "S2"), "--model", str(ck), "--encoder-weights", str(other),
+               "-o", str(tmp_path / "p2.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "sha256" in err and not (tmp_path / "p2.csv").exists()
+    # the features from the disk cache are those computed afresh
+    slide = read_her2st(tiny_data / "S2", with_counts=False)
+    cached = predict_slide(load_model(ck, device="cpu"), slide).values
+    monkeypatch.setenv(ENV, "off")
+    fresh = predict_slide(load_model(ck, device="cpu"), slide).values
+    np.testing.assert_array_equal(cached, fresh)
+
+
+def _sections(n_sections=3, n=120, informative_pooled=False, seed=0):
+    from napari_hggep.training.dataset import SectionData
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n_sections):
+        tissue = rng.normal(size=(n, 90))
+        signal = tissue[:, :4] @ rng.normal(size=(4, 6)) * 0.5
+        pooled = rng.normal(size=(n, 40))
+        if informative_pooled:  # what the tissue statistics miss, the pooled features see
+            hidden = rng.normal(size=(n, 6))
+            pooled[:, :6] = hidden
+            signal = signal + hidden
+        target = (signal + 0.3 * rng.normal(size=signal.shape)).astype(np.float32) + 3
+        out.append(SectionData(f"S{k}", np.zeros((n, 8, 8, 3), np.uint8), rng.random((n, 2)).astype(np.float32) * 1000,
+                               target, np.expm1(target).astype(np.float32), np.arange(n).astype(str),
+                               tissue.astype(np.float32), (), pooled.astype(np.float32)))
+    return out
+
+
+@pytest.mark.parametrize("informative", [False, True])
+def test_a_training_keeps_pooled_features_only_when_they_add(informative):
+    from napari_hggep.model.config import HGGEPConfig
+    from napari_hggep.model.encoders import make_spec
+    from napari_hggep.training.config import TrainConfig
+    from napari_hggep.training.train import train_model
+
+    spec, _ = make_spec("imagenet")
+    cfg = HGGEPConfig(n_genes=6, image_path=False, stats_features=130, pca_k=None, zinb=False).with_encoder(spec)
+    cfg = cfg.replace(pooled_um=(110.0, 330.0), pooled_features=40)
+    bundle, _ = train_model(_sections(informative_pooled=informative), cfg, [f"G{i}" for i in range(6)],
+                            TrainConfig(epochs=1, device="cpu"))
+    note = bundle.meta["extra"]["pooled_features"]
+    assert note["kept"] is informative and (note["gain"] >= 0.005) is informative
+    if informative:
+        assert bundle.config.pooled_features == 40 and bundle.model.stats_head.weight.shape[1] == 130
+    else:  # left out of the model: predicting never runs the encoder for them
+        assert bundle.config.pooled_um == () and bundle.config.stats_features == 90
+        assert bundle.model.stats_head.weight.shape[1] == 90
+
+
+@pytest.mark.parametrize("n_features", [20, 400])  # more spots than features, and fewer
+def test_the_ridge_path_scores_what_a_plain_solve_scores(n_features):
+    from napari_hggep.training.baseline import ALPHAS, ridge_scores, ridge_solve
+
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(60, n_features)) for _ in range(3)]
+    ys = [x[:, :3] @ rng.normal(size=(3, 5)) + rng.normal(size=(60, 5)) for x in xs]
+
+    def score(pred, i):
+        return float(np.mean([np.corrcoef(pred[:, g], ys[i][:, g])[0, 1] for g in range(5)]))
+
+    want = []
+    for a in ALPHAS:
+        s = []
+        for i in range(3):
+            x = np.concatenate([v for j, v in enumerate(xs) if j != i])
+            y = np.concatenate([v for j, v in enumerate(ys) if j != i])
+            s.append(score(xs[i] @ ridge_solve(x, y - y.mean(0), a) + y.mean(0), i))
+        want.append(np.mean(s))
+    np.testing.assert_allclose(ridge_scores(xs, ys, score), want, rtol=1e-6, atol=1e-9)
+
+
+def test_pooled_crops_need_a_pretrained_encoder(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "m.pt")
+    assert main(["train", "--data", str(tiny_data), "--pooled-um", "110", "--out", out]) == 2
+    assert "--pooled-um needs a pretrained encoder" in capsys.readouterr().err
+    assert main(["train", "--data", str(tiny_data), "--encoder", "imagenet", "--pooled-um", "wide", "--out",
+                 out]) == 2
+    assert "'wide'" in capsys.readouterr().err
