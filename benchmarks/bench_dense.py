@@ -82,9 +82,9 @@ def wrap(obj, name, label):
             side = "" if threading.current_thread() is threading.main_thread() else " (thread)"
             T[label + side] += time.perf_counter() - t; C[label + side] += 1
     setattr(obj, name, g)
-import napari_hggep.dense as D, napari_hggep.data.features as F, napari_hggep.model.hggep as H
-import napari_hggep.model.hypergraph as HG, napari_hggep.model.transformer as TR, napari_hggep.reliability as R
-import napari_hggep.data.export as E
+import napari_hggep.inference.dense as D, napari_hggep.data.features as F, napari_hggep.model.hggep as H
+import napari_hggep.model.hypergraph as HG, napari_hggep.model.transformer as TR, napari_hggep.model.reliability as R
+import napari_hggep.io.writers.export as E
 for obj, name, label in ((D, "read_tile", "read tiles"), (H.HGGEP, "trunk", "trunk (GEM + ShuffleNet on tiles)"),
                          (D, "sample_maps", "sample stage maps per bin"),
                          (H.HGGEP, "project_points", "CBAM + pooling + projection per bin"),
@@ -106,12 +106,12 @@ import json, sys, time, warnings
 import numpy as np, torch
 warnings.filterwarnings("ignore")
 from napari_hggep import load_model
-from napari_hggep.data.readers import open_slide
-from napari_hggep.dense import iter_shared_tokens, plan_tiles, sample_maps, footprints, STRIDES
-from napari_hggep.dense import DENSE_WINDOW_OVERLAP, DENSE_WINDOW_SPOTS
+from napari_hggep.io.readers.open import open_slide
+from napari_hggep.inference.dense import iter_shared_tokens, plan_tiles, sample_maps, footprints, STRIDES
+from napari_hggep.inference.dense import DENSE_WINDOW_OVERLAP, DENSE_WINDOW_SPOTS
 from napari_hggep.devices import MemoryGuard
 from napari_hggep.model.hggep import use_fast_inference_layout
-from napari_hggep.predict import predict_slide, _patch_tokens
+from napari_hggep.inference.predict import predict_slide, _patch_tokens
 
 tif, outs, bin_um, k, device = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 b = load_model(device=device); m = b.model.eval(); dev = b.device

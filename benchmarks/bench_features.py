@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from napari_hggep.data.image import read_image
     from napari_hggep.data.slide import Slide
     from napari_hggep.data.tissue import hex_grid
-    from napari_hggep.predict import predict_slide
+    from napari_hggep.inference.predict import predict_slide
 
     torch.set_num_threads(torch.get_num_threads())
     img = read_image(a.image)

@@ -8,7 +8,7 @@ patch tokens (shared trunk) and tissue statistics are computed once, then ``forw
 with each ``SPOTS:OVERLAP`` window setting. Printed per setting: seconds, the mean / min per-gene
 PCC of the predicted maps, and of the image path's own output (its head before the statistics
 branch is added), each against one window of all spots; and the image path's share of the maps'
-variance. The figures behind ``napari_hggep.dense.DENSE_WINDOW_SPOTS``.
+variance. The figures behind ``napari_hggep.inference.dense.DENSE_WINDOW_SPOTS``.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     from napari_hggep import load_model
     from napari_hggep._napari.sample import sample_slide
     from napari_hggep.data.features import standardise_features, tissue_features
-    from napari_hggep.data.readers import grid_slide
-    from napari_hggep.dense import iter_shared_tokens
+    from napari_hggep.io.readers.open import grid_slide
+    from napari_hggep.inference.dense import iter_shared_tokens
     from napari_hggep.devices import MemoryGuard
 
     bundle = load_model(device="cpu")

@@ -45,7 +45,7 @@ def subset(sec, n: int, seed: int = 0):
 
 def run_variant(variant: str, rows, args, spec, weights, log) -> dict:
     from napari_hggep.training.config import TrainConfig
-    from napari_hggep.training.evaluate import evaluate
+    from napari_hggep.evaluation.evaluate import evaluate
     from napari_hggep.training.study import Study, StudyOptions
 
     branches, pooled = VARIANTS[variant]
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if not data.is_dir():
         print(f"skipped: {data} is absent")
         return 0
-    from napari_hggep.data.samples import rows_from_data_dir
+    from napari_hggep.io.readers.samples import rows_from_data_dir
     from napari_hggep.model.encoders import make_spec
 
     out = Path(args.out)

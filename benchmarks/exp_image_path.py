@@ -232,7 +232,7 @@ def main():
         print(f"skipped: {DATA} is absent")
         return
     from napari_hggep import load_model
-    from napari_hggep.data.samples import SampleRow, read_labelled_section
+    from napari_hggep.io.readers.samples import SampleRow, read_labelled_section
     from napari_hggep.training.panel import panel_counts, select_hvg
     from napari_hggep.training.targets import normalise_counts
 

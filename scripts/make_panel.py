@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hvg", type=int, default=1000, help="most variable genes to consider (default 1000)")
     ap.add_argument("-o", "--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    from napari_hggep.data.samples import read_labelled_section, rows_from_data_dir
+    from napari_hggep.io.readers.samples import read_labelled_section, rows_from_data_dir
     from napari_hggep.training.panel import select_hvg
 
     base = [g.strip() for g in (a.data / "genes.txt").read_text().splitlines() if g.strip()]

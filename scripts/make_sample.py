@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from PIL import Image
 
-    from napari_hggep.data.readers import read_her2st
+    from napari_hggep.io.readers.open import read_her2st
     from napari_hggep.data.tissue import tissue_mask
 
     slide = read_her2st(a.section, with_counts=False)

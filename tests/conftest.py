@@ -59,7 +59,7 @@ def outs_with_counts(tmp_path):
     import pandas as pd
     from helpers import he_like_image, study_counts, write_10x_h5, write_visium
 
-    from napari_hggep._bundled import bundled_card
+    from napari_hggep.model._bundled import bundled_card
 
     genes = list(bundled_card()["genes"][:40])
     img = he_like_image(520, 700)

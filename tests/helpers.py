@@ -202,7 +202,7 @@ def write_visium_hd(root: Path, img_full: np.ndarray, mpp: float = 0.5, bins=(2,
 
 def _bundled_gene_count() -> int:
     """How many genes the bundled model predicts (from its card; 0 when none is bundled)."""
-    from napari_hggep._bundled import bundled_card
+    from napari_hggep.model._bundled import bundled_card
 
     return len(bundled_card().get("genes", []))
 

@@ -3,7 +3,7 @@ from helpers import N_BUNDLED
 import torch
 
 import napari_hggep
-from napari_hggep._bundled import bundled_checkpoint
+from napari_hggep.model._bundled import bundled_checkpoint
 from napari_hggep.model import HGGEP, preset
 from napari_hggep.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 

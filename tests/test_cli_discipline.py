@@ -33,7 +33,7 @@ def _one_line_error(err: str) -> str:
 @pytest.fixture
 def no_slide_read(monkeypatch):
     """Fail the test if any slide is read (the checks that need no slide must come first)."""
-    import napari_hggep.data.readers as readers
+    import napari_hggep.io.readers.open as readers
 
     def refuse(*a, **k):
         raise AssertionError("a slide was read before the checks that need no slide")
@@ -243,7 +243,7 @@ def test_argument_errors_are_one_line(capsys):
 def test_space_ranger_wording(tmp_path, capsys):
     from PIL import Image
 
-    from napari_hggep.data.visium import read_visium
+    from napari_hggep.io.readers.visium import read_visium
 
     # a NaN in a headerless (Space Ranger 1.x) tissue_positions_list.csv: the file's own line number
     v = write_visium(tmp_path / "old", he_like_image(500, 420), old_format=True)
@@ -331,7 +331,7 @@ def test_library_id_is_the_image_stem_and_paths_are_absolute(tmp_path, monkeypat
 
 
 def test_absolute_path_keeps_a_store_element(tmp_path, monkeypatch):
-    from napari_hggep.data.anndata_export import absolute_path
+    from napari_hggep.io.writers.anndata_export import absolute_path
 
     monkeypatch.chdir(tmp_path)
     assert absolute_path("a/b.png") == str((tmp_path / "a" / "b.png").resolve())
@@ -356,8 +356,8 @@ def _result(genes, patients, lopo=True):
 
 
 def test_published_figures_only_for_the_papers_panel():
-    from napari_hggep._bundled import bundled_card
-    from napari_hggep.training.evaluate import is_paper_panel, markdown_table
+    from napari_hggep.model._bundled import bundled_card
+    from napari_hggep.evaluation.evaluate import is_paper_panel, markdown_table
 
     card_genes = bundled_card().get("genes", [])
     if len(card_genes) < 785:
@@ -373,7 +373,7 @@ def test_published_figures_only_for_the_papers_panel():
 
 
 def test_one_patient_says_why_there_is_no_leave_one_patient_out():
-    from napari_hggep.training.evaluate import markdown_table
+    from napari_hggep.evaluation.evaluate import markdown_table
 
     md = markdown_table(_result(["GA", "GB"], {"S1": "P", "S2": "P"}, lopo=False))
     assert "one patient (P): no leave-one-patient-out" in md
@@ -398,7 +398,7 @@ def test_a_normal_run_prints_no_warnings_from_dependencies(tmp_path, image):
     """Neither anndata's "zarr v3 autosharding" notices (14 per SpatialData store) nor torch's
     FutureWarning about torch.jit.script (from importing torch_geometric) reach a user."""
     outputs = ["-o", str(tmp_path / "p.csv"), "-o", str(tmp_path / "p.h5ad")]
-    from napari_hggep.data.export import spatialdata_available
+    from napari_hggep.io.writers.export import spatialdata_available
 
     if spatialdata_available():
         outputs += ["-o", str(tmp_path / "p.zarr")]

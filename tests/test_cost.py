@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_hggep import cost
+from napari_hggep.inference import cost
 from napari_hggep.cli import main
 from napari_hggep.model.config import preset
 

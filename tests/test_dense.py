@@ -1,4 +1,4 @@
-"""Dense grids: the shared trunk (napari_hggep.dense) against the per-patch path, on the sample
+"""Dense grids: the shared trunk (napari_hggep.inference.dense) against the per-patch path, on the sample
 section (HER2+ B4, shipped in the package) with the bundled model."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hggep.dense import grid_pitch_um, iter_shared_tokens, use_shared_trunk
-from napari_hggep.predict import _patch_tokens, predict_slide
+from napari_hggep.inference.dense import grid_pitch_um, iter_shared_tokens, use_shared_trunk
+from napari_hggep.inference.predict import _patch_tokens, predict_slide
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def sample():
 def _grid(sample, pitch_um: float, box_um: float | None = 450.0):
     """A hexagonal grid at ``pitch_um`` over the sample's tissue; with ``box_um``, only its spots
     in a square of that side around the tissue's middle (a few seconds for both paths)."""
-    from napari_hggep.data.readers import grid_slide
+    from napari_hggep.io.readers.open import grid_slide
 
     s = grid_slide(sample.image, sample.um_per_px, pitch_um, name="B4", source=sample.source)
     if box_um is None:
@@ -89,7 +89,7 @@ def test_sampling_matches_roi_align():
     """The stage-map sampling is torchvision's roi_align (aligned, one sample per bin) on the boxes."""
     from torchvision.ops import roi_align
 
-    from napari_hggep.dense import sample_boxes, sample_maps
+    from napari_hggep.inference.dense import sample_boxes, sample_maps
 
     rng = np.random.default_rng(0)
     for c_, h, w, stride, cells in ((96, 43, 40, 16, 7), (64, 22, 21, 32, 4)):
@@ -140,7 +140,7 @@ def test_auto_choice_by_spot_density(bundle, sample):
 def test_cli_flag_forces_either_way(bundle, sample, tmp_path, monkeypatch):
     import pandas as pd
 
-    import napari_hggep.dense as dense
+    import napari_hggep.inference.dense as dense
     from napari_hggep.cli import main
 
     calls = []
@@ -206,7 +206,7 @@ def test_dense_grids_attend_in_smaller_windows_with_the_same_result(bundle, samp
     output (its head; the statistics branch makes most of the maps) agrees with one window holding
     every spot: windows keep the slide's origin for the position encoding (a window centred on
     itself gave PCC 0.53 here)."""
-    import napari_hggep.dense as dense
+    import napari_hggep.inference.dense as dense
     import napari_hggep.model.hggep as hggep
     from napari_hggep.data.features import standardise_features, tissue_features
 

@@ -80,7 +80,7 @@ def test_a_pixel_size_typo_is_refused_before_anything_runs(viewer, qtbot):
 
 
 def test_a_prediction_out_of_proportion_waits_for_the_users_word(viewer, qtbot, monkeypatch):
-    from napari_hggep import cost
+    from napari_hggep.inference import cost
 
     viewer.open_sample("napari-hggep", "he_spots")
     w = PredictWidget(viewer)
@@ -245,7 +245,7 @@ def test_visium_hd_bins_arrive_as_an_image_on_the_bin_grid(viewer, qtbot, tmp_pa
     from napari_hggep._napari.jobs import import_torch_stack
 
     import_torch_stack()  # as the dock imports torch beside a GL context (triton kept out)
-    from napari_hggep._bundled import load_model
+    from napari_hggep.model._bundled import load_model
 
     monkeypatch.setattr(layers_module, "BIN_IMAGE_MIN_SPOTS", 1)  # the test slide's few hundred bins
     img = he_like_image(640, 800)

@@ -8,8 +8,8 @@ import pytest
 
 from helpers import he_like_image, write_visium_study_section
 from napari_hggep import load_model, open_slide, predict_slide
-from napari_hggep.data import export, geojson_export
-from napari_hggep.data.export import write_prediction
+from napari_hggep.io.writers import export, geojson_export
+from napari_hggep.io.writers.export import write_prediction
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_predictions_join_a_store_spatialdata_io_wrote_without_touching_it(tmp_p
     sdio = pytest.importorskip("spatialdata_io")
     from helpers import write_visium
     from napari_hggep.cli import main
-    from napari_hggep.data.spatialdata_export import ADDED_TABLE
+    from napari_hggep.io.writers.spatialdata_export import ADDED_TABLE
 
     outs = write_visium(tmp_path / "lib1" / "outs", he_like_image(500, 420))
     store = tmp_path / "lib1.zarr"

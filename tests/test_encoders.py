@@ -162,7 +162,7 @@ def test_snapshot_folder_gives_arguments_and_normalisation(tmp_path):
 
 
 def test_config_records_the_encoder_and_old_configs_are_shufflenet(tmp_path):
-    from napari_hggep._bundled import bundled_card
+    from napari_hggep.model._bundled import bundled_card
 
     old = HGGEPConfig.from_dict(bundled_card()["config"])
     assert old.encoder is None and old.encoder_spec.name == "shufflenet" and not old.pretrained_encoder

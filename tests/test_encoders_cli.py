@@ -22,7 +22,7 @@ def _vit(path, seed):
 
 
 def test_train_and_predict_on_a_timm_encoder(tiny_data, tmp_path, monkeypatch, capsys):
-    from napari_hggep.data import read_her2st
+    from napari_hggep.io.readers import read_her2st
     from napari_hggep.training.feature_cache import ENV
 
     monkeypatch.setenv(ENV, str(tmp_path / "cache"))

@@ -13,8 +13,8 @@ from PIL import Image
 
 from helpers import he_like_image, write_visium, N_BUNDLED
 from napari_hggep.cli import main
-from napari_hggep.data.export import check_output, output_format
-from napari_hggep.data.export_values import UNRELIABLE_PCC, VALUES
+from napari_hggep.io.writers.export import check_output, output_format
+from napari_hggep.io.writers.export_values import UNRELIABLE_PCC, VALUES
 
 GENES = "GNAS,FN1,KRT8"
 
@@ -71,7 +71,7 @@ def test_format_from_the_name_and_clear_errors_before_any_work(tmp_path, capsys,
     keep.write_text("keep me\n")
     (tmp_path / "d.csv").mkdir()
 
-    import napari_hggep.predict as predict_mod
+    import napari_hggep.inference.predict as predict_mod
 
     def never(*a, **k):
         raise AssertionError("the model ran")
@@ -97,7 +97,7 @@ def test_format_from_the_name_and_clear_errors_before_any_work(tmp_path, capsys,
     assert not (tmp_path / "pred.txt").exists() and not (tmp_path / "pred").exists()
     assert main(base) == 2 and "give -o OUTPUT" in capsys.readouterr().err  # a user error: one line, status 2
     # .zarr without the optional extra: said before any work
-    import napari_hggep.data.export as export_mod
+    import napari_hggep.io.writers.export as export_mod
 
     monkeypatch.setattr(export_mod, "spatialdata_available", lambda: False)
     rc = main(base + ["-o", str(tmp_path / "p.zarr")])
@@ -221,8 +221,8 @@ def test_anndata_of_an_image_without_visium_images_gets_a_downscaled_copy(tmp_pa
 
 # ---------------------------------------------------------------- QuPath
 def test_geojson_is_streamed_atomically_and_a_failure_keeps_the_old_file(tmp_path, visium, monkeypatch):
-    from napari_hggep.data import export
-    from napari_hggep.predict import Prediction
+    from napari_hggep.io.writers import export
+    from napari_hggep.inference.predict import Prediction
 
     n = 1200
     rng = np.random.default_rng(0)
@@ -337,7 +337,7 @@ def test_a_spatialdata_store_is_a_slide_to_predict_on(tmp_path, visium, capsys):
     """Our own store read back as a slide: the same spots, the same pixel size, the same values;
     a store without an image, or with no stated pixel size, is refused with the reason."""
     sd = pytest.importorskip("spatialdata")
-    from napari_hggep.data.readers import open_slide
+    from napari_hggep.io.readers.open import open_slide
 
     z = tmp_path / "s.zarr"
     csv = tmp_path / "a.csv"

@@ -20,7 +20,7 @@ def _old_write_h5ad(pred, path, genes=None):
     with h5py under a hard-coded encoding version (kept here as the reference)."""
     import h5py
 
-    from napari_hggep.data.anndata_export import to_anndata
+    from napari_hggep.io.writers.anndata_export import to_anndata
 
     adata = to_anndata(pred, genes)
     X = np.asarray(adata.X)
@@ -52,7 +52,7 @@ def test_h5ad_written_by_anndata_holds_what_the_hand_written_file_held(sample_pr
     import h5py
     import scanpy as sc
 
-    from napari_hggep.data.anndata_export import write_h5ad
+    from napari_hggep.io.writers.anndata_export import write_h5ad
 
     old, new = tmp_path / "old.h5ad", tmp_path / "new.h5ad"
     _old_write_h5ad(sample_pred, old, genes)
@@ -79,7 +79,7 @@ def test_h5ad_written_by_anndata_holds_what_the_hand_written_file_held(sample_pr
 def test_a_failed_h5ad_write_leaves_the_old_file(sample_pred, tmp_path, monkeypatch):
     import anndata as ad
 
-    from napari_hggep.data.anndata_export import write_h5ad
+    from napari_hggep.io.writers.anndata_export import write_h5ad
 
     p = write_h5ad(sample_pred, tmp_path / "p.h5ad", ["GNAS"])
     good = p.read_bytes()
@@ -101,7 +101,7 @@ def test_a_new_store_joins_its_table_to_its_shapes(sample_pred, tmp_path, shape)
     sd = pytest.importorskip("spatialdata")
     from dataclasses import replace
 
-    from napari_hggep.data.spatialdata_export import write_zarr
+    from napari_hggep.io.writers.spatialdata_export import write_zarr
 
     pred = sample_pred if shape == "circle" else replace(sample_pred, spot_shape="square")
     path = write_zarr(pred, tmp_path / "p.zarr", ["GNAS", "KRT8"])
@@ -124,9 +124,8 @@ def test_a_new_store_joins_its_table_to_its_shapes(sample_pred, tmp_path, shape)
 
 def test_the_store_reader_lives_among_the_readers():
     from napari_hggep._napari import reader
-    from napari_hggep.data import spatialdata_export, spatialdata_reader
+    from napari_hggep.io.readers import spatialdata_reader
+    from napari_hggep.io.writers import spatialdata_export
 
     assert reader.is_spatialdata_store is spatialdata_reader.is_spatialdata_store
-    assert spatialdata_export.read_spatialdata is spatialdata_reader.read_spatialdata  # old imports still work
-    assert "read_spatialdata" not in spatialdata_export.__dict__ or \
-        spatialdata_export.read_spatialdata.__module__ == spatialdata_reader.__name__
+    assert "read_spatialdata" not in spatialdata_export.__dict__  # the writer reads no store for the reader

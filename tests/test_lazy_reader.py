@@ -144,7 +144,7 @@ def test_a_blank_png_is_never_a_level_and_the_cli_still_reads_small_images_whole
     by it; the command line's readers are unchanged (a TIFF under 256 MB is read whole)."""
     from napari_hggep._napari.reader import space_ranger_layers
     from napari_hggep.data.quality import slide_tissue
-    from napari_hggep.data.visium import read_visium
+    from napari_hggep.io.readers.visium import read_visium
 
     outs, tif, full, _ = visium_with_fullres(tmp_path, blank_hires=True)
     layers, slide = space_ranger_layers(outs)

@@ -37,9 +37,9 @@ def _broken(*args, **kwargs):
 
 def test_an_unexpected_error_keeps_its_traceback_in_the_log_the_line_names(log_file, image, tmp_path, monkeypatch,
                                                                          capsys):
-    import napari_hggep._bundled
+    import napari_hggep.model._bundled
 
-    monkeypatch.setattr(napari_hggep._bundled, "load_model", _broken)
+    monkeypatch.setattr(napari_hggep.model._bundled, "load_model", _broken)
     rc = main(["predict", str(image), "--grid", "--um-per-px", "2", "-o", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
@@ -69,8 +69,8 @@ def _raise(fn):
 
 
 def test_which_errors_are_unexpected(tmp_path):
-    from napari_hggep.data.readers import read_spots_csv
-    from napari_hggep.data.tables import parse_table
+    from napari_hggep.io.readers.open import read_spots_csv
+    from napari_hggep.io.readers.tables import parse_table
     from napari_hggep.records import Prediction
 
     pred = Prediction(spot_ids=np.array(["a"]), xy=np.zeros((1, 2)), genes=["GA"], values=np.zeros((1, 1), np.float32))
@@ -123,7 +123,7 @@ def test_the_dock_status_names_the_log_file(log_file):
 
 
 def read_missing():
-    from napari_hggep.data.readers import read_spots_csv
+    from napari_hggep.io.readers.open import read_spots_csv
 
     read_spots_csv("none.csv")
 

@@ -12,9 +12,9 @@ from scipy import sparse
 from helpers import he_like_image, study_counts, write_10x_h5, write_her2st, write_visium, write_visium_hd
 from napari_hggep import load_model, open_slide, predict_slide
 from napari_hggep.cli import main
-from napari_hggep.reliability import assess, gene_reliability, slide_verdict
+from napari_hggep.model.reliability import assess, gene_reliability, slide_verdict
 from napari_hggep.training.metrics import gene_pcc
-from napari_hggep.data.export import write_prediction
+from napari_hggep.io.writers.export import write_prediction
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +168,8 @@ def test_the_bundled_card_is_calibrated_on_new_patients(bundle):
 
 
 def test_score_an_existing_model_without_training(bundle, tmp_path):
-    from napari_hggep.data.samples import rows_from_data_dir
-    from napari_hggep.scoring import check_score_dir, score_model, write_score
+    from napari_hggep.io.readers.samples import rows_from_data_dir
+    from napari_hggep.evaluation.scoring import check_score_dir, score_model, write_score
 
     genes = list(bundle.genes[:60])
     outs, barcodes, counts = _visium_with_counts(tmp_path / "data", genes)

@@ -253,7 +253,7 @@ def test_widget_recovers_from_every_error_path(viewer, qtbot, tmp_path, monkeypa
     """Each bad input or failure shows an error, resets the buttons, and the next run works."""
     import torch
 
-    import napari_hggep._bundled as bundled
+    import napari_hggep.model._bundled as bundled
     from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
 
     w = PredictWidget(viewer)

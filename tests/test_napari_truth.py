@@ -272,7 +272,7 @@ def test_gene_selector_with_20000_genes_fills_once(viewer, qtbot, monkeypatch):
 
 # ---------------------------------------------------------------- errors in plain words; add_model
 def test_checkpoint_errors_are_plain_and_add_model(viewer, qtbot, tmp_path):
-    from napari_hggep._bundled import bundled_checkpoint
+    from napari_hggep.model._bundled import bundled_checkpoint
 
     viewer.add_image(he_like_image(400, 400), name="he", rgb=True)
     w = PredictWidget(viewer)

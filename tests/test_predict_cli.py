@@ -119,7 +119,7 @@ def test_train_resume_predict_evaluate(tiny_data, tmp_path):
     # resume continues from the saved state up to the new epoch count
     assert main(args[:-4] + ["--epochs", "3", "--out", str(ck), "--resume", "--seed", "1"]) == 0
     assert len(load_model(ck, device="cpu").meta["extra"]["history"]) == 3
-    from napari_hggep.data import read_her2st
+    from napari_hggep.io.readers import read_her2st
 
     pred = predict_slide(b, read_her2st(tiny_data / "S1", with_counts=False))
     assert pred.values.shape == (63, 4)

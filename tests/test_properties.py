@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from napari_hggep.cli import main
-from napari_hggep.data import SlideError, read_her2st, read_visium
-from napari_hggep.data.readers import read_image_with_spots, read_spots_csv
-from napari_hggep.predict import Prediction
-from napari_hggep.data.anndata_export import write_h5ad
-from napari_hggep.data.csv_export import write_csv
+from napari_hggep.data import SlideError
+from napari_hggep.io.readers import read_her2st, read_visium
+from napari_hggep.io.readers.open import read_image_with_spots, read_spots_csv
+from napari_hggep.inference.predict import Prediction
+from napari_hggep.io.writers.anndata_export import write_h5ad
+from napari_hggep.io.writers.csv_export import write_csv
 
 W, H = 240, 200  # the image every table is placed on
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -328,7 +329,7 @@ def test_h5ad_export_round_trips_exactly(pred, rows, data):
     """Also streamed a few spots at a time and for a subset of the genes in any order."""
     import anndata as ad
 
-    from napari_hggep.data.export import write_h5ad
+    from napari_hggep.io.writers.export import write_h5ad
 
     with tempfile.TemporaryDirectory() as d:
         p = write_h5ad(pred, Path(d) / "pred.h5ad")

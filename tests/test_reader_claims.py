@@ -59,7 +59,7 @@ def test_the_files_it_reads_are_offered(tmp_path, name):
 def test_files_are_told_apart_by_their_header(tmp_path, monkeypatch):
     import anndata as ad
 
-    from napari_hggep.data.anndata_export import write_h5ad
+    from napari_hggep.io.writers.anndata_export import write_h5ad
 
     # never a whole table parsed to decide
     monkeypatch.setattr(reader, "read_spots_csv", lambda p: pytest.fail("get_reader parsed the table"))
@@ -107,8 +107,8 @@ def test_a_spot_table_with_a_bad_row_is_claimed_and_says_why(tmp_path):
 def test_our_h5ad_reads_back_as_the_prediction_it_was_written_from(tmp_path):
     import anndata as ad
 
-    from napari_hggep.data.anndata_export import write_h5ad
-    from napari_hggep.data.anndata_reader import read_prediction_h5ad
+    from napari_hggep.io.writers.anndata_export import write_h5ad
+    from napari_hggep.io.readers.anndata_reader import read_prediction_h5ad
 
     pred = small_prediction(tmp_path / "he.png")
     first = write_h5ad(pred, tmp_path / "a.h5ad")
@@ -136,8 +136,8 @@ def test_measured_counts_read_back_too(tmp_path):
     import anndata as ad
     import scipy.sparse as sp
 
-    from napari_hggep.data.anndata_export import write_h5ad
-    from napari_hggep.data.anndata_reader import read_prediction_h5ad
+    from napari_hggep.io.writers.anndata_export import write_h5ad
+    from napari_hggep.io.readers.anndata_reader import read_prediction_h5ad
     from napari_hggep.records import Measured
 
     pred = small_prediction()

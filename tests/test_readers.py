@@ -5,10 +5,11 @@ import pytest
 import tifffile
 
 from helpers import he_like_image, smooth_he, write_her2st, write_visium
-from napari_hggep.data import SlideError, open_slide, read_her2st, read_visium
+from napari_hggep.data import SlideError
+from napari_hggep.io.readers import open_slide, read_her2st, read_visium
 from napari_hggep.data.image import image_um_per_px, read_image
 from napari_hggep.data.patches import extract_patches, patch_window_px
-from napari_hggep.data.readers import is_visium_folder, read_image_with_grid, read_image_with_spots
+from napari_hggep.io.readers.open import is_visium_folder, read_image_with_grid, read_image_with_spots
 from napari_hggep.data.tissue import tissue_mask
 
 
@@ -57,7 +58,7 @@ def test_visium_round_trip(tmp_path, old):
 def test_visium_counts_match_h5(tmp_path):
     f = write_visium(tmp_path / "outs", he_like_image(500, 420))
     s = read_visium(f)
-    from napari_hggep.data.space_ranger import read_10x_h5
+    from napari_hggep.io.readers.space_ranger import read_10x_h5
 
     mat, names, bc = read_10x_h5(f / "filtered_feature_bc_matrix.h5")
     order = {b: i for i, b in enumerate(bc)}

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_hggep.reliability import (assess, gene_reliability, prediction_spread, slide_signature,
+from napari_hggep.model.reliability import (assess, gene_reliability, prediction_spread, slide_signature,
                                      spread_of_components)
 from napari_hggep.training.calibrate import calibrate, gene_rows
-from napari_hggep.data.export import write_prediction
+from napari_hggep.io.writers.export import write_prediction
 
 
 def _section(name, rng, shift=0.0, n=200, f=12):
@@ -96,7 +96,7 @@ def test_assess_and_gene_reliability_numbers():
 
 @pytest.fixture(scope="module")
 def card():
-    from napari_hggep._bundled import bundled_card
+    from napari_hggep.model._bundled import bundled_card
 
     c = bundled_card()
     if not c:
@@ -122,7 +122,7 @@ def test_predict_carries_reliability_into_every_output(bundle, tmp_path):
     import anndata as ad
 
     from napari_hggep._napari.sample import sample_slide
-    from napari_hggep.predict import predict_slide
+    from napari_hggep.inference.predict import predict_slide
 
     pred = predict_slide(bundle, sample_slide())
     rel = np.asarray(pred.reliability.slide_reliability)

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from helpers import N_BUNDLED
 
 from napari_hggep import load_model
-from napari_hggep._bundled import bundled_checkpoint
+from napari_hggep.model._bundled import bundled_checkpoint
 from napari_hggep.cli import main
-from napari_hggep.data.export import output_stem
+from napari_hggep.io.writers.export import output_stem
 from napari_hggep.model.checkpoint import CheckpointError, _digest, read_checkpoint
 
 

@@ -10,7 +10,7 @@ from scipy import sparse
 
 from helpers import he_like_image, study_counts, write_her2st, write_visium_study_section
 from napari_hggep.cli import main
-from napari_hggep.data.samples import read_10x_h5_sparse, read_labelled_section, read_samples_table
+from napari_hggep.io.readers.samples import read_10x_h5_sparse, read_labelled_section, read_samples_table
 from napari_hggep.training.panel import panel_from_list, select_hvg
 
 
@@ -206,7 +206,7 @@ def test_cancel_keeps_no_model_and_resume_finishes(visium_study, tmp_path):
 
 def test_bundled_model_as_backbone_for_the_expert_recipe(tmp_path):
     from helpers import write_tiny_dataset
-    from napari_hggep._bundled import bundled_checkpoint
+    from napari_hggep.model._bundled import bundled_checkpoint
 
     data = write_tiny_dataset(tmp_path / "d")
     ck = tmp_path / "m.pt"

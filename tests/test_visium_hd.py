@@ -11,9 +11,9 @@ import tifffile
 
 from helpers import he_like_image, write_visium_hd
 from napari_hggep.cli import main
-from napari_hggep.data.readers import open_slide, read_visium
+from napari_hggep.io.readers.open import open_slide, read_visium
 from napari_hggep.data.slide import SlideError
-from napari_hggep.data.visium_hd import is_visium_hd_folder, read_visium_hd
+from napari_hggep.io.readers.visium_hd import is_visium_hd_folder, read_visium_hd
 
 GENES = "GNAS,FN1,KRT8"
 MPP = 0.5

@@ -78,7 +78,7 @@ class Provenance:
 
 @dataclass
 class Reliability:
-    """How far a prediction on this slide can be trusted (``napari_hggep.reliability``): each
+    """How far a prediction on this slide can be trusted (``napari_hggep.model.reliability``): each
     gene's expected PCC here (``slide_reliability``, NaN when unknown) and spread over the slide,
     whether the slide is unlike the training tissue, and why the expected figures are unknown
     when they are (``unknown_because``). ``clipped_fraction``: values below 0 set to 0."""
@@ -100,7 +100,7 @@ class Reliability:
 @dataclass
 class Measured:
     """The slide's measured expression of the predicted genes on the predicted spots, in the
-    model's target space (``training.measured.NORMALISATION``)."""
+    model's target space (``inference.measured.NORMALISATION``)."""
 
     values: object  # scipy.sparse matrix, spots x genes, float32; empty rows for spots without counts
     has_counts: np.ndarray  # bool per spot
@@ -136,7 +136,7 @@ class Prediction:
     ready-made (``{"hires": (array, scalef), ...}``). ``slide``: what the reader knew of the slide
     (its image, library id, scale factors); ``measured``: the slide's own counts, when its source
     has them (``measured_error`` says why they could not be compared otherwise).
-    ``data.export.write_prediction`` writes it in any format."""
+    ``io.writers.export.write_prediction`` writes it in any format."""
 
     spot_ids: np.ndarray
     xy: np.ndarray  # full-resolution pixel (x, y)

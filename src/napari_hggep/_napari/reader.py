@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.anndata_reader import is_prediction_h5ad
+from ..io.readers.anndata_reader import is_prediction_h5ad
 from ..data.image import TIFF_SUFFIXES, is_tiff_file
-from ..data.readers import (FULLRES_NOTICE, is_her2st_folder, is_visium_folder, looks_like_spot_table, on_best_image,
+from ..io.readers.open import (FULLRES_NOTICE, is_her2st_folder, is_visium_folder, looks_like_spot_table, on_best_image,
                             read_her2st, read_spots_csv, read_visium)
-from ..data.spatialdata_reader import is_spatialdata_store
-from ..data.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
+from ..io.readers.spatialdata_reader import is_spatialdata_store
+from ..io.readers.visium_hd import DEFAULT_BIN_UM, bins_root, is_visium_hd_folder, read_visium_hd
 from .layers import KEY, PIXEL_FRAME, SpotsLayerInfo, image_data_tuple, image_layer_data, spots_layer_data
 
 
@@ -73,7 +73,7 @@ def shown_image(image, pngs_of=None):
     """What an image layer holds for ``image``: a small image decoded (cheap, and napari draws an
     array in memory fastest); a large single-level lazy one with coarser levels for the whole-slide
     view, so napari never decodes it whole: the Space Ranger folder's PNGs of the slide ``pngs_of``
-    when they fit (:func:`~..data.space_ranger.png_levels`, kept as the image's levels), else an
+    when they fit (:func:`~..io.readers.space_ranger.png_levels`, kept as the image's levels), else an
     :class:`~..data.image.Overview` made in strips at the first draw (:func:`with_overview`)."""
     import numpy as np
 
@@ -86,7 +86,7 @@ def shown_image(image, pngs_of=None):
     if not isinstance(image, LazyRGB):  # e.g. a SpatialData element: read in strips, like a TIFF
         image = LazyRGB(image)
     if pngs_of is not None:
-        from ..data.space_ranger import png_levels
+        from ..io.readers.space_ranger import png_levels
 
         image.levels = png_levels(pngs_of)
     return image
@@ -150,7 +150,7 @@ def read_spatialdata_store(path):
     to predict. A store napari-hggep wrote is in micrometres; for another store the pixel size is
     not known, so both layers are in the image's pixels and the Predict widget asks for µm per
     pixel. Needs the optional extra (``pip install "napari-hggep[spatialdata]"``)."""
-    from ..data.spatialdata_reader import read_spatialdata
+    from ..io.readers.spatialdata_reader import read_spatialdata
 
     path = Path(path[0] if isinstance(path, list) else path)
     slide = read_spatialdata(path, pixel_size_needed=False)
@@ -208,7 +208,7 @@ def read_prediction_file(path):
     says (``uns["napari_hggep"]["image_predicted_on"]``), scaled in micrometres so the spots sit on
     their tissue. Without the image, the prediction
     layer alone, and a notice says which file is missing."""
-    from ..data.anndata_reader import read_prediction_h5ad
+    from ..io.readers.anndata_reader import read_prediction_h5ad
     from ..data.image import image_stem, is_image_path, read_image
     from .layers import color_kwargs, prediction_layer_data
 
@@ -218,7 +218,7 @@ def read_prediction_file(path):
     image_path = pred.slide.image_path or ""
     image = None
     if "::" in image_path:  # an image element of a SpatialData store
-        from ..data.spatialdata_reader import read_store_image
+        from ..io.readers.spatialdata_reader import read_store_image
 
         image = read_store_image(image_path)
     elif image_path and is_image_path(image_path) and Path(image_path).is_file():

@@ -12,7 +12,7 @@ SAMPLE_PITCH_UM = 100.0
 
 def sample_slide():
     from ..data.image import read_image
-    from ..data.readers import grid_slide
+    from ..io.readers.open import grid_slide
 
     info = json.loads((SAMPLE_DIR / "he_B4.json").read_text())
     image = read_image(SAMPLE_DIR / "he_B4.jpg")

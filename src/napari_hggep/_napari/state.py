@@ -32,7 +32,7 @@ class TrainDockState:
     run can be resumed, the status line and the fraction done. The *Sections* list, the buttons,
     the Train/Resume text, the status and the progress bar follow its events."""
 
-    rows: tuple = ()  # the labelled sections (:class:`~napari_hggep.data.samples.SampleRow`)
+    rows: tuple = ()  # the labelled sections (:class:`~napari_hggep.io.readers.samples.SampleRow`)
     running: bool = False
     resumable: bool = False  # a cancelled run with today's options: the button says "Resume"
     status: str = ""

@@ -203,7 +203,7 @@ class TrainWidget(JobRunner, Container):
         self.state.resumable = False
 
     def _add_rows(self, rows):
-        from ..data.samples import check_rows
+        from ..io.readers.samples import check_rows
 
         names = {r.section for r in self.rows}
         new = [r for r in rows if r.section not in names]
@@ -211,7 +211,7 @@ class TrainWidget(JobRunner, Container):
         self.rows = self.rows + new  # the list, the status and a forgotten study follow
 
     def load_table(self):
-        from ..data.samples import read_samples_table
+        from ..io.readers.samples import read_samples_table
 
         try:
             path = _chosen(self.table_file.value, "Choose a samples table (CSV with section,folder[,image,patient]).")
@@ -220,7 +220,7 @@ class TrainWidget(JobRunner, Container):
             self._fail(e)
 
     def add_folder(self):
-        from ..data.samples import SampleRow, section_kind
+        from ..io.readers.samples import SampleRow, section_kind
 
         try:
             folder = Path(_chosen(self.folder.value, "Choose a section folder (Space Ranger outs/, HER2+ ST, or an "
@@ -237,7 +237,7 @@ class TrainWidget(JobRunner, Container):
 
     def add_open_slides(self):
         """Visium / HER2+ ST slides opened in the viewer by this plugin, whose folders hold counts."""
-        from ..data.samples import SampleRow, section_kind
+        from ..io.readers.samples import SampleRow, section_kind
 
         found = []
         for ly in self.viewer.layers:

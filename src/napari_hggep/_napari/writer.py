@@ -38,19 +38,19 @@ def layer_prediction(data, meta):
 
 def write_points(path, data, meta):
     """Any format, by the file name's extension (.csv, .h5ad, .geojson, .zarr)."""
-    from ..data.export import write_prediction
+    from ..io.writers.export import write_prediction
 
     return [str(write_prediction(layer_prediction(data, meta), path))]
 
 
 def write_points_csv(path, data, meta):
-    from ..data.csv_export import write_csv
+    from ..io.writers.csv_export import write_csv
 
     return [str(write_csv(layer_prediction(data, meta), path))]
 
 
 def write_points_h5ad(path, data, meta):
-    from ..data.anndata_export import write_h5ad
+    from ..io.writers.anndata_export import write_h5ad
 
     return [str(write_h5ad(layer_prediction(data, meta), path))]
 

@@ -1,5 +1,5 @@
 """``napari-hggep evaluate``: without ``--loo``, an existing model (``--model``, default the bundled
-one) scored on labelled sections as it is (:mod:`napari_hggep.scoring`); with ``--loo``,
+one) scored on labelled sections as it is (:mod:`napari_hggep.evaluation.scoring`); with ``--loo``,
 leave-one-section-out and leave-one-patient-out evaluation by retraining, of the expert recipe
 (``--data``) or of the study's (``--samples``)."""
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _check_loo(a) -> None:
     a.backbones_map = check_pairs(a.backbone_without, "--backbone-without", "PATIENT=FILE")
     if a.backbones_map:
         from ..model.pretrained import read_backbone
-        from ..training.evaluate import patient_of
+        from ..evaluation.evaluate import patient_of
 
         for f in a.backbones_map.values():
             read_backbone(f)
@@ -53,7 +53,7 @@ def _check_loo(a) -> None:
 
 def cmd_evaluate(a) -> int:
     from ..training.dataset import load_sections
-    from ..training.evaluate import ablation, evaluate, markdown_table, write_results
+    from ..evaluation.evaluate import ablation, evaluate, markdown_table, write_results
 
     if not a.loo:
         return _score(a)
@@ -88,7 +88,7 @@ def cmd_evaluate(a) -> int:
 def _evaluate_study(a) -> int:
     """``evaluate --samples``: the study's recipe (bundled start, frozen encoder, or --finetune /
     --from-scratch) under leave-one-section-out and leave-one-patient-out, with --ablation."""
-    from ..training.evaluate import ablation, evaluate, markdown_table, write_results
+    from ..evaluation.evaluate import ablation, evaluate, markdown_table, write_results
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     study = make_study(a, log)
@@ -112,9 +112,9 @@ def _evaluate_study(a) -> int:
 def _score(a) -> int:
     """``evaluate --samples S`` / ``--data D`` without ``--loo``: score an existing model on labelled
     sections, no training. Everything that needs no slide is checked first."""
-    from .._bundled import load_model
-    from ..data.samples import read_samples_table, rows_from_data_dir
-    from ..scoring import check_score_dir, markdown, score_model, write_score
+    from ..model._bundled import load_model
+    from ..io.readers.samples import read_samples_table, rows_from_data_dir
+    from ..evaluation.scoring import check_score_dir, markdown, score_model, write_score
 
     check_out_dir(a.out, "--out", ("score.json", "score.md", "score_sections.csv", "score_genes.csv"))
     out = check_score_dir(a.out)

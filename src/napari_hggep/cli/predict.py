@@ -23,7 +23,7 @@ def cmd_predict(a) -> int:
 def _predict_outputs(a) -> list[str]:
     """Every output of a one-slide run (``-o`` any number of times, ``--h5ad`` its alias), checked
     before any work: the format follows the file name, the folder must be writable."""
-    from ..data.export import FORMATS, OutputError, check_outputs
+    from ..io.writers.export import FORMATS, OutputError, check_outputs
 
     for h in a.h5ad or []:
         if not str(h).lower().endswith(".h5ad"):
@@ -58,7 +58,7 @@ def _check_pixel_size(a) -> None:
 
 def _check_bin_um(a) -> None:
     if a.bin_um is not None:
-        from ..data.visium_hd import check_bin_um
+        from ..io.readers.visium_hd import check_bin_um
 
         check_bin_um(a.bin_um)
 
@@ -69,7 +69,7 @@ def write_outputs(pred, outputs, genes) -> None:
     for out in outputs:
         existed = Path(str(out).rstrip("/\\")).exists()
         try:
-            from ..data.export import write_prediction
+            from ..io.writers.export import write_prediction
 
             write_prediction(pred, out, genes)
         except OSError as e:
@@ -78,9 +78,9 @@ def write_outputs(pred, outputs, genes) -> None:
 
 @distributed_command
 def _predict_many(a, dist, device) -> int:
-    from .._bundled import load_model
-    from ..batch import BatchOptions, check_batch_options, list_slides, predict_many
-    from ..data.export import check_genes
+    from ..model._bundled import load_model
+    from ..inference.batch import BatchOptions, check_batch_options, list_slides, predict_many
+    from ..io.writers.export import check_genes
 
     if a.spots or a.visium or a.output or a.h5ad:
         raise UsageError("with several slides or --out-dir, give slides (images with --grid, Visium outs/ or "
@@ -106,12 +106,12 @@ def _predict_many(a, dist, device) -> int:
 
 
 def _predict_one(a) -> int:
-    from .._bundled import load_model
-    from ..data.export import check_genes
+    from ..model._bundled import load_model
+    from ..io.writers.export import check_genes
     from ..data.quality import image_warnings, require_tissue
-    from ..data.readers import open_slide
-    from ..predict import predict_slide
-    from ..reliability import slide_verdict
+    from ..io.readers.open import open_slide
+    from ..inference.predict import predict_slide
+    from ..model.reliability import slide_verdict
 
     n_sources = sum(x is not None for x in (a.spots, a.visium, a.grid or None))
     if n_sources != 1 and not (n_sources == 0 and Path(a.image).is_dir()):
@@ -142,7 +142,7 @@ def _predict_one(a) -> int:
     print(f"{slide.name}: {slide.n_spots} spots, {slide.um_per_px:.3f} um/px"
           + (f" on {Path(slide.info.image_path or '').name} ({scale:.4g} x full resolution)" if scale != 1 else "")
           + f"; model on {bundle.device}", file=sys.stderr)
-    from ..cost import slide_cost
+    from ..inference.cost import slide_cost
 
     cost = slide_cost(slide, bundle.config, len(bundle.genes), a.shared_trunk, device=bundle.device.type,
                       batch_size=a.batch_size)

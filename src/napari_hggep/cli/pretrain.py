@@ -11,7 +11,7 @@ from .torchrun import distributed_command
 
 @distributed_command
 def cmd_pretrain(a, dist, device) -> int:
-    from ..data.readers import open_slide
+    from ..io.readers.open import open_slide
     from ..training.pretrain import PretrainConfig, pretrain
 
     check_out_file(a.out, "--out")  # before any slide is read

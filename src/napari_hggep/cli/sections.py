@@ -69,7 +69,7 @@ def read_sections(a):
 
 def make_study(a, log):
     """The study's sections and options from ``--samples`` or ``--data`` (plus --hvg/--genes)."""
-    from ..data.samples import read_samples_table, rows_from_data_dir
+    from ..io.readers.samples import read_samples_table, rows_from_data_dir
     from ..training.study import Study, StudyOptions
 
     if a.samples and a.data:
@@ -102,7 +102,7 @@ def check_training_inputs(a, expert: bool = False) -> list:
     table or data folder readable and every section folder there, the gene list readable
     (``expert``: the recipe needs DATA/genes.txt or --genes), the cache folder writable, a
     pretrained backbone loadable. Returns the sample rows."""
-    from ..data.samples import read_samples_table, rows_from_data_dir
+    from ..io.readers.samples import read_samples_table, rows_from_data_dir
     from ..training.dataset import read_genes
 
     if a.samples and a.data:

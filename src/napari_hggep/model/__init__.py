@@ -5,7 +5,9 @@
 * its parts: :mod:`.gem`, :mod:`.backbone`, :mod:`.cbam`, :mod:`.transformer`, :mod:`.hypergraph`,
   :mod:`.windows` (spatial windows for attention), :mod:`.smoothing`;
 * :mod:`.losses` (MSE, ZINB); :mod:`.checkpoint` (the one checkpoint format) and
-  :mod:`.pretrained` (self-supervised image-path weights).
+  :mod:`.pretrained` (self-supervised image-path weights);
+* :mod:`._bundled` (the bundled model, loading any checkpoint) and :mod:`.reliability` (how far a
+  prediction on this slide can be trusted, from the model card's calibration).
 """
 from .config import PRESETS, HGGEPConfig, preset
 

@@ -62,7 +62,7 @@ class ModelBundle:
 
     def reliability(self) -> dict | None:
         """The card's calibration of the per-slide reliability and the "unlike the training
-        tissue" score (see :mod:`napari_hggep.reliability`), or None for an older card."""
+        tissue" score (see :mod:`napari_hggep.model.reliability`), or None for an older card."""
         return self.meta.get("metrics", {}).get("reliability") or None
 
     def gene_pcc_protocol(self) -> str | None:

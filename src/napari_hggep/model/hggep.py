@@ -41,7 +41,7 @@ class StageProjection(nn.Module):
 
     def forward_points(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """:meth:`forward` on maps laid out as ``N x (h w) x C`` (cells row-major, channels last,
-        as :func:`napari_hggep.dense.sample_maps` gives them), the same arithmetic fused for
+        as :func:`napari_hggep.inference.dense.sample_maps` gives them), the same arithmetic fused for
         inference: CBAM's channel MLP as one matrix product, and its spatial weights, the pooling
         and the projection as one batched product, so the ``N x C x h x w`` maps are written once
         (about 3x faster on a CPU, equal to float rounding; tested)."""

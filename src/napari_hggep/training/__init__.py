@@ -6,7 +6,8 @@
   the best epoch by :mod:`.validation` and resumes through :mod:`.resume`;
 * what it reads: :mod:`.dataset` (sections prepared once), :mod:`.targets`, :mod:`.augment`,
   :mod:`.panel` (the genes of a study);
-* :mod:`.study` (a user's own sections to a model, with held-out folds), :mod:`.evaluate`
-  (leave-one-section-out and leave-one-patient-out), :mod:`.metrics`, :mod:`.baseline`,
-  :mod:`.calibrate` (per-slide reliability), :mod:`.pretrain` (self-supervised image path).
+* :mod:`.study` (a user's own sections to a model, with held-out folds), :mod:`.metrics` (the
+  paper's metrics, also for epoch selection), :mod:`.baseline`, :mod:`.calibrate` (per-slide
+  reliability), :mod:`.pretrain` (self-supervised image path); leave-one-out evaluation is in
+  :mod:`napari_hggep.evaluation`.
 """

@@ -1,5 +1,5 @@
 """Calibrating the per-slide reliability and the "unlike the training tissue" score (see
-:mod:`napari_hggep.reliability`) on an evaluation's held-out folds.
+:mod:`napari_hggep.model.reliability`) on an evaluation's held-out folds.
 
 Material: ``evaluate``'s ``calibration`` block (per held-out section and gene, the true PCC and
 the prediction's spread; each section's tissue-statistics signature, also resampled to coarser
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..reliability import gene_reliability, slide_signature, spread_feature, unfamiliar_score
+from ..model.reliability import gene_reliability, slide_signature, spread_feature, unfamiliar_score
 from .metrics import mean_over_sections
 
 # a statistic enters the slide score only if resampling a training section to a coarser scan
@@ -234,7 +234,7 @@ def calibrate(ev: dict, sections, patients: dict | None = None, features=None) -
         raise ValueError("the evaluation has no calibration block; rerun `napari-hggep evaluate --loo`")
     patients = patients or ev.get("protocol", {}).get("patients") or {}
     rows = gene_rows(calib, patients)
-    out: dict = {"method": "napari_hggep.reliability; training/calibrate.py"}
+    out: dict = {"method": "napari_hggep.model.reliability; training/calibrate.py"}
     if rows:
         out["gene"] = new_patient_coef(rows, patients)
         out["gene_folds"] = gene_report(rows)

@@ -10,8 +10,8 @@ import numpy as np
 from .._atomic import atomic_path
 from ..data.features import FEATURES_VERSION, standardise_features, tissue_features
 from ..data.patches import extract_patches
-from ..data.her2st import read_her2st
-from ..data.visium import is_visium_folder, read_visium
+from ..io.readers.her2st import read_her2st
+from ..io.readers.visium import is_visium_folder, read_visium
 from ..data.slide import SlideError
 from ..model.pooled import pooled_encoder, pooled_key
 from .targets import normalise_counts

@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_write_bytes
-from ..data.samples import LabelledSection, SampleRow, read_labelled_section
+from ..io.readers.samples import LabelledSection, SampleRow, read_labelled_section
 from ..data.slide import SlideError
 from ..devices import resolve_device
 from ..model.pooled import pooled_key, with_pooled
 from .dataset import SectionData, build_section, read_genes
-from ..reliability import prediction_spread
+from ..model.reliability import prediction_spread
 from .metrics import gene_pcc, mean_over_sections
 from .panel import DEFAULT_HVG, Panel, panel_counts, panel_from_list, select_hvg
 from .config import TrainConfig
@@ -149,7 +149,7 @@ class Study:
         if o.from_scratch:
             cfg = preset(o.preset, n_genes=n_genes)
         else:  # the bundled model's sizes and statistics pipeline, with outputs for this panel
-            from .._bundled import bundled_checkpoint
+            from ..model._bundled import bundled_checkpoint
 
             card = json.loads(bundled_checkpoint().with_suffix(".json").read_text())
             cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes, pca_blocks=None)
@@ -215,7 +215,7 @@ class Study:
             return replace(o.train, init_from=None, max_minutes=minutes, freeze_encoder=False,
                            encoder_weights=o.encoder_weights, feature_cache=o.cache)
         if not o.from_scratch and self.config.image_path:
-            from .._bundled import bundled_checkpoint
+            from ..model._bundled import bundled_checkpoint
 
             init = str(bundled_checkpoint())
         from dataclasses import replace
@@ -384,7 +384,7 @@ class Study:
         """The per-slide reliability calibrated on the study's own held-out folds (see
         training/calibrate.py); the slide score uses the statistics the bundled card chose as
         stable under resampling. Nothing when the folds cannot calibrate it."""
-        from ..reliability import slide_signature
+        from ..model.reliability import slide_signature
         from .calibrate import calibrate
 
         rows = {t: {"pcc": v, "spread": spreads[t]} for fold in done.values() for t, v in fold.items() if t in spreads}
@@ -396,7 +396,7 @@ class Study:
                                              for s in self.sections if s.stats is not None}},
               "protocol": {"patients": patients}}
         try:
-            from .._bundled import bundled_card
+            from ..model._bundled import bundled_card
 
             feats = ((bundled_card().get("metrics") or {}).get("reliability") or {}).get("slide", {}).get("features")
             return {"reliability": calibrate(ev, self.sections, patients, features=feats),

@@ -21,7 +21,7 @@ class ExportControls:
     def export(self):
         """Write the result layer in the format the file name says: .csv, .h5ad (scanpy/squidpy),
         .geojson (QuPath detections) or .zarr (SpatialData, optional extra)."""
-        from ...data.export import check_output
+        from ...io.writers.export import check_output
         from ..writer import write_points
 
         layer = self.result.value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, Label, LineEdit
 
-from ...data.export_values import UNRELIABLE_PCC
+from ...io.writers.export_values import UNRELIABLE_PCC
 from ..layers import FLAT_FRACTION, RANGE_NAME, PredictionLayerInfo, clear_gene, color_by_gene, is_prediction_layer, layer_info
 
 COLORMAPS = ["viridis", "magma", "inferno", "plasma", "turbo", "red", "gray"]

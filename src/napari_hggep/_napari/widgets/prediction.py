@@ -247,7 +247,7 @@ class PredictionControls:
         grid = "" if spots_layer is not None else f" of a {float(self.pitch_um.value):g} µm grid generated over the tissue"
         text = (f"Predicted {len(pred.genes)} genes for {len(pred.spot_ids)} spots{grid} on {device}"
                 + (f", from {used}." if used else "."))
-        from ...reliability import slide_verdict
+        from ...model.reliability import slide_verdict
 
         unknown = pred.reliability.unknown_because
         for m in slide_verdict(pred):
@@ -273,7 +273,7 @@ class PredictionControls:
         self.device_info.value = f"{self.device.value} → {device}"
 
     def _fail(self, err):
-        from ...cost import CostTooLarge
+        from ...inference.cost import CostTooLarge
 
         self._show_error(err)
         self._set_running(False)
@@ -331,11 +331,11 @@ def _predict_job(req: dict, model_path, device: str):
 def _predict_job_steps(req: dict, model_path, device: str):
     yield ("status", 0, 1, "Loading torch and the model…")
     wait_for_torch()  # started in the background when the dock opened
-    from ..._bundled import load_model
-    from ...cost import CostTooLarge, slide_cost
+    from ...model._bundled import load_model
+    from ...inference.cost import CostTooLarge, slide_cost
     from ...data.quality import require_tissue
-    from ...data.readers import grid_slide
-    from ...predict import predict_steps
+    from ...io.readers.open import grid_slide
+    from ...inference.predict import predict_steps
 
     bundle = load_model(model_path, device)
     slide = req.get("slide")
@@ -362,7 +362,7 @@ def _predict_job_steps(req: dict, model_path, device: str):
             from ..layers import gene_ranges
 
             sd = (bundle.target_norm or {}).get("std")  # each gene's spread in training: the colour floor
-            from ...data.anndata_export import spatial_images
+            from ...io.writers.anndata_export import spatial_images
 
             pred.images = spatial_images(pred)  # the slide's small copies for an AnnData export, made here
             pred.image = None

@@ -270,7 +270,7 @@ class SourceControls:
         """The image's warnings (resolution outside training, not H&E), shown under the µm field; the
         stain's verdict is the one :meth:`_check_stain` made in the background, once it is known."""
         from ...data.quality import resolution_warning
-        from ...data.readers import FULLRES_NOTICE
+        from ...io.readers.open import FULLRES_NOTICE
 
         img = self.image_layer.value
         info = image_info(img) if img is not None else None

@@ -64,7 +64,7 @@ class SpaceRangerControls:
         (the one Predict uses) and the others to choose from; for Visium HD, the bin size."""
         from pathlib import Path
 
-        from ...data.space_ranger import space_ranger_images
+        from ...io.readers.space_ranger import space_ranger_images
 
         info = None if layer is None else image_info(layer)
         sr = None if info is None else info.slide.space_ranger

@@ -14,12 +14,12 @@ import numpy as np
 from .._atomic import atomic_write_bytes
 from ..devices import resolve_device
 from ..model.config import HGGEPConfig
-from .baseline import RidgeBaseline, colour_features
-from .dataset import SectionData
-from .metrics import mean_over_sections, slide_metrics
-from .config import TrainConfig
-from .train import train_model
-from .validation import predict_section
+from ..training.baseline import RidgeBaseline, colour_features
+from ..training.dataset import SectionData
+from ..training.metrics import mean_over_sections, slide_metrics
+from ..training.config import TrainConfig
+from ..training.train import train_model
+from ..training.validation import predict_section
 
 # HGGEP's published per-section mean PCC (reference repo Output/HGGEP_her2.npy; SPEC 4), over the
 # paper's HER2+ panel of 785 genes: comparable only with an evaluation of exactly those genes
@@ -109,7 +109,7 @@ def _fit_predict(train, tests, config, genes, tcfg, log, progress):
 def _calibration_row(m: dict, pred: np.ndarray, fold, test: SectionData, train: list[SectionData]) -> dict:
     """One held-out section's per-gene material for the per-slide reliability: the true PCC and
     the prediction's spread relative to the fold's training variation."""
-    from ..reliability import prediction_spread
+    from ..model.reliability import prediction_spread
 
     r4 = lambda a: [None if not np.isfinite(v) else round(float(v), 4) for v in a]  # noqa: E731
     return {"train": [s.name for s in train], "pcc": r4(m["gene_pcc"]),
@@ -119,7 +119,7 @@ def _calibration_row(m: dict, pred: np.ndarray, fold, test: SectionData, train: 
 def _signatures(sections, resampled) -> dict:
     """Each section's tissue-statistics signature (and its resampled copies'), for calibrating
     the "unlike the training tissue" score."""
-    from ..reliability import slide_signature
+    from ..model.reliability import slide_signature
 
     out = {s.name: slide_signature(s.stats).tolist() for s in sections if s.stats is not None}
     for um, secs in (resampled or {}).items():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..._atomic import atomic_path
 from .export_values import export_values, gene_table, selected_columns, selected_values
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..._atomic import atomic_path
 from .export_values import (
     UNRELIABLE_PCC,
     VALUES,
@@ -46,7 +46,7 @@ def _downscale(image, max_side: int) -> tuple[np.ndarray, float]:
     and the factor (thumbnail px per image px)."""
     from PIL import Image
 
-    from .image import strided
+    from ...data.image import strided
 
     h, w = int(image.shape[0]), int(image.shape[1])
     f = min(1.0, max_side / max(h, w))
@@ -67,7 +67,7 @@ def spatial_images(pred) -> dict:
     out = {}
     files = pred.slide.image_files or {}
     sf = pred.slide.scalefactors or {}
-    from .image import read_image
+    from ...data.image import read_image
 
     for kind, f in files.items():
         try:
@@ -101,7 +101,7 @@ def library_id(pred) -> str:
     """The library id of an export (the key of ``uns["spatial"]``): the one the slide's files give (a
     Space Ranger folder's sample name), else the stem of the image predicted on (``slide7.ome.tif``
     -> ``slide7``), else the slide's name."""
-    from .image import image_stem, is_image_path
+    from ...data.image import image_stem, is_image_path
 
     info = pred.slide
     # a library id names an HDF5 group: no "/" in it (a slide named "/" made an unreadable .h5ad)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..._atomic import atomic_path
 from .export_values import UNRELIABLE_PCC, export_values, selected_values, spot_diameter_px
 
 

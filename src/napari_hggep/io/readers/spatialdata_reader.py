@@ -1,15 +1,15 @@
-"""Reading a SpatialData store (``.zarr``; the optional extra ``spatialdata``) as a :class:`~.slide.Slide`:
+"""Reading a SpatialData store (``.zarr``; the optional extra ``spatialdata``) as a :class:`~napari_hggep.data.slide.Slide`:
 :func:`is_spatialdata_store` tells a store from any folder by its zarr group files and element
 folders, :func:`read_spatialdata` reads its H&E image (lazily, level by level) and spot shapes.
-The napari reader and :func:`~.readers.open_slide` read stores through this module; the stores
-napari-hggep writes are made in :mod:`.spatialdata_export`."""
+The napari reader and :func:`~.open.open_slide` read stores through this module; the stores
+napari-hggep writes are made in :mod:`napari_hggep.io.writers.spatialdata_export`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from ..records import SlideInfo
+from ...records import SlideInfo
 
 CS = "global"  # the coordinate system napari-hggep writes, in micrometres
 
@@ -68,7 +68,7 @@ def read_spatialdata(path, um_per_px: float | None = None, pixel_size_needed: bo
     pixel come from a store napari-hggep wrote (its coordinate system is in micrometres), else from
     ``um_per_px`` (never guessed). ``pixel_size_needed=False`` (napari, where the widget asks for it):
     an unknown pixel size gives a slide in pixels (``um_per_px`` 1, ``info.um_per_px_unknown``)."""
-    from .slide import Slide, SlideError
+    from ...data.slide import Slide, SlideError
 
     path = Path(path)
     try:
@@ -145,7 +145,7 @@ def read_store_image(ref: str):
 
         el = sd.read_zarr(store).images.get(element)
     except Exception:  # noqa: BLE001 - no extra, an unreadable store: the caller shows the spots alone
-        from .._log import logger
+        from ..._log import logger
 
         logger.debug("could not read %s", ref, exc_info=True)
         return None

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 
 from .her2st import is_her2st_folder, read_her2st
-from .image import image_stem, image_um_per_px, is_image_path, read_image
-from ..records import SlideInfo
-from .slide import Slide, SlideError
+from ...data.image import image_stem, image_um_per_px, is_image_path, read_image
+from ...records import SlideInfo
+from ...data.slide import Slide, SlideError
 from .space_ranger import space_ranger_images
 from .tables import decode_text, numeric_column, parse_table
-from .tissue import DEFAULT_PITCH_UM, tissue_grid
+from ...data.tissue import DEFAULT_PITCH_UM, tissue_grid
 from .visium import is_visium_folder, read_visium
 
 
@@ -155,7 +155,7 @@ def open_slide(path, spots=None, visium=None, grid: bool = False, um_per_px=None
                bin_um=None) -> Slide:
     """One entry point: a HER2+ folder, a Visium or Visium HD folder (``bin_um``: 8 or 16, default
     16), or an image with spots / a grid."""
-    from .._log import logger
+    from ..._log import logger
     from .visium_hd import is_visium_hd_folder, read_visium_hd
 
     path = Path(path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .slide import SlideError
+from ...data.slide import SlideError
 
 
 def decode_text(raw: bytes, path) -> str:

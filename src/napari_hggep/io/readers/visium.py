@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..records import SlideInfo, SpaceRangerRef
-from .slide import Slide, SlideError
+from ...records import SlideInfo, SpaceRangerRef
+from ...data.slide import Slide, SlideError
 from .space_ranger import (
     POSITION_FILES,
     read_10x_h5,
@@ -42,7 +42,7 @@ def read_visium(folder, image=None, genes: list[str] | None = None, with_counts:
     ``spot_diameter_fullres`` (Visium spots are 55 um). ``with_counts=False`` keeps every
     in-tissue spot (prediction needs no counts); with counts, only the matrix's barcodes.
     ``lazy=True``: a TIFF image stays on disk, only its metadata read (napari's reader; see
-    :func:`~.image.read_image`)."""
+    :func:`~napari_hggep.data.image.read_image`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SlideError(f"{folder} is not a folder")

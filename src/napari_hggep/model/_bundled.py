@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # the package's weights/
 BUNDLED_NAME = "hggep_compact_her2st"
 
 
@@ -19,7 +19,7 @@ def load_model(path=None, device: str = "auto", encoder_weights=None):
     """Load a checkpoint (``path``) or, with no path, the model bundled in the package.
     ``encoder_weights``: the weights file (or snapshot folder) of a model whose frozen pretrained
     encoder is kept outside its checkpoint (checked against the sha256 the checkpoint records)."""
-    from .model.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     if path is None:
         path = bundled_checkpoint()

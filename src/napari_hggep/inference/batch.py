@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.export import output_stem, write_prediction
-from .data.image import image_stem, is_image_path
-from .data.readers import is_her2st_folder, is_visium_folder
-from .data.slide import SlideError
-from .data.visium_hd import is_visium_hd_folder
-from .distributed import SINGLE, DistContext, all_sum, shard
+from ..io.writers.export import output_stem, write_prediction
+from ..data.image import image_stem, is_image_path
+from ..io.readers.open import is_her2st_folder, is_visium_folder
+from ..data.slide import SlideError
+from ..io.readers.visium_hd import is_visium_hd_folder
+from ..distributed import SINGLE, DistContext, all_sum, shard
 
 
 @dataclass
@@ -34,8 +34,8 @@ class BatchOptions:
 
 def check_batch_options(opts: BatchOptions, out_dir) -> None:
     """Before any work: the output folder can be written in every format asked for, the bin size is allowed."""
-    from .data.export import check_output
-    from .data.visium_hd import check_bin_um
+    from ..io.writers.export import check_output
+    from ..io.readers.visium_hd import check_bin_um
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -107,8 +107,8 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
     """This rank's share of ``slides``; one model load (or ``bundle``, loaded already), then slide
     by slide. Each slide's notices, image warnings and reliability lines are logged as a single
     ``predict`` prints them, after the slide's name."""
-    from ._bundled import load_model
-    from .data.readers import open_slide
+    from ..model._bundled import load_model
+    from ..io.readers.open import open_slide
     from .predict import predict_slide
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -124,9 +124,9 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
         return report
     if bundle is None:
         bundle = load_model(opts.model, opts.device, opts.encoder_weights)
-    from .data.export import check_genes
-    from .data.quality import image_warnings, require_tissue
-    from .reliability import slide_verdict
+    from ..io.writers.export import check_genes
+    from ..data.quality import image_warnings, require_tissue
+    from ..model.reliability import slide_verdict
 
     check_genes(bundle.genes, opts.genes)  # before any slide runs
     for name, path in todo:
@@ -150,7 +150,7 @@ def predict_slides(slides: list[tuple[str, Path]], out_dir, opts: BatchOptions, 
             for f in outputs_for(out_dir, name, opts.formats):
                 write_prediction(pred, f, opts.genes)
         except Exception as e:  # noqa: BLE001 - one slide's failure never stops the batch
-            from ._log import describe
+            from .._log import describe
 
             msg = describe(e, f"batch: {path}")  # an unexpected error's traceback is logged, the line names the file
             report.failed[name] = msg

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .data.patches import origins_order, patch_plan
-from .data.image import read_box
-from .data.slide import Slide
+from ..data.patches import origins_order, patch_plan
+from ..data.image import read_box
+from ..data.slide import Slide
 
 # Attention and the hypergraph run in windows of a fixed number of spots, overlapping by a margin.
 # On a dense grid the model's 4,096 spots with margins of 0.25 of the core cost most of the
@@ -260,6 +260,6 @@ def iter_shared_tokens(model, slide: Slide, guard, colour=None, fast: bool = Tru
 
 
 def _view(x, k: int):
-    from .model.hggep import dihedral_view
+    from ..model.hggep import dihedral_view
 
     return x if k == 0 else dihedral_view(x, k)

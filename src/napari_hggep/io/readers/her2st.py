@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .image import read_image
-from .slide import Slide, SlideError
+from ...data.image import read_image
+from ...data.slide import Slide, SlideError
 from .tables import decode_text, numeric_column, parse_table
 
 ST_PITCH_UM = 200.0  # legacy ST: 100 um spots, 200 um centre-to-centre

@@ -1,4 +1,4 @@
-"""Reading back an ``.h5ad`` napari-hggep wrote (:mod:`.anndata_export`) as the
+"""Reading back an ``.h5ad`` napari-hggep wrote (:mod:`napari_hggep.io.writers.anndata_export`) as the
 :class:`~napari_hggep.records.Prediction` it was written from: the values, spots, genes, the
 per-gene figures in ``var``, what ``uns["napari_hggep"]`` says of the slide, the model and the
 reliability, the measured counts, and the thumbnails of ``uns["spatial"]``.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..records import Measured, Prediction, Provenance, Reliability, SlideInfo
+from ...records import Measured, Prediction, Provenance, Reliability, SlideInfo
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 INFO_KEY = "napari_hggep"  # the uns entry every napari-hggep export writes
@@ -58,7 +58,7 @@ def read_prediction_h5ad(path) -> Prediction:
     them. Files written before a figure existed read without it."""
     import anndata as ad
 
-    from .slide import SlideError
+    from ...data.slide import SlideError
 
     path = Path(path)
     try:

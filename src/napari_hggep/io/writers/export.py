@@ -110,7 +110,7 @@ def check_genes(available, genes) -> list[str] | None:
 
 def write_prediction(pred, path, genes=None) -> Path:
     """Write ``pred`` to ``path`` in the format its name says."""
-    from .._log import logger
+    from ..._log import logger
 
     fmt = check_output(path)
     logger.debug("writing %s (%s): %d spots x %s genes", path, fmt, len(pred.spot_ids),

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-# a store is read by .spatialdata_reader; its names stay importable from here
-from .spatialdata_reader import CS, is_spatialdata_store, read_spatialdata  # noqa: F401
+from ..readers.spatialdata_reader import CS, is_spatialdata_store
 
 TABLE_KEY = "table"
 ADDED_TABLE = "hggep_predictions"  # the table added to a store that exists
@@ -133,7 +132,7 @@ def _match_store_spots(s, pred) -> tuple[str, str, np.ndarray, np.ndarray]:
     pixels). Returns ``(shapes key, instance key, ids, ok)``."""
     from spatialdata.transformations import get_transformation
 
-    from .slide import SlideError
+    from ...data.slide import SlideError
 
     ids = np.asarray(pred.spot_ids).astype(str)
     for tname, t in s.tables.items():
@@ -186,7 +185,7 @@ def add_to_store(pred, path, genes=None) -> Path:
     from spatialdata.models import TableModel
 
     from .anndata_export import to_anndata
-    from .slide import SlideError
+    from ...data.slide import SlideError
 
     path = Path(str(path).rstrip("/\\"))
     try:

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .counts import COUNT_TABLES, read_10x_h5_sparse, read_counts_table
-from .image import is_image_path
+from ...data.counts import COUNT_TABLES, read_10x_h5_sparse, read_counts_table
+from ...data.image import is_image_path
 from .her2st import is_her2st_folder, read_her2st
-from .readers import read_image_with_spots
-from .slide import Slide, SlideError
+from .open import read_image_with_spots
+from ...data.slide import Slide, SlideError
 from .tables import decode_text, numeric_column, parse_table
 from .visium import is_visium_folder, read_visium
 
@@ -151,7 +151,7 @@ def read_labelled_section(row: SampleRow) -> LabelledSection:
             raise SlideError(f"section {row.section}: {folder} has no counts.tsv.gz; training needs the counts")
         slide = read_her2st(folder, with_counts=True)
         if row.image is not None:  # the same spots on another copy of the image (same pixel grid)
-            from .image import read_image
+            from ...data.image import read_image
 
             slide.image, slide.source = read_image(row.image), str(row.image)
         if row.um_per_px:

@@ -1,6 +1,6 @@
 """Score an existing model on labelled sections, without training (``napari-hggep evaluate``
 without ``--loo``): every section is predicted with the model as a user would predict it, and
-compared with its own counts in the target space (:mod:`.measured`).
+compared with its own counts in the target space (:mod:`napari_hggep.inference.measured`).
 
 Per section: the paper's figures (mean / median per-gene PCC, SSIM, RMSE) and how the product's
 own claims held there (the mean expected PCC against the measured one, and the Spearman
@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from ._atomic import atomic_path, atomic_write_bytes
-from .training.measured import measured_expression, sparse_gene_pcc
-from .training.metrics import mean_over_sections, slide_metrics
+from .._atomic import atomic_path, atomic_write_bytes
+from ..inference.measured import measured_expression, sparse_gene_pcc
+from ..training.metrics import mean_over_sections, slide_metrics
 
 SCORE_FILES = ("score.json", "score.md", "score_sections.csv", "score_genes.csv")
 
@@ -35,9 +35,9 @@ def _spearman(a, b) -> float | None:
 
 
 def score_section(bundle, lab, progress: Callable[[int, int], None] | None = None) -> tuple[dict, np.ndarray]:
-    """One labelled section (:class:`~napari_hggep.data.samples.LabelledSection`): its figures and
+    """One labelled section (:class:`~napari_hggep.io.readers.samples.LabelledSection`): its figures and
     the per-gene PCC (the model's genes, NaN where constant or not in the counts)."""
-    from .predict import predict_slide
+    from ..inference.predict import predict_slide
 
     lab.slide.info.counts_source = False  # compared below with the counts in hand, not read again
     pred = predict_slide(bundle, lab.slide, progress=progress)
@@ -70,7 +70,7 @@ def score_section(bundle, lab, progress: Callable[[int, int], None] | None = Non
 
 def score_model(bundle, rows, log: Callable[[str], None] | None = None) -> dict:
     """Score ``bundle`` on the labelled sections of a samples table (``rows``)."""
-    from .data.samples import read_labelled_section
+    from ..io.readers.samples import read_labelled_section
 
     log = log or (lambda m: None)
     sections, per_gene = [], {}
@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
 def check_score_dir(out_dir) -> Path:
     """The folder the score files go to, checked before any work: it must be (or become) a
     writable folder."""
-    from .data.export import OutputError
+    from ..io.writers.export import OutputError
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .image import read_image
-from .slide import SlideError
+from ...data.image import read_image
+from ...data.slide import SlideError
 from .tables import decode_text, numeric_column, parse_table
 
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet")
@@ -93,9 +93,9 @@ def visium_image_with_tissue(folder: Path, spatial: Path, xy: np.ndarray, sf: di
     """The folder's image to predict from when none is named: ``tissue_hires_image.png``, or, when
     that shows no tissue under the spots (Space Ranger 1.0 sometimes writes a black one), the lowres
     PNG or a full-resolution image beside ``spatial/``. Returns ``(path, image, scale, notice)``.
-    ``lazy``: as :func:`~.image.read_image` for a TIFF among them (the PNGs are read whole: they are small)."""
-    from .image import IMAGE_SUFFIXES
-    from .quality import NO_TISSUE_IMAGE, tissue_under_spots
+    ``lazy``: as :func:`~napari_hggep.data.image.read_image` for a TIFF among them (the PNGs are read whole: they are small)."""
+    from ...data.image import IMAGE_SUFFIXES
+    from ...data.quality import NO_TISSUE_IMAGE, tissue_under_spots
 
     cands = [spatial / "tissue_hires_image.png", spatial / "tissue_lowres_image.png"]
     cands += sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
@@ -153,7 +153,7 @@ def space_ranger_images(folder) -> list[tuple[str, Path]]:
     offers to predict on, as ``(kind, path)``: ``hires`` / ``lowres`` for the PNGs in ``spatial/``, then
     ``fullres`` for each image file in the folder or beside ``outs/`` (where the full-resolution
     image usually is: Space Ranger does not copy it in)."""
-    from .image import IMAGE_SUFFIXES
+    from ...data.image import IMAGE_SUFFIXES
 
     folder = Path(folder)
     spatials = [folder / "spatial", folder / "outs" / "spatial"]
@@ -184,7 +184,7 @@ def visium_named_image(image, xy_fullres: np.ndarray, sf: dict, sf_path,
     """The image a user named for a Space Ranger folder (full-resolution, hires or lowres), read,
     with its scale to full-resolution pixels: ``(path, image, scale)``. Which image it is follows
     from its name and shape (metadata): no pixel is looked at here. ``lazy=True``: a TIFF stays on
-    disk (:func:`~.image.read_image`), only its metadata read."""
+    disk (:func:`~napari_hggep.data.image.read_image`), only its metadata read."""
     image = Path(image)
     if not image.is_file():
         raise SlideError(f"{image} does not exist; name the full-resolution image, tissue_hires_image.png "
@@ -200,7 +200,7 @@ def png_levels(slide) -> list[np.ndarray]:
     kept only when its size is the full-resolution size times its scale factor (within 2 px) and it
     shows tissue under the spots (Space Ranger 1.0 sometimes writes a black hires PNG); reading and
     checking them costs what two small PNGs cost."""
-    from .quality import tissue_under_spots
+    from ...data.quality import tissue_under_spots
 
     info = slide.info
     if abs(float(info.image_scale) - 1.0) > 1e-6 or not info.image_files:

@@ -7,9 +7,9 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from .data.patches import extract_patches, iter_patch_batches, to_tensor
-from .data.slide import Slide
-from .records import Prediction, Provenance, Reliability
+from ..data.patches import extract_patches, iter_patch_batches, to_tensor
+from ..data.slide import Slide
+from ..records import Prediction, Provenance, Reliability
 
 __all__ = ["Prediction", "predict_steps", "predict_slide", "prediction_of", "attach_measured"]
 
@@ -40,7 +40,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     at each phase, returns a :class:`Prediction`; the last units of ``total`` are left to the caller.
 
     ``shared_trunk``: ``"auto"`` encodes spots closer than the model's patch with the shared
-    convolutional trunk (:mod:`napari_hggep.dense`: the tissue once, not every patch), ``"on"``
+    convolutional trunk (:mod:`napari_hggep.inference.dense`: the tissue once, not every patch), ``"on"``
     / ``"off"`` force it either way.
 
     Stop iterating to cancel; nothing is left half-written. Out of memory on a GPU, a batch is
@@ -48,14 +48,14 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     """
     import torch
 
-    from .devices import MemoryGuard
+    from ..devices import MemoryGuard
 
     from .dense import use_shared_trunk
 
     slide.validate()
     shared = use_shared_trunk(slide, bundle.config, shared_trunk)  # also checks the mode
     if not slide.info.tissue_checked:  # never predict silently on a blank image
-        from .data.quality import require_tissue
+        from ..data.quality import require_tissue
 
         require_tissue(slide)
         slide.info.tissue_checked = True
@@ -71,7 +71,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     if cfg.stats_features:  # tissue statistics around every spot, in a thread beside the image path
         from concurrent.futures import ThreadPoolExecutor
 
-        from .data.features import tissue_features
+        from ..data.features import tissue_features
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-hggep-stats")
         stats_job = pool.submit(tissue_features, slide, cfg.context_um, cfg.stats_um_per_px)
@@ -81,13 +81,13 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
             if cfg.image_path:
                 fast = device.type == "cpu"
                 if fast:
-                    from .model.hggep import use_fast_inference_layout
+                    from ..model.hggep import use_fast_inference_layout
 
                     use_fast_inference_layout(model)
                 tokens = torch.empty(n, 3, cfg.dim)  # on the CPU: the model may have to move there
                 colour = None
                 if cfg.colour_norm == "slide":  # the slide's stain statistics, from up to 1024 of its spots
-                    from .model.hggep import colour_stats_of
+                    from ..model.hggep import colour_stats_of
 
                     sample = np.unique(np.linspace(0, n - 1, min(n, 1024)).round().astype(int))
                     colour = colour_stats_of(to_tensor(extract_patches(slide, cfg.patch_um, cfg.patch_px, sample)))
@@ -116,7 +116,7 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                 except StopIteration as end:
                     pooled = end.value
             if stats_job is not None:
-                from .data.features import standardise_features
+                from ..data.features import standardise_features
 
                 if cfg.image_path or cfg.pooled_um:
                     yield Step(units["patches"] + units["pooled"], total, "tissue statistics around the spots")
@@ -152,20 +152,20 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
         z *= np.asarray(tn["std"], np.float32)  # in place: a slide's values are never held twice
         z += np.asarray(tn["mean"], np.float32)
     # how far each gene's map on this slide can be trusted, and whether the slide is unlike the
-    # training tissue (napari_hggep.reliability; figures calibrated in the model card)
-    from .reliability import assess, spread_of_components
+    # training tissue (napari_hggep.model.reliability; figures calibrated in the model card)
+    from ..model.reliability import assess, spread_of_components
 
     spread = None
     if cfg.pca_k is not None:  # a low-rank output: its spread from the components (exact, k x k work)
         spread = spread_of_components(components, model.pca_basis.detach().float().cpu().numpy())
-    from .data.quality import TRAINED_UM_PER_PX
+    from ..data.quality import TRAINED_UM_PER_PX
 
     rel = assess(z, raw_stats, list(bundle.genes), bundle.gene_pcc(), bundle.target_norm, bundle.reliability(),
                  spread, um_per_px=float(slide.um_per_px), trained_um_per_px=TRAINED_UM_PER_PX)
     threshold = float(bundle.reliability()["slide"]["threshold"]) if "unfamiliar" in rel else None
     # the target, log1p of normalised counts, is never negative: a value clipped to 0 is never
     # further from any possible truth than the regression's raw output was
-    from .data.export_values import negative_fraction
+    from ..io.writers.export_values import negative_fraction
 
     clipped = negative_fraction(z)  # in row chunks: no slide-sized mask
     np.maximum(z, 0.0, out=z)
@@ -189,8 +189,8 @@ def attach_measured(pred: Prediction, slide: Slide, notify: Callable[[str], None
     """When the slide's source has counts, put the measured expression of the predicted genes
     beside the prediction (``pred.measured``, with each gene's PCC on this slide). Unreadable
     counts never cost the prediction: ``pred.measured_error`` and a notice instead."""
-    from .data.slide import SlideError
-    from .training.measured import compare
+    from ..data.slide import SlideError
+    from .measured import compare
 
     try:
         m = compare(slide, pred.genes, pred.values)
@@ -217,7 +217,7 @@ def _patch_tokens(model, slide: Slide, guard, colour, fast: bool, batch_size: in
     cached = cfg.encoder_spec.external and cfg.tta_views <= 1  # a frozen pretrained encoder: its maps on disk
     for idx, patches in iter_patch_batches(slide, cfg.patch_um, cfg.patch_px, batch_size):
         if cached:
-            from .training.feature_cache import encoder_maps
+            from ..training.feature_cache import encoder_maps
 
             def project(i, j, patches=patches):  # the encoder's maps computed once (training/feature_cache.py)
                 dev = guard.device
@@ -269,7 +269,7 @@ def predict_slide(model, slide: Slide, batch_size: int = 256,
     of two arguments) never sees ``done == total``: the caller says when its own last step is done."""
     import time
 
-    from ._log import logger
+    from .._log import logger
 
     logger.debug("predicting %s: %d spots at %.4g um/px, batch %d, shared trunk %s", slide.name, slide.n_spots,
                  slide.um_per_px, batch_size, shared_trunk)

@@ -16,7 +16,7 @@ from scipy import sparse
 from ..data.counts import CountsSource, counts_source
 from ..data.slide import SlideError
 from ..records import Measured
-from .panel import match_columns
+from ..training.panel import match_columns
 
 NORMALISATION = ("log1p(counts / spot total x median spot total) (scanpy's normalize_total + log1p): "
                  "spot totals over all {n} genes of the counts, the median over this slide's spots with counts; "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .data.slide import SlideError
+from ..data.slide import SlideError
 
 BASE_BYTES = 512 * 2**20  # torch, the model and the interpreter
 MAX_SHARE_OF_FREE = 0.5  # a prediction may take at most half of the memory free when it starts
@@ -136,7 +136,7 @@ def slide_cost(slide, config, genes: int, shared_trunk: str = "auto", layer: boo
     """:func:`estimate_cost` for a slide that is read (its spots known), as ``predict_steps``
     would run it: the shared trunk chosen as it chooses, the counts compared when the slide's
     source has them."""
-    from .data.counts import counts_source
+    from ..data.counts import counts_source
     from .dense import use_shared_trunk
 
     shared = use_shared_trunk(slide, config, shared_trunk)

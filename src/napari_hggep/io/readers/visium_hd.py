@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..records import SlideInfo, SpaceRangerRef
-from .slide import Slide, SlideError
+from ...records import SlideInfo, SpaceRangerRef
+from ...data.slide import Slide, SlideError
 from .space_ranger import read_visium_positions, visium_image_with_tissue, visium_named_image, visium_spatial_meta
 
 HD_BINS_UM = (2, 8, 16)
@@ -132,7 +132,7 @@ def read_hd_scalefactors(spatial: Path) -> tuple[dict, Path]:
 
 def read_hd_bins(folder, image=None, with_counts: bool = False, genes=None, lazy: bool | None = None) -> Slide:
     """One bin folder (``binned_outputs/square_016um``): every in-tissue bin as a square spot.
-    ``lazy=True``: a TIFF image stays on disk, only its metadata read (:func:`~.image.read_image`)."""
+    ``lazy=True``: a TIFF image stays on disk, only its metadata read (:func:`~napari_hggep.data.image.read_image`)."""
     folder = Path(folder)
     spatial = folder / "spatial"
     if not spatial.is_dir():

@@ -59,7 +59,7 @@ def gene_table(pred, names):
     rel = pred.reliability
     # no gene is reliable on a slide whose expected PCC is unknown (unlike the training tissue, ...)
     var["reliable"] = (np.nan_to_num(p, nan=-np.inf) >= UNRELIABLE_PCC) & (not rel.unknown_because)
-    # this slide's own figures (napari_hggep.reliability, training.measured), where the prediction carries them
+    # this slide's own figures (napari_hggep.model.reliability, inference.measured), where the prediction carries them
     pos = {g: i for i, g in enumerate(pred.genes)}
     idx = [pos[g] for g in names]
     for col, v in (("slide_reliability", rel.slide_reliability), ("spread", rel.spread),
