@@ -25,7 +25,7 @@ def _vit(path, seed):
 
 def test_pooled_features_train_predict_and_their_weights_are_checked(tiny_data, tmp_path, monkeypatch, capsys):
     from napari_hggep import load_model, predict_slide
-    from napari_hggep.data import read_her2st
+    from napari_hggep.io.readers import read_her2st
     from napari_hggep.training.feature_cache import ENV
 
     monkeypatch.setenv(ENV, str(tmp_path / "cache"))

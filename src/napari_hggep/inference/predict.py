@@ -104,8 +104,8 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                     yield Step(done, total, f"patches and image model: {done:,}/{n:,} spots")
             stats_z = raw_stats = pooled = None
             if cfg.pooled_um:  # the encoder's pooled features around every spot (beside the statistics thread)
-                from .model.pooled import pooled_encoder
-                from .training.feature_cache import iter_pooled_statistics
+                from ..model.pooled import pooled_encoder
+                from ..training.feature_cache import iter_pooled_statistics
 
                 steps = iter_pooled_statistics(pooled_encoder(cfg, bundle.encoder_weights), slide, device)
                 try:
