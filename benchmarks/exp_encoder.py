@@ -49,7 +49,7 @@ def run_variant(variant: str, rows, args, spec, weights, log) -> dict:
     from napari_hggep.training.study import Study, StudyOptions
 
     branches, pooled = VARIANTS[variant]
-    opts = StudyOptions(hvg=args.hvg, branches=branches, pooled_um=pooled, encoder=spec, encoder_weights=weights,
+    opts = StudyOptions(hvg=None if args.genes else args.hvg, genes_file=args.genes, branches=branches, pooled_um=pooled, encoder=spec, encoder_weights=weights,
                         train=TrainConfig(epochs=args.epochs, device=args.device, seed=args.seed),
                         cache=str(args.cache))
     study = Study(rows, opts, log=lambda m: None)
@@ -57,8 +57,7 @@ def run_variant(variant: str, rows, args, spec, weights, log) -> dict:
     study.load()
     study.sections = [subset(s, args.max_spots, args.seed) for s in study.sections]
     t_read = time.time() - t0
-    patients = ({r.section: r.section[0] for r in rows} if args.patients_from_names else
-                {r.section: r.patient for r in rows if r.patient}) or None
+    patients = {r.section: r.patient for r in rows if r.patient} or None
     tcfg = study.train_config(None)
     res = evaluate(study.sections, study.config, study.panel.genes, tcfg, None, {}, patients, log=log,
                    baseline=False)
@@ -85,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", default="imagenet", help="imagenet (default) or timm:ARCH with --encoder-weights")
     ap.add_argument("--encoder-weights")
     ap.add_argument("--hvg", type=int, default=500)
+    ap.add_argument("--genes", help="a gene list instead of --hvg (e.g. the bundled model's 785: DATA/genes.txt)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--max-spots", type=int, default=0, help="cut every section to this many spots (smoke checks)")
     ap.add_argument("--seed", type=int, default=0)
@@ -103,9 +103,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     args.cache = Path(args.cache or out / "cache")
     rows = rows_from_data_dir(data, args.sections)
+    if args.patients_from_names:  # as a samples table with a patient column: LOPO figures, held out by patient inside
+        from dataclasses import replace as with_field
+
+        rows = [with_field(r, patient=r.section[0]) for r in rows]
     spec, weights = make_spec(args.encoder, args.encoder_weights)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    results = {"protocol": {"sections": args.sections, "hvg": args.hvg, "epochs": args.epochs,
+    results = {"protocol": {"sections": args.sections, "hvg": None if args.genes else args.hvg, "genes": args.genes, "epochs": args.epochs,
                             "max_spots": args.max_spots, "encoder": spec.to_dict(), "seed": args.seed},
                "variants": {}}
     for v in args.variants:

@@ -91,10 +91,14 @@ def test_a_training_keeps_pooled_features_only_when_they_add(informative):
     spec, _ = make_spec("imagenet")
     cfg = HGGEPConfig(n_genes=6, image_path=False, stats_features=130, pca_k=None, zinb=False).with_encoder(spec)
     cfg = cfg.replace(pooled_um=(110.0, 330.0), pooled_features=40)
-    bundle, _ = train_model(_sections(informative_pooled=informative), cfg, [f"G{i}" for i in range(6)],
-                            TrainConfig(epochs=1, device="cpu"))
+    sections = _sections(informative_pooled=informative)
+    if informative:  # sections of two patients: the features are held out by patient
+        for sec, patient in zip(sections, ("P1", "P1", "P2")):
+            sec.patient = patient
+    bundle, _ = train_model(sections, cfg, [f"G{i}" for i in range(6)], TrainConfig(epochs=1, device="cpu"))
     note = bundle.meta["extra"]["pooled_features"]
     assert note["kept"] is informative and (note["gain"] >= 0.005) is informative
+    assert note["held_out_by"] == ("patient" if informative else "section")
     if informative:
         assert bundle.config.pooled_features == 40 and bundle.model.stats_head.weight.shape[1] == 130
     else:  # left out of the model: predicting never runs the encoder for them

@@ -30,6 +30,7 @@ class SectionData:
     stats_aug: tuple[np.ndarray, ...] = ()
     # N x P pooled features of a pretrained encoder (config.pooled_um; raw, z-scored within the slide to use)
     pooled: np.ndarray | None = None
+    patient: str | None = None  # the section's patient, when a samples table names it
 
     @property
     def n_spots(self) -> int:

@@ -58,13 +58,14 @@ def _stats_rows(sec: SectionData, mask: np.ndarray, n_features: int) -> np.ndarr
 # sqrt(tissue columns / pooled columns) (at 1 both blocks carry the same total variance)
 POOLED_WEIGHTS = (0.5, 1.0, 2.0)
 # the pooled features are kept when they add at least this much mean PCC over the tissue statistics
-# alone, leave-one-section-out within the training sections (else weight 0: the model drops them)
+# alone, held out within the training sections (by patient when they name two or more, else by
+# section; else weight 0: the model drops them)
 POOLED_MIN_GAIN = 0.005
 
 
 @torch.no_grad()
 def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None
-                      ) -> tuple[float, float | None]:
+                      ) -> tuple[float, dict | None]:
     """Fix the statistics branch at the ridge solution from the tissue statistics to the
     output (principal components, or genes) on the training spots, and freeze it; the image
     path then learns what the statistics cannot explain. Rows computed on the slide resampled
@@ -72,7 +73,7 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
     None: chosen by leave-one-section-out over the training sections. With the encoder's pooled
     features (``config.pooled_um``) their block's weight is chosen the same way (from
     :data:`POOLED_WEIGHTS`, or 0 when none adds :data:`POOLED_MIN_GAIN` over the tissue statistics
-    alone) and folded into the branch's weights. Returns alpha and a note on the pooled features
+    alone; held out by patient when the sections name two or more) and folded into the branch's weights. Returns alpha and a note on the pooled features
     (None without them): weight, the inner held-out PCC with and without them."""
     from .baseline import ALPHAS, choose_alpha, ridge_scores, ridge_solve
 
@@ -100,18 +101,40 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
             weight = 1.0
         else:
             alphas = ALPHAS if alpha is None else (float(alpha),)
+            # held out by patient when the training sections name two or more (the features must
+            # hold on a patient not trained on), else by section
+            pats = [s.patient for s in sections]
+            by = pats if all(pats) and len(set(pats)) >= 2 else [s.name for s in sections]
+            groups = list(dict.fromkeys(by))
+            def rows(arrs, g):  # a group's rows at each section's own resolution first, then the copies
+                own = [a[: len(z)] for a, z, b in zip(arrs, zs, by) if b == g]
+                rest = [a[len(z):] for a, z, b in zip(arrs, zs, by) if b == g]
+                return np.concatenate(own + rest)
+
+            gx, gy = [rows(xs, g) for g in groups], [rows(ys, g) for g in groups]
+            gz = [[z for z, b in zip(zs, by) if b == g] for g in groups]
+
+            def group_score(pred, i):  # the mean over the group's sections, at their own resolution
+                out, at = [], 0
+                for z in gz[i]:
+                    p = pred[at:at + len(z)]
+                    at += len(z)
+                    out.append(float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, z))))
+                return float(np.mean(out))
+
             found = {}
             for wgt in (0.0, *POOLED_WEIGHTS):
                 s = np.ones(cfg.stats_features)
                 s[cfg.tissue_features:] = wgt * base
-                res = ridge_scores([x * s for x in xs], ys, score, alphas)
+                res = ridge_scores([x * s for x in gx], gy, group_score, alphas)
                 k = int(np.argmax(res))
                 found[wgt] = (float(res[k]), float(alphas[k]))
             best = max(POOLED_WEIGHTS, key=lambda w: found[w][0])
             gain = found[best][0] - found[0.0][0]
             weight = best if gain >= POOLED_MIN_GAIN else 0.0
             alpha = found[weight][1]
-            note = {"weight": weight, "inner_pcc_with": round(found[best][0], 4),
+            note = {"weight": weight, "held_out_by": "patient" if by is pats else "section",
+                    "inner_pcc_with": round(found[best][0], 4),
                     "inner_pcc_without": round(found[0.0][0], 4), "gain": round(gain, 4), "min_gain": POOLED_MIN_GAIN,
                     "kept": weight > 0}
         scale[cfg.tissue_features:] = weight * base

@@ -135,7 +135,9 @@ class Study:
             _emit(progress, StudyEvent("read", f"Patches and tissue statistics of {lab.name} "
                                                f"({lab.slide.n_spots} spots)…", 0.05 + 0.1 * i / len(labelled)))
             t = time.time()
-            secs.append(self._section(lab))
+            sec = self._section(lab)
+            sec.patient = lab.row.patient or None
+            secs.append(sec)
             self.log(f"{lab.name}: patches and tissue statistics in {time.time() - t:.1f}s")
         self.sections = secs
         for lab in labelled:  # the sparse counts of every gene are no longer needed
@@ -378,7 +380,7 @@ class Study:
         what = (f"kept (block weight {note['weight']:g})" if note["kept"] else
                 f"left out (under {note['min_gain']} mean PCC)")
         self.log(f"{indent}pooled encoder features {what}: they added {note['gain']:+.3f} mean PCC over the tissue "
-                 "statistics alone, leave-one-section-out within the training sections")
+                 f"statistics alone, held out by {note.get('held_out_by', 'section')} within the training sections")
 
     def _reliability(self, protocol: str, done: dict, spreads: dict, genes: list[str]) -> dict:
         """The per-slide reliability calibrated on the study's own held-out folds (see
