@@ -135,3 +135,17 @@ def test_pooled_crops_need_a_pretrained_encoder(tiny_data, tmp_path, capsys):
     assert main(["train", "--data", str(tiny_data), "--encoder", "imagenet", "--pooled-um", "wide", "--out",
                  out]) == 2
     assert "'wide'" in capsys.readouterr().err
+
+
+def test_the_estimated_cost_counts_the_encoder_over_each_crop():
+    from napari_hggep.inference.cost import ENCODER_PATCHES_PER_S, estimate_cost
+    from napari_hggep.model.config import HGGEPConfig
+    from napari_hggep.model.encoders import make_spec
+
+    spec, _ = make_spec("imagenet")
+    plain = HGGEPConfig(n_genes=785, image_path=False, stats_features=90).with_encoder(spec)
+    pooled = plain.replace(pooled_um=(110.0, 330.0), pooled_features=2864, stats_features=2954)
+    a = estimate_cost(3000, 785, 0.5, plain, free_bytes=1 << 40)
+    b = estimate_cost(3000, 785, 0.5, pooled, free_bytes=1 << 40)
+    assert b.seconds - a.seconds == pytest.approx(3000 * 2 / ENCODER_PATCHES_PER_S["imagenet"])
+    assert b.memory_bytes > a.memory_bytes

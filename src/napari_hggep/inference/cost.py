@@ -121,6 +121,12 @@ def estimate_cost(spots: int, genes: int, um_per_px: float, config, shared: bool
     if config.image_path and getattr(config, "pretrained_encoder", False):  # its encoder, not ShuffleNet, sets the pace
         rate = min(rate, ENCODER_PATCHES_PER_S.get(config.encoder.name, 1.0) * (1.0 if device == "cpu" else GPU_SPEEDUP))
     seconds = 2.0 + n / rate + values / 400e6  # the model, then values written at ~400 MB/s
+    crops = len(getattr(config, "pooled_um", ()) or ())
+    if crops:  # the pretrained encoder over each spot's crops for the statistics branch's pooled features
+        seconds += n * crops / (ENCODER_PATCHES_PER_S.get(config.encoder.name, 1.0) *
+                                (1.0 if device == "cpu" else GPU_SPEEDUP))
+        side = float(max(config.pooled_um)) / float(um_per_px)
+        mem += 256 * (side * side * 3 + 3 * int(config.encoder.input_px) ** 2 * 4)  # 256 spots' crops at a time
     return PredictionCost(spots=n, genes=g, patch_px=patch_px, memory_bytes=int(mem), seconds=float(seconds),
                           free_bytes=free_memory_bytes() if free_bytes is None else free_bytes, counts=counts)
 
