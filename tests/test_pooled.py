@@ -31,16 +31,16 @@ def test_pooled_features_train_predict_and_their_weights_are_checked(tiny_data, 
     monkeypatch.setenv(ENV, str(tmp_path / "cache"))
     w, other = _vit(tmp_path / "vit.pth", 0), _vit(tmp_path / "other.pth", 1)
     ck = tmp_path / "m.pt"
-    # one training section: nothing to choose the pooled features on, so they are kept (weight 1)
-    assert main(["train", "--data", str(tiny_data), "--sections", "S1", "--encoder", f"timm:{ARCH}",
-                 "--encoder-weights", str(w), "--encoder-arg", "img_size=112", "--branches", "stats",
-                 "--pooled-um", "110", "330", "--no-heldout", "--device", "cpu", "--out", str(ck)]) == 0
+    # the weight fixed (random tiny sections would not earn their place otherwise)
+    assert main(["train", "--data", str(tiny_data), "--encoder", f"timm:{ARCH}", "--encoder-weights", str(w),
+                 "--encoder-arg", "img_size=112", "--branches", "stats", "--pooled-um", "110", "330",
+                 "--pooled-weight", "1", "--no-heldout", "--device", "cpu", "--out", str(ck)]) == 0
     card = json.loads(ck.with_suffix(".json").read_text())
     cfg = card["config"]
     assert cfg["image_path"] is False and cfg["pooled_um"] == [110.0, 330.0]
     assert cfg["pooled_features"] == 2 * 3 * 192  # two crops x three ViT blocks' 192-wide tokens, averaged
     assert cfg["stats_features"] == cfg["pooled_features"] + 90
-    assert card["extra"]["pooled_features"]["weight"] == 1.0
+    assert card["extra"]["pooled_features"] == {"weight": 1.0, "kept": True, "chosen": "fixed (--pooled-weight)"}
     state = torch.load(ck, weights_only=True)["state_dict"]
     assert not any(k.startswith("backbone.") for k in state)  # the encoder's weights stay in the user's file
     pooled_block = state["stats_head.weight"][:, 90:].float()
@@ -104,6 +104,21 @@ def test_a_training_keeps_pooled_features_only_when_they_add(informative):
     else:  # left out of the model: predicting never runs the encoder for them
         assert bundle.config.pooled_um == () and bundle.config.stats_features == 90
         assert bundle.model.stats_head.weight.shape[1] == 90
+
+
+def test_pooled_features_with_nothing_to_choose_on_are_left_out():
+    from napari_hggep.model.config import HGGEPConfig
+    from napari_hggep.model.encoders import make_spec
+    from napari_hggep.training.config import TrainConfig
+    from napari_hggep.training.train import train_model
+
+    spec, _ = make_spec("imagenet")
+    cfg = HGGEPConfig(n_genes=6, image_path=False, stats_features=130, pca_k=None, zinb=False).with_encoder(spec)
+    cfg = cfg.replace(pooled_um=(110.0, 330.0), pooled_features=40)
+    one = _sections(informative_pooled=True)[:1]  # one training section: one group, nothing held out
+    plain, _ = train_model(one, cfg, [f"G{i}" for i in range(6)], TrainConfig(epochs=1, device="cpu"))
+    assert plain.meta["extra"]["pooled_features"]["chosen"] == "one training group: nothing to choose on"
+    assert plain.config.pooled_um == ()
 
 
 @pytest.mark.parametrize("n_features", [20, 400])  # more spots than features, and fewer

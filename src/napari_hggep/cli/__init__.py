@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from .._version import __version__
-from .checks import (Parser, check_device, count_arg, device_arg, fraction_arg, positive_float, positive_int,
-                     report, um_per_px_arg)
+from .checks import (Parser, check_device, count_arg, device_arg, fraction_arg, nonnegative_float, positive_float,
+                     positive_int, report, um_per_px_arg)
 from .demo import cmd_demo
 from .evaluate import cmd_evaluate
 from .predict import cmd_predict
@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pretrained encoders: crops (um of tissue) whose pooled encoder features join the tissue "
                             "statistics in the statistics branch's ridge (default with --encoder imagenet or timm: "
                             "110 330; none: off)")
+        t.add_argument("--pooled-weight", type=nonnegative_float, metavar="W",
+                       help="the pooled features' weight against the tissue statistics (x sqrt(tissue/pooled "
+                            "columns); 0: left out); default: chosen within the training sections, by patient when "
+                            "they name two or more, and left out unless it adds 0.005 mean PCC")
         t.add_argument("--backbone", help="deprecated, the same as --encoder shufflenet --encoder-weights FILE: a "
                                           "pretrained image path made by napari-hggep pretrain")
         t.add_argument("--freeze-backbone", action="store_true",

@@ -67,6 +67,10 @@ def positive_float(text: str) -> float:
     return _number(float, text, 0.0, True, "a positive number")
 
 
+def nonnegative_float(text: str) -> float:
+    return _number(float, text, 0.0, False, "a number of at least 0")
+
+
 def positive_int(text: str) -> int:
     return _number(int, text, 0, True, "a whole number of at least 1")
 

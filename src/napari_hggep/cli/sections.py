@@ -14,6 +14,7 @@ def train_config_from_args(a, device=None, epochs: int = 30):
     return TrainConfig(epochs=a.epochs or epochs, lr=a.lr, seed=a.seed, device=str(device or a.device), zinb_weight=a.zinb_weight,
                        val_frac=a.val_frac, val_split=a.val_split, smooth_targets=a.smooth_targets,
                        backbone=a.backbone, freeze_backbone=a.freeze_backbone, ridge_alpha=a.ridge_alpha,
+                       pooled_weight=getattr(a, "pooled_weight", None),
                        sections_per_step=getattr(a, "sections_per_step", 1),
                        encoder_weights=None if getattr(a, "encoder_file", None) is None else str(a.encoder_file),
                        feature_cache=a.cache)

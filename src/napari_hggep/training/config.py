@@ -23,6 +23,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # keep GEM + ShuffleNet fixed (their outputs are computed once)
     res_range: tuple[float, float] = (0.5, 4.0)  # scan resolutions (um/px) the image path sees in training
     ridge_alpha: float | None = None  # statistics branch; None: chosen by leave-one-section-out on the training sections
+    pooled_weight: float | None = None  # the pooled encoder features' block weight; None: chosen (0: left out)
     # sections whose gradients are averaged into one step; under torchrun each rank takes its share
     # of a group (default there: one section per rank), and one process with the same group size
     # gives the same loss curve

@@ -63,9 +63,62 @@ POOLED_WEIGHTS = (0.5, 1.0, 2.0)
 POOLED_MIN_GAIN = 0.005
 
 
+def _pooled_base(cfg) -> float:
+    return float(np.sqrt(cfg.tissue_features / cfg.pooled_features)) if cfg.tissue_features else 1.0
+
+
+def choose_pooled_weight(cfg, sections, xs, ys, zs, basis, alpha=None, fixed=None) -> tuple[float, float, dict]:
+    """The pooled features' block weight (0: left out), the ridge strength that goes with it and a
+    note for the card. Held out by patient when the training sections name two or more (the
+    features must hold on a patient not trained on), else by section; with one group there is
+    nothing to choose on and they are left out. ``fixed``: that weight, not chosen."""
+    from .baseline import ALPHAS, ridge_scores
+
+    base = _pooled_base(cfg)
+    pats = [s.patient for s in sections]
+    by = pats if all(pats) and len(set(pats)) >= 2 else [s.name for s in sections]
+    groups = list(dict.fromkeys(by))
+    if fixed is not None or len(groups) < 2:
+        weight = 0.0 if fixed is None else float(fixed)
+        why = "fixed (--pooled-weight)" if fixed is not None else "one training group: nothing to choose on"
+        return weight, 300.0 if alpha is None else float(alpha), {"weight": weight, "kept": weight > 0, "chosen": why}
+    alphas = ALPHAS if alpha is None else (float(alpha),)
+
+    def rows(arrs, g):  # a group's rows at each section's own resolution first, then the copies
+        own = [a[: len(z)] for a, z, b in zip(arrs, zs, by) if b == g]
+        rest = [a[len(z):] for a, z, b in zip(arrs, zs, by) if b == g]
+        return np.concatenate(own + rest)
+
+    gx, gy = [rows(xs, g) for g in groups], [rows(ys, g) for g in groups]
+    gz = [[z for z, b in zip(zs, by) if b == g] for g in groups]
+
+    def group_score(pred, i):  # the mean over the group's sections, at their own resolution
+        out, at = [], 0
+        for z in gz[i]:
+            p = pred[at:at + len(z)]
+            at += len(z)
+            out.append(float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, z))))
+        return float(np.mean(out))
+
+    found = {}
+    for wgt in (0.0, *POOLED_WEIGHTS):
+        s = np.ones(cfg.stats_features)
+        s[cfg.tissue_features:] = wgt * base
+        res = ridge_scores([x * s for x in gx], gy, group_score, alphas)
+        k = int(np.argmax(res))
+        found[wgt] = (float(res[k]), float(alphas[k]))
+    best = max(POOLED_WEIGHTS, key=lambda w: found[w][0])
+    gain = found[best][0] - found[0.0][0]
+    weight = best if gain >= POOLED_MIN_GAIN else 0.0
+    return weight, found[weight][1], {
+        "weight": weight, "held_out_by": "patient" if by is pats else "section", "inner_pcc_with": round(found[best][0], 4),
+        "inner_pcc_without": round(found[0.0][0], 4), "gain": round(gain, 4), "min_gain": POOLED_MIN_GAIN,
+        "kept": weight > 0}
+
+
 @torch.no_grad()
-def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None
-                      ) -> tuple[float, dict | None]:
+def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | None = None,
+                      pooled_weight: float | None = None) -> tuple[float, dict | None]:
     """Fix the statistics branch at the ridge solution from the tissue statistics to the
     output (principal components, or genes) on the training spots, and freeze it; the image
     path then learns what the statistics cannot explain. Rows computed on the slide resampled
@@ -73,9 +126,10 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
     None: chosen by leave-one-section-out over the training sections. With the encoder's pooled
     features (``config.pooled_um``) their block's weight is chosen the same way (from
     :data:`POOLED_WEIGHTS`, or 0 when none adds :data:`POOLED_MIN_GAIN` over the tissue statistics
-    alone; held out by patient when the sections name two or more) and folded into the branch's weights. Returns alpha and a note on the pooled features
+    alone; held out by patient when the sections name two or more; ``pooled_weight``: fixed instead) and
+    folded into the branch's weights. Returns alpha and a note on the pooled features
     (None without them): weight, the inner held-out PCC with and without them."""
-    from .baseline import ALPHAS, choose_alpha, ridge_scores, ridge_solve
+    from .baseline import choose_alpha, ridge_solve
 
     if any(s.stats is None for s in sections):
         raise ValueError("the statistics branch needs the sections' tissue statistics")
@@ -95,49 +149,13 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
 
     scale, note = np.ones(cfg.stats_features), None
     if cfg.pooled_um:
-        base = float(np.sqrt(cfg.tissue_features / cfg.pooled_features)) if cfg.tissue_features else 1.0
-        if len(xs) < 2:  # nothing to choose on: the pooled features kept at weight 1
-            note = {"weight": 1.0, "chosen": "one training section: not chosen"}
-            weight = 1.0
-        else:
-            alphas = ALPHAS if alpha is None else (float(alpha),)
-            # held out by patient when the training sections name two or more (the features must
-            # hold on a patient not trained on), else by section
-            pats = [s.patient for s in sections]
-            by = pats if all(pats) and len(set(pats)) >= 2 else [s.name for s in sections]
-            groups = list(dict.fromkeys(by))
-            def rows(arrs, g):  # a group's rows at each section's own resolution first, then the copies
-                own = [a[: len(z)] for a, z, b in zip(arrs, zs, by) if b == g]
-                rest = [a[len(z):] for a, z, b in zip(arrs, zs, by) if b == g]
-                return np.concatenate(own + rest)
-
-            gx, gy = [rows(xs, g) for g in groups], [rows(ys, g) for g in groups]
-            gz = [[z for z, b in zip(zs, by) if b == g] for g in groups]
-
-            def group_score(pred, i):  # the mean over the group's sections, at their own resolution
-                out, at = [], 0
-                for z in gz[i]:
-                    p = pred[at:at + len(z)]
-                    at += len(z)
-                    out.append(float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, z))))
-                return float(np.mean(out))
-
-            found = {}
-            for wgt in (0.0, *POOLED_WEIGHTS):
-                s = np.ones(cfg.stats_features)
-                s[cfg.tissue_features:] = wgt * base
-                res = ridge_scores([x * s for x in gx], gy, group_score, alphas)
-                k = int(np.argmax(res))
-                found[wgt] = (float(res[k]), float(alphas[k]))
-            best = max(POOLED_WEIGHTS, key=lambda w: found[w][0])
-            gain = found[best][0] - found[0.0][0]
-            weight = best if gain >= POOLED_MIN_GAIN else 0.0
-            alpha = found[weight][1]
-            note = {"weight": weight, "held_out_by": "patient" if by is pats else "section",
-                    "inner_pcc_with": round(found[best][0], 4),
-                    "inner_pcc_without": round(found[0.0][0], 4), "gain": round(gain, 4), "min_gain": POOLED_MIN_GAIN,
-                    "kept": weight > 0}
-        scale[cfg.tissue_features:] = weight * base
+        weight, pooled_alpha, note = choose_pooled_weight(cfg, sections, xs, ys, zs, basis, alpha, pooled_weight)
+        scale[cfg.tissue_features:] = weight * _pooled_base(cfg)
+        if weight > 0:
+            alpha = pooled_alpha
+        else:  # left out: exactly the tissue statistics' own ridge
+            t = cfg.tissue_features
+            alpha = choose_alpha([x[:, :t] for x in xs], ys, score) if alpha is None else float(alpha)
     alpha = choose_alpha(xs, ys, score) if alpha is None else float(alpha)
     x, y = np.concatenate(xs) * scale, np.concatenate(ys)
     w = ridge_solve(x, y - y.mean(0), alpha) * scale[:, None]  # the block weights folded into the weights

@@ -96,7 +96,7 @@ def train_model(
         model.pca_basis.copy_(torch.from_numpy(basis))
     if config.stats_features:
         provenance["ridge_alpha"], pooled = init_stats_branch(model, sections, z_targets, train_masks,
-                                                              tcfg.ridge_alpha)
+                                                              tcfg.ridge_alpha, tcfg.pooled_weight)
         if pooled is not None:
             provenance["pooled_features"] = pooled
     model.to(device)
