@@ -98,6 +98,19 @@ def write_tiny_dataset(root: Path, sections=("S1", "S2"), genes=("GA", "GB", "GC
     return root
 
 
+VIT = "vit_tiny_patch16_224"  # a small timm ViT for the encoder tests (random init, 112 px input)
+
+
+def save_random_vit(path: Path, seed: int) -> Path:
+    """A random-init timm ViT's weights saved to ``path``: the real loading code, nothing downloaded."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    torch.save(timm.create_model(VIT, pretrained=False, img_size=112).state_dict(), path)
+    return path
+
+
 def write_10x_h5(path: Path, barcodes, genes, ids, counts) -> Path:
     """A 10x feature-barcode matrix (``counts``: spots x genes, dense or sparse), as Space Ranger writes it."""
     import h5py

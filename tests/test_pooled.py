@@ -13,14 +13,10 @@ import torch
 
 from napari_hggep.cli import main
 
-timm = pytest.importorskip("timm")
-ARCH = "vit_tiny_patch16_224"
-
-
-def _vit(path, seed):
-    torch.manual_seed(seed)
-    torch.save(timm.create_model(ARCH, pretrained=False, img_size=112).state_dict(), path)
-    return path
+pytest.importorskip("timm")
+from helpers import VIT, save_random_vit  # noqa: E402
+ARCH = VIT
+_vit = save_random_vit
 
 
 def test_pooled_features_train_predict_and_their_weights_are_checked(tiny_data, tmp_path, monkeypatch, capsys):
