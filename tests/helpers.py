@@ -204,7 +204,7 @@ def _bundled_gene_count() -> int:
     """How many genes the bundled model predicts (from its card; 0 when none is bundled)."""
     from napari_hggep._bundled import bundled_card
 
-    return len(bundled_card().get("genes", []))
+    return len(bundled_card().genes)
 
 
 N_BUNDLED = _bundled_gene_count()

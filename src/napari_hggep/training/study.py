@@ -145,10 +145,9 @@ class Study:
         if o.from_scratch:
             cfg = preset(o.preset, n_genes=n_genes)
         else:  # the bundled model's sizes and statistics pipeline, with outputs for this panel
-            from .._bundled import bundled_checkpoint
+            from .._bundled import bundled_card
 
-            card = json.loads(bundled_checkpoint().with_suffix(".json").read_text())
-            cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes, pca_blocks=None)
+            cfg = HGGEPConfig.from_dict(bundled_card(required=True).config).replace(n_genes=n_genes, pca_blocks=None)
         if o.encoder is not None:  # a pretrained encoder: the bundled sizes, its patches and its maps
             cfg = cfg.with_encoder(o.encoder)
         if o.branches == "stats":
@@ -373,7 +372,7 @@ class Study:
         try:
             from .._bundled import bundled_card
 
-            feats = ((bundled_card().get("metrics") or {}).get("reliability") or {}).get("slide", {}).get("features")
+            feats = (bundled_card().calibration or {}).get("slide", {}).get("features")
             return {"reliability": calibrate(ev, self.sections, patients, features=feats),
                     "protocol": {"patients": patients}}
         except ValueError as e:
