@@ -185,6 +185,7 @@ def test_gene_selector_shows_and_sorts_by_this_slides_reliability(make_napari_vi
     from napari_hggep._napari.layers import KEY
     from napari_hggep._napari.predict_widget import PredictWidget
     from napari_hggep._napari.widgets.genes import SORT_CHOICES
+    from helpers import caption
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-hggep", "he_spots")
@@ -208,7 +209,7 @@ def test_gene_selector_shows_and_sorts_by_this_slides_reliability(make_napari_vi
     assert "5 held-out sections of 2 patients" in tip and "new patient" in tip and "calibrated on" in tip
     w.gene.value = genes[0]
     assert f"expected PCC on this slide {here[genes[0]]:.2f}" in w.gene_info.value
-    assert f"expected here {here[genes[0]]:.2f}" in viewer.text_overlay.text
+    assert f"expected here {here[genes[0]]:.2f}" in caption(viewer).text
     assert "Unlike the training tissue" not in w.status.value  # the sample is a training section
     w.sort_by.value = SORT_CHOICES[2]
     assert [box.itemData(i) for i in range(3)] == sorted(layer.metadata[KEY].genes, key=str.upper)[:3]
