@@ -61,7 +61,7 @@ def outs_with_counts(tmp_path):
 
     from napari_hggep.model._bundled import bundled_card
 
-    genes = list(bundled_card()["genes"][:40])
+    genes = list(bundled_card().genes[:40])
     img = he_like_image(520, 700)
     outs = write_visium(tmp_path / "secA" / "outs", img, with_h5=False)
     pos = pd.read_csv(outs / "spatial" / "tissue_positions.csv")

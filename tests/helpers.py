@@ -217,7 +217,7 @@ def _bundled_gene_count() -> int:
     """How many genes the bundled model predicts (from its card; 0 when none is bundled)."""
     from napari_hggep.model._bundled import bundled_card
 
-    return len(bundled_card().get("genes", []))
+    return len(bundled_card().genes)
 
 
 N_BUNDLED = _bundled_gene_count()
@@ -239,3 +239,10 @@ def shown(widget) -> bool:
 def wait_idle(qtbot, w, timeout=120_000):
     """Wait until a dock's job (an export, a folder read again, a prediction) has ended."""
     qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+
+
+def caption(viewer):
+    """The canvas text overlay the gene's caption goes to (napari >= 0.9: ``viewer.canvas.overlays.text``;
+    ``viewer.text_overlay`` is deprecated there)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    return overlays.text if overlays is not None else viewer.text_overlay

@@ -26,8 +26,8 @@ def saved(tmp_path):
 def test_round_trip(saved):
     path, m, genes = saved
     b = load_checkpoint(path, device="cpu")
-    assert b.genes == genes and b.config == m.config and b.meta["sections"] == ["B4"]
-    assert b.meta["metrics"] == {"pcc": 0.1} and b.patch_um == m.config.patch_um
+    assert b.genes == genes and b.config == m.config and b.card.sections == ["B4"]
+    assert b.card.metrics == {"pcc": 0.1} and b.patch_um == m.config.patch_um
     x, c, s = torch.rand(5, 3, 112, 112), torch.rand(5, 2) * 1000, torch.randn(5, 90)
     with torch.no_grad():
         want = m(x, c, s)["expr"]
@@ -90,7 +90,7 @@ def test_load_model_bundled_or_clear_error():
     if bundled_checkpoint().is_file():
         b = napari_hggep.load_model(device="cpu")
         assert len(b.genes) == b.config.n_genes == N_BUNDLED >= 785
-        assert b.meta["metrics"].get("gene_pcc"), "the bundled model card must carry held-out PCC per gene"
+        assert b.card.gene_pcc, "the bundled model card must carry held-out PCC per gene"
     else:
         with pytest.raises(FileNotFoundError, match="no trained model is bundled"):
             napari_hggep.load_model()

@@ -359,7 +359,7 @@ def test_published_figures_only_for_the_papers_panel():
     from napari_hggep.model._bundled import bundled_card
     from napari_hggep.evaluation.evaluate import is_paper_panel, markdown_table
 
-    card_genes = bundled_card().get("genes", [])
+    card_genes = bundled_card().genes
     if len(card_genes) < 785:
         pytest.skip("no bundled model card with the HER2+ panel")
     panel = card_genes[:785]  # the bundled model's first 785 genes are the paper's HER2+ panel

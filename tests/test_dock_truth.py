@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("napari")  # before the imports of the plugin's napari layer
-from helpers import he_like_image, study_counts, wait_idle, wait_predict, write_10x_h5, write_visium, write_visium_hd
+from helpers import he_like_image, study_counts, wait_idle, wait_predict, write_10x_h5, write_visium, write_visium_hd, caption
 
 from qtpy.QtWidgets import QLabel  # noqa: E402
 
@@ -24,7 +24,7 @@ from napari_hggep._napari.widgets.source import GENERATE  # noqa: E402
 
 def _texts(w, viewer) -> list[str]:
     labels = [lab.text() for lab in w.native.findChildren(QLabel) if lab.isVisible()]
-    return labels + ([str(viewer.text_overlay.text)] if viewer.text_overlay.visible else [])
+    return labels + ([str(caption(viewer).text)] if caption(viewer).visible else [])
 
 
 @pytest.fixture

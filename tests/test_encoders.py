@@ -164,9 +164,9 @@ def test_snapshot_folder_gives_arguments_and_normalisation(tmp_path):
 def test_config_records_the_encoder_and_old_configs_are_shufflenet(tmp_path):
     from napari_hggep.model._bundled import bundled_card
 
-    old = HGGEPConfig.from_dict(bundled_card()["config"])
+    old = HGGEPConfig.from_dict(bundled_card().config)
     assert old.encoder is None and old.encoder_spec.name == "shufflenet" and not old.pretrained_encoder
-    assert "encoder" not in old.to_dict() and old.to_dict() == bundled_card()["config"]
+    assert "encoder" not in old.to_dict() and old.to_dict() == bundled_card().config
     spec, _ = enc.make_spec("imagenet")
     cfg = preset("compact", n_genes=3).with_encoder(spec)
     assert (cfg.patch_px, cfg.patch_um) == (224, 110.0)

@@ -74,7 +74,7 @@ def test_imagenet_encoder_trains_and_predicts_with_the_package_weights(tiny_data
                  "--no-heldout", "--device", "cpu", "--out", str(ck)]) == 0
     b = load_model(ck, device="cpu")
     assert (b.config.encoder.name, b.config.patch_px, b.config.patch_um) == ("imagenet", 224, 110.0)
-    assert b.meta["encoder"]["weights_sha256"].startswith("579344248a93")
+    assert b.card.encoder["weights_sha256"].startswith("579344248a93")
     assert main(["predict", str(tiny_data / "S2"), "--model", str(ck), "-o", str(tmp_path / "p.csv")]) == 0
 
 

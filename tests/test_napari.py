@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 import tifffile
 
-from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict, wait_idle
+from helpers import he_like_image, write_her2st, write_visium, N_BUNDLED, wait_predict, wait_idle, caption
 from napari_hggep._napari.layers import KEY, color_by_gene, gene_values
 from napari_hggep._napari.reader import get_reader
 from napari_hggep._napari.predict_widget import PredictWidget
@@ -80,8 +80,8 @@ def test_widget_predicts_recolours_exports(sample_viewer, qtbot, tmp_path):
     assert layer.face_contrast_limits == pytest.approx(layer.metadata[KEY].contrast_limits)
     assert layer.face_colorbar.visible
     # the canvas names the gene and its held-out PCC beside the colour bar
-    assert sample_viewer.text_overlay.visible and sample_viewer.text_overlay.text.startswith(other)
-    assert "held-out PCC" in sample_viewer.text_overlay.text
+    assert caption(sample_viewer).visible and caption(sample_viewer).text.startswith(other)
+    assert "held-out PCC" in caption(sample_viewer).text
     # the bundled model's per-gene PCC was measured on patients it had not seen, and says so
     assert layer.metadata[KEY].prediction.provenance.gene_pcc_protocol == "leave-one-patient-out"
     assert "held-out PCC" in w.gene_info.value and "patients not trained on" in w.gene_info.value

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 
-from helpers import he_like_image, study_counts, wait_predict, write_10x_h5, write_visium, wait_idle
+from helpers import he_like_image, study_counts, wait_predict, write_10x_h5, write_visium, wait_idle, caption
 from napari_hggep._napari.layers import KEY, MapLayerInfo, measured_values
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.genes import SORT_CHOICES
@@ -37,7 +37,7 @@ def test_measured_map_difference_and_scatter_follow_the_gene(viewer, qtbot, tmp_
     pcc = info.per_gene(info.prediction.measured_pcc)
     best = max((g for g in genes if np.isfinite(pcc[g])), key=lambda g: pcc[g])
     assert first == best and f"measured {pcc[best]:.2f}" in w.gene.native.currentText()
-    assert f"measured {pcc[best]:.2f}" in viewer.text_overlay.text
+    assert f"measured {pcc[best]:.2f}" in caption(viewer).text
     # beside: a measured layer to the right, in the same colour range as the prediction
     w.measured_show.value = SHOW_CHOICES[1]
     m = viewer.layers[f"{layer.name} measured"]

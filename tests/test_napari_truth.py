@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("napari")  # before the imports of the plugin's napari layer
 from PIL import Image
 
-from helpers import he_like_image, shown, smooth_he, write_visium, N_BUNDLED, wait_predict
+from helpers import he_like_image, shown, smooth_he, write_visium, N_BUNDLED, wait_predict, caption
 from napari_hggep._napari.layers import FLAT_FRACTION, KEY, gene_values, prediction_layer_data
 from napari_hggep._napari.predict_widget import PredictWidget
 from napari_hggep._napari.widgets.prediction import BUNDLED, CHECKPOINT
@@ -144,11 +144,11 @@ def test_flat_predictions_are_not_stretched_and_the_caption_says_so(viewer):
     lo, hi = layer.face_contrast_limits
     assert hi - lo >= FLAT_FRACTION * std[0] * 0.999  # never narrower than the floor
     assert np.ptp(layer.face_color[:, :3], axis=0).max() < 0.02  # one colour, not a pattern
-    assert "flat" in viewer.text_overlay.text and "flat map" in w.gene_info.value
+    assert "flat" in caption(viewer).text and "flat map" in w.gene_info.value
     w.gene.value = "KRT8"  # a gene that varies keeps its 1st-99th percentile stretch
     v = gene_values(layer, "KRT8")
     assert layer.face_contrast_limits == pytest.approx(tuple(np.percentile(v, [1, 99])), rel=1e-4)
-    assert "flat" not in viewer.text_overlay.text and "1st–99th percentile" in w.gene_info.value
+    assert "flat" not in caption(viewer).text and "1st–99th percentile" in w.gene_info.value
 
 
 # ---------------------------------------------------------------- pixel size and warnings
@@ -227,11 +227,11 @@ def test_gene_selector_sorting_filter_range_labels_and_hover(predicted):
     w.gene_filter.value = "NOSUCHGENE"
     assert _items(w)[0] == [] and w.gene.value is None
     assert "No gene matches 'NOSUCHGENE'" in w.gene_info.value
-    assert not viewer.text_overlay.visible and not layer.face_colorbar.visible
+    assert not caption(viewer).visible and not layer.face_colorbar.visible
     assert layer.metadata[KEY].gene is None and list(layer.features.columns) == ["spot_id"]
     assert np.ptp(layer.face_color[:, :3], axis=0).max() == 0  # plain grey
     w.gene_filter.value = ""
-    assert w.gene.value == "FN1" and viewer.text_overlay.visible and viewer.text_overlay.text.startswith("FN1")
+    assert w.gene.value == "FN1" and caption(viewer).visible and caption(viewer).text.startswith("FN1")
     # hover: the spot id and the selected gene's value, not 785 genes
     pos = tuple(layer.data[0] * np.asarray(layer.scale) + np.asarray(layer.translate))
     status = layer.get_status(pos, world=True)

@@ -88,7 +88,7 @@ def test_train_killed_mid_epoch_and_mid_write_resumes_to_the_same_model(tiny_dat
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [h["loss"] for h in meta_a["extra"]["history"]] == [h["loss"] for h in meta_b["extra"]["history"]]
+    assert [h["loss"] for h in meta_a.extra["history"]] == [h["loss"] for h in meta_b.extra["history"]]
     assert _temporaries(ck.parent) == []
 
 

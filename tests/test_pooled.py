@@ -92,7 +92,7 @@ def test_a_training_keeps_pooled_features_only_when_they_add(informative):
         for sec, patient in zip(sections, ("P1", "P1", "P2")):
             sec.patient = patient
     bundle, _ = train_model(sections, cfg, [f"G{i}" for i in range(6)], TrainConfig(epochs=1, device="cpu"))
-    note = bundle.meta["extra"]["pooled_features"]
+    note = bundle.card.extra["pooled_features"]
     assert note["kept"] is informative and (note["gain"] >= 0.005) is informative
     assert note["held_out_by"] == ("patient" if informative else "section")
     if informative:
@@ -113,7 +113,7 @@ def test_pooled_features_with_nothing_to_choose_on_are_left_out():
     cfg = cfg.replace(pooled_um=(110.0, 330.0), pooled_features=40)
     one = _sections(informative_pooled=True)[:1]  # one training section: one group, nothing held out
     plain, _ = train_model(one, cfg, [f"G{i}" for i in range(6)], TrainConfig(epochs=1, device="cpu"))
-    assert plain.meta["extra"]["pooled_features"]["chosen"] == "one training group: nothing to choose on"
+    assert plain.card.extra["pooled_features"]["chosen"] == "one training group: nothing to choose on"
     assert plain.config.pooled_um == ()
 
 

@@ -114,11 +114,11 @@ def test_train_resume_predict_evaluate(tiny_data, tmp_path):
             "--branches", "both", "--out", str(ck), "--seed", "1"]  # both: the image path kept whatever it adds
     assert main(args) == 0
     b = load_model(ck, device="cpu")
-    assert b.genes == ["GA", "GB", "GC", "GD"] and b.meta["sections"] == ["S1", "S2"]
-    assert len(b.meta["extra"]["history"]) == 2
+    assert b.genes == ["GA", "GB", "GC", "GD"] and b.card.sections == ["S1", "S2"]
+    assert len(b.card.extra["history"]) == 2
     # resume continues from the saved state up to the new epoch count
     assert main(args[:-4] + ["--epochs", "3", "--out", str(ck), "--resume", "--seed", "1"]) == 0
-    assert len(load_model(ck, device="cpu").meta["extra"]["history"]) == 3
+    assert len(load_model(ck, device="cpu").card.extra["history"]) == 3
     from napari_hggep.io.readers import read_her2st
 
     pred = predict_slide(b, read_her2st(tiny_data / "S1", with_counts=False))
@@ -150,7 +150,7 @@ def test_pretrain_then_train_and_evaluate_with_honest_backbones(tiny_data, tmp_p
     ck = tmp_path / "m.pt"
     assert main(["train", "--data", str(tiny_data), "--epochs", "1", "--out", str(ck), "--backbone", str(bb),
                  "--freeze-backbone", "--device", "cpu"]) == 0
-    assert load_model(ck, device="cpu").meta["extra"]["pretrained_backbone"]["steps"] == 3
+    assert load_model(ck, device="cpu").card.pretrained_backbone["steps"] == 3
     out = tmp_path / "eval"
     assert main(["evaluate", "--loo", "--data", str(tiny_data), "--epochs", "1", "--out", str(out), "--ablation",
                  "--patients", "S1=P1", "S2=P2", "--backbone-without", f"P1={bb}", f"P2={bb}",

@@ -47,7 +47,8 @@ def test_a_checkpoint_with_code_in_it_is_refused_and_the_code_never_runs(tmp_pat
 
 def _rewrite(tmp_path, change) -> Path:
     """The bundled checkpoint with its card changed and its sha256 recomputed (a well-formed file)."""
-    meta, state = read_checkpoint(bundled_checkpoint())
+    card, state = read_checkpoint(bundled_checkpoint())
+    meta = card.to_dict()
     change(meta)
     p = tmp_path / "changed.pt"
     buf = io.BytesIO()

@@ -85,7 +85,7 @@ def test_statistics_only_model_is_the_closed_form_ridge():
     bundle, hist = train_model(secs, cfg, [f"G{i}" for i in range(5)], TrainConfig(device="cpu"))
     assert hist == []
     # alpha was chosen within the training sections, and the model predicts the held-out signal
-    assert bundle.meta["extra"]["ridge_alpha"] in (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+    assert bundle.card.extra["ridge_alpha"] in (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
     from napari_hggep.training.metrics import gene_pcc
     from napari_hggep.training.validation import predict_section
 
@@ -115,7 +115,7 @@ def test_frozen_pretrained_trunk_stays_fixed(tmp_path):
     own = bundle.model.state_dict()
     for k, v in state.items():
         assert torch.allclose(own[k].float(), v.float()), k
-    assert bundle.meta["extra"]["pretrained_backbone"]["steps"] == 2
+    assert bundle.card.pretrained_backbone["steps"] == 2
 
 
 def test_augmentations_keep_range_shape_and_identities():

@@ -133,6 +133,10 @@ def test_hd_predict_full_resolution_and_same_as_a_spot_table(hd, tmp_path):
                                .to_numpy(float), atol=0.01)
 
 
+# sc.pl.spatial on purpose (what scanpy users still call; scanpy points to squidpy, tested elsewhere),
+# and scanpy's own use of matplotlib's Colormap.set_bad inside it
+@pytest.mark.filterwarnings("ignore:Use `squidpy.pl.spatial_scatter` instead:FutureWarning")
+@pytest.mark.filterwarnings("ignore:The set_bad function will be deprecated:PendingDeprecationWarning:scanpy")
 def test_hd_h5ad_drawn_by_sc_pl_spatial(hd, tmp_path):
     import matplotlib
 

@@ -1,14 +1,16 @@
 """The package's typed objects, at the bottom of the layer order: what a reader knows about a
-slide beyond its pixels and spots (:class:`SlideInfo`, with :class:`SpaceRangerRef`), and a
+slide beyond its pixels and spots (:class:`SlideInfo`, with :class:`SpaceRangerRef`), a
 prediction with its parts (:class:`Prediction`: :class:`Provenance`, :class:`Reliability`,
-:class:`Measured`). Readers fill them, ``predict_steps`` builds them, the writers and the napari
-layers take them; no part of the package passes these facts as string-keyed dicts.
+:class:`Measured`) and a model's card (:class:`ModelCard`). Readers fill them, ``predict_steps``
+builds them, the writers and the napari layers take them, checkpoints are read into and written
+from a card; no part of the package passes these facts as string-keyed dicts.
 
 Only numpy here (scipy's sparse matrices are held, never imported): every layer may import this.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+
 import numpy as np
 
 
@@ -188,3 +190,80 @@ class Prediction:
         return replace(self, genes=[str(g) for g in genes], values=np.asarray(self.values)[:, idx],
                        reliability=self.reliability.subset(idx),
                        measured=None if self.measured is None else self.measured.subset(idx, list(genes)))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A checkpoint's card (``model.checkpoint``): its config (``HGGEPConfig.to_dict()``), genes,
+    patch in µm, target normalisation (``kind``, per-gene ``mean`` / ``std``), training sections,
+    metrics (the held-out PCC per gene and how it was measured, the reliability calibration, ...),
+    ``extra`` provenance (training options, history, pretraining), the pretrained encoder's spec;
+    the JSON beside the weights adds the file's name, sha256 and parameter count.
+
+    :meth:`from_dict` and :meth:`to_dict` are the only translation from and to the stored JSON
+    (the fields in its order; keys this version does not know are kept in ``other``), and the
+    properties below the only reads inside ``metrics`` / ``extra``."""
+
+    format: str | None = None
+    format_version: int | None = None
+    config: dict = field(default_factory=dict)
+    genes: list = field(default_factory=list)
+    patch_um: float | None = None
+    target_norm: dict = field(default_factory=dict)
+    sections: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    encoder: dict | None = None
+    weights_file: str | None = None
+    file_sha256: str | None = None
+    content_sha256: str | None = None
+    n_parameters: int | None = None
+    other: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        known = {f.name for f in fields(cls)} - {"other"}
+        return cls(**{k: v for k, v in d.items() if k in known}, other={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """The stored JSON: every field that is set, in the file's order, then the unknown keys."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "other"}
+        return {**{k: v for k, v in out.items() if v is not None}, **self.other}
+
+    @property
+    def gene_pcc(self) -> dict:
+        """Held-out PCC per gene, when the card has it."""
+        return dict((self.metrics or {}).get("gene_pcc") or {})
+
+    @property
+    def gene_pcc_protocol(self) -> str | None:
+        """How :attr:`gene_pcc` was measured: ``leave-one-patient-out`` (new patients) or
+        ``leave-one-section-out``."""
+        return (self.metrics or {}).get("gene_pcc_protocol") or ("leave-one-section-out" if self.gene_pcc else None)
+
+    @property
+    def heldout_patients(self) -> dict:
+        """The held-out sections, each with its patient."""
+        return ((self.metrics or {}).get("protocol") or {}).get("patients") or {}
+
+    @property
+    def calibration(self) -> dict | None:
+        """The calibration of the per-slide reliability and of the "unlike the training tissue"
+        score (``napari_hggep.reliability``), or None for an older card."""
+        return (self.metrics or {}).get("reliability") or None
+
+    @property
+    def pretrained_backbone(self) -> dict | None:
+        """How the image path was pretrained (e.g. its SimCLR recipe), when it was."""
+        return (self.extra or {}).get("pretrained_backbone")
+
+    @property
+    def heldout_basis(self) -> str | None:
+        """What the held-out PCC rests on, in words: e.g. "5 held-out sections of 2 patients
+        (leave-one-patient-out)"."""
+        pats = self.heldout_patients
+        if not pats:
+            return None
+        n_p = len(set(pats.values()))
+        return (f"{len(pats)} held-out section{'s' * (len(pats) != 1)} of {n_p} patient{'s' * (n_p != 1)}"
+                + (f" ({self.gene_pcc_protocol})" if self.gene_pcc_protocol else ""))

@@ -53,7 +53,7 @@ def score_section(bundle, lab, progress: Callable[[int, int], None] | None = Non
     r = pred.reliability
     rel = r.slide_reliability
     row = {"section": lab.name, "patient": lab.row.patient, **m, "n_genes_absent": len(absent),
-           "in_training": lab.name in set(bundle.meta.get("sections") or []),
+           "in_training": lab.name in set(bundle.card.sections or []),
            "unfamiliar": r.unfamiliar, "unfamiliar_score": r.unfamiliar_score,
            "reliability_unknown": r.unknown_because}
     if rel is not None:

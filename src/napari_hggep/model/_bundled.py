@@ -31,9 +31,14 @@ def load_model(path=None, device: str = "auto", encoder_weights=None):
     return load_checkpoint(path, device, encoder_weights)
 
 
-def bundled_card() -> dict:
-    """The bundled model's card (the JSON beside its weights), or {} when none is bundled."""
+def bundled_card(required: bool = False):
+    """The bundled model's card (the JSON beside its weights, a :class:`~napari_hggep.records.ModelCard`),
+    empty when none is bundled (``required``: FileNotFoundError then)."""
     import json
 
+    from ..records import ModelCard
+
     card = WEIGHTS_DIR / f"{BUNDLED_NAME}.json"
-    return json.loads(card.read_text()) if card.is_file() else {}
+    if not card.is_file() and not required:
+        return ModelCard()
+    return ModelCard.from_dict(json.loads(card.read_text()))

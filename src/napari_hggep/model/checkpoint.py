@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .._atomic import atomic_write_bytes
+from ..records import ModelCard
 from .config import HGGEPConfig
 
 FORMAT = "napari-hggep-checkpoint"
@@ -31,7 +32,7 @@ class ModelBundle:
     config: HGGEPConfig
     genes: list[str]
     target_norm: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
+    card: ModelCard = field(default_factory=ModelCard)
     path: str | None = None
     encoder_weights: object = None  # the verified weights file of a pooled-features encoder (config.pooled_um)
 
@@ -45,31 +46,21 @@ class ModelBundle:
 
     def gene_pcc(self) -> dict[str, float]:
         """Held-out (leave-one-out) PCC per gene, when the card has it."""
-        return dict(self.meta.get("metrics", {}).get("gene_pcc", {}))
+        return self.card.gene_pcc
 
     def heldout_basis(self) -> str | None:
-        """What the held-out PCC rests on, in words: e.g. "5 held-out sections of 2 patients
-        (leave-one-patient-out)"."""
-        m = self.meta.get("metrics", {})
-        pats = (m.get("protocol") or {}).get("patients") or {}
-        if not pats and (m.get("extra") or {}).get("study"):
-            pats = {}
-        if not pats:
-            return None
-        n_p = len(set(pats.values()))
-        return (f"{len(pats)} held-out section{'s' * (len(pats) != 1)} of {n_p} patient{'s' * (n_p != 1)}"
-                + (f" ({self.gene_pcc_protocol()})" if self.gene_pcc_protocol() else ""))
+        """What the held-out PCC rests on, in words (:attr:`ModelCard.heldout_basis`)."""
+        return self.card.heldout_basis
 
     def reliability(self) -> dict | None:
         """The card's calibration of the per-slide reliability and the "unlike the training
         tissue" score (see :mod:`napari_hggep.model.reliability`), or None for an older card."""
-        return self.meta.get("metrics", {}).get("reliability") or None
+        return self.card.calibration
 
     def gene_pcc_protocol(self) -> str | None:
         """How :meth:`gene_pcc` was measured: ``leave-one-patient-out`` (new patients) or
         ``leave-one-section-out``."""
-        m = self.meta.get("metrics", {})
-        return m.get("gene_pcc_protocol") or ("leave-one-section-out" if m.get("gene_pcc") else None)
+        return self.card.gene_pcc_protocol
 
 
 def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
@@ -101,30 +92,24 @@ def save_checkpoint(
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
              for k, v in model.state_dict().items()
              if not (config.image_path and config.encoder_spec.external and k.startswith(EXTERNAL_PREFIX))}
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict(),
-        "genes": list(genes),
-        "patch_um": float(config.patch_um),
-        "target_norm": _jsonable(target_norm or {}),
-        "sections": list(sections or []),
-        "metrics": _jsonable(metrics or {}),
-        "extra": _jsonable(extra or {}),
-    }
-    if config.image_path:  # what the image path runs on, for every model (config.encoder is None for ShuffleNet)
-        meta["encoder"] = config.encoder_spec.to_dict()
+    card = ModelCard(
+        format=FORMAT, format_version=FORMAT_VERSION, config=config.to_dict(), genes=list(genes),
+        patch_um=float(config.patch_um), target_norm=_jsonable(target_norm or {}), sections=list(sections or []),
+        metrics=_jsonable(metrics or {}), extra=_jsonable(extra or {}),
+        # what the image path runs on, for every model (config.encoder is None for ShuffleNet)
+        encoder=config.encoder_spec.to_dict() if config.image_path else None)
+    meta = card.to_dict()
     digest = _digest(meta, state)
     buf = io.BytesIO()
     torch.save({"meta_json": json.dumps(meta), "state_dict": state, "sha256": digest}, buf)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     # the model card beside the weights, readable without torch (config, genes, metrics, sha256)
-    card = {**meta, "weights_file": Path(path).name, "file_sha256": hashlib.sha256(data).hexdigest(),
-            "content_sha256": digest, "n_parameters": int(sum(v.numel() for v in state.values()))}
-    atomic_write_bytes(Path(path).with_suffix(".json"), json.dumps(card, indent=1).encode())
+    card = replace(card, weights_file=Path(path).name, file_sha256=hashlib.sha256(data).hexdigest(),
+                   content_sha256=digest, n_parameters=int(sum(v.numel() for v in state.values())))
+    atomic_write_bytes(Path(path).with_suffix(".json"), json.dumps(card.to_dict(), indent=1).encode())
     # and the file's sha256 in `sha256sum -c` format
-    atomic_write_bytes(Path(str(path) + ".sha256"), f"{card['file_sha256']}  {Path(path).name}\n".encode())
+    atomic_write_bytes(Path(str(path) + ".sha256"), f"{card.file_sha256}  {Path(path).name}\n".encode())
     return digest
 
 
@@ -132,8 +117,8 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read and verify a checkpoint; returns ``(meta, state_dict)``. Never unpickles code."""
+def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint; returns ``(card, state_dict)``. Never unpickles code."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; choose the model's .pt file (the one "
@@ -159,20 +144,23 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = json.loads(raw["meta_json"])
     except (TypeError, ValueError):
         raise CheckpointError(f"{path}: the model card inside is not valid JSON") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer napari-hggep (format {meta['format_version']}); upgrade")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the model card inside is not a JSON object")
+    card = ModelCard.from_dict(meta)
+    if card.format != FORMAT:
+        raise CheckpointError(f"{path}: format {card.format!r} is not {FORMAT!r}")
+    if int(card.format_version or 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer napari-hggep (format {card.format_version}); upgrade")
     state = raw["state_dict"]
-    if _digest(meta, state) != raw["sha256"]:
+    if _digest(meta, state) != raw["sha256"]:  # over the JSON as stored
         raise CheckpointError(f"{path}: sha256 mismatch, the file was modified or damaged; re-download or retrain it")
-    return meta, state
+    return card, state
 
 
-def check_inputs(meta: dict, config: HGGEPConfig, path) -> None:
+def check_inputs(card: ModelCard, config: HGGEPConfig, path) -> None:
     """A checkpoint whose gene list, or whose tissue statistics, do not match what it was made
     for says so, instead of failing later inside the model."""
-    genes = meta.get("genes") or []
+    genes = card.genes or []
     if len(genes) != config.n_genes:
         raise CheckpointError(f"{path}: made for {config.n_genes} genes but lists {len(genes)}; the file is "
                               "inconsistent, retrain it")
@@ -194,9 +182,9 @@ def load_checkpoint(path: str | Path, device: str = "auto", encoder_weights=None
     from ..devices import resolve_device
     from .hggep import HGGEP
 
-    meta, state = read_checkpoint(path)
-    config = HGGEPConfig.from_dict(meta["config"])
-    check_inputs(meta, config, path)
+    card, state = read_checkpoint(path)
+    config = HGGEPConfig.from_dict(card.config)
+    check_inputs(card, config, path)
     external = config.image_path and config.encoder_spec.external
     weights = None
     if config.image_path and config.pretrained_encoder and (external or encoder_weights is not None):
@@ -229,5 +217,4 @@ def load_checkpoint(path: str | Path, device: str = "auto", encoder_weights=None
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the config stored with them: {str(e)[:300]}") from None
     model.to(resolve_device(device)).eval()
-    return ModelBundle(model, config, list(meta["genes"]), meta.get("target_norm", {}), meta, str(path),
-                       pooled_weights)
+    return ModelBundle(model, config, list(card.genes), card.target_norm, card, str(path), pooled_weights)

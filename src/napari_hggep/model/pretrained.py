@@ -38,13 +38,12 @@ def read_backbone(path) -> tuple[dict[str, torch.Tensor], dict]:
         # a whole napari-hggep checkpoint (e.g. the bundled model): its image path, verified
         from .checkpoint import read_checkpoint
 
-        meta, state = read_checkpoint(path)
+        card, state = read_checkpoint(path)
         keep = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(PREFIXES)}
         if not keep:
             raise CheckpointError(f"{path}: this model has no image path (statistics only); it cannot give a backbone")
         # the checkpoint's own image-path provenance (e.g. its SimCLR recipe), then this file
-        return keep, {**(meta.get("extra", {}).get("pretrained_backbone") or {}),
-                      "from_checkpoint": path.name, "sections": meta.get("sections")}
+        return keep, {**(card.pretrained_backbone or {}), "from_checkpoint": path.name, "sections": card.sections}
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: neither a pretrained backbone (made by `napari-hggep pretrain`) nor a "
                               "napari-hggep model checkpoint")

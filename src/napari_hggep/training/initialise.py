@@ -171,7 +171,7 @@ def init_from_checkpoint(model: HGGEP, path) -> dict:
     checkpoint's genes, are not. Returns provenance for the model card."""
     from ..model.checkpoint import CheckpointError, read_checkpoint
 
-    meta, state = read_checkpoint(path)
+    card, state = read_checkpoint(path)
     own = model.state_dict()
     body = [k for k in own if not k.startswith(OUTPUT_PREFIXES)]
     bad = [k for k in body if k in state and state[k].shape != own[k].shape]
@@ -185,6 +185,5 @@ def init_from_checkpoint(model: HGGEP, path) -> dict:
             if k in state:
                 own[k].copy_(state[k].to(own[k].dtype))
                 copied += 1
-    pre = meta.get("extra", {}).get("pretrained_backbone")
-    return {"checkpoint": Path(path).name, "sections": meta.get("sections"), "tensors_copied": copied,
-            "image_path_pretraining": pre}
+    return {"checkpoint": Path(path).name, "sections": card.sections, "tensors_copied": copied,
+            "image_path_pretraining": card.pretrained_backbone}

@@ -151,10 +151,9 @@ class Study:
         if o.from_scratch:
             cfg = preset(o.preset, n_genes=n_genes)
         else:  # the bundled model's sizes and statistics pipeline, with outputs for this panel
-            from ..model._bundled import bundled_checkpoint
+            from ..model._bundled import bundled_card
 
-            card = json.loads(bundled_checkpoint().with_suffix(".json").read_text())
-            cfg = HGGEPConfig.from_dict(card["config"]).replace(n_genes=n_genes, pca_blocks=None)
+            cfg = HGGEPConfig.from_dict(bundled_card(required=True).config).replace(n_genes=n_genes, pca_blocks=None)
         if o.encoder is not None:  # a pretrained encoder: the bundled sizes, its patches and its maps
             cfg = cfg.with_encoder(o.encoder)
         if o.branches == "stats":
@@ -374,7 +373,7 @@ class Study:
 
     def _log_pooled(self, bundle, indent: str) -> None:
         """Whether a training kept the encoder's pooled features, and what they added within its sections."""
-        note = (bundle.meta.get("extra") or {}).get("pooled_features")
+        note = (bundle.card.extra or {}).get("pooled_features")
         if not note or "gain" not in note:
             return
         what = (f"kept (block weight {note['weight']:g})" if note["kept"] else
@@ -400,7 +399,7 @@ class Study:
         try:
             from ..model._bundled import bundled_card
 
-            feats = ((bundled_card().get("metrics") or {}).get("reliability") or {}).get("slide", {}).get("features")
+            feats = (bundled_card().calibration or {}).get("slide", {}).get("features")
             return {"reliability": calibrate(ev, self.sections, patients, features=feats),
                     "protocol": {"patients": patients}}
         except ValueError as e:

@@ -28,6 +28,7 @@ from ..model.config import HGGEPConfig
 from ..model.hggep import HGGEP
 from ..model.losses import hggep_loss
 from ..model.pretrained import load_backbone_into
+from ..records import ModelCard
 from .augment import train_augment
 from .config import TrainConfig
 from .dataset import SectionData
@@ -275,8 +276,9 @@ def train_model(
     if stopped_early:
         provenance["stopped_early"] = f"time budget of {tcfg.max_minutes:g} min reached after {len(history)} epochs"
     extra = {"train": asdict(tcfg), "history": history, **provenance, **(card or {})}
-    meta = {"metrics": metrics or {}, "history": history, "train": asdict(tcfg), "extra": extra}
-    bundle = ModelBundle(final, config, list(genes), target_norm, meta)
+    card = ModelCard(config=config.to_dict(), genes=list(genes), patch_um=float(config.patch_um),
+                     target_norm=target_norm, sections=[s.name for s in sections], metrics=metrics or {}, extra=extra)
+    bundle = ModelBundle(final, config, list(genes), target_norm, card)
     if out and dist.is_main:
         save_checkpoint(out, final, config, genes, target_norm, [s.name for s in sections],
                         {**(metrics or {}), "best_val_pcc": best if has_val else None}, extra=extra, half=True)

@@ -33,10 +33,11 @@ class ExportControls:
                 raise ValueError("Choose an export file ending in .csv, .h5ad, .geojson or .zarr.")
             check_output(path)  # unknown extension, unwritable folder: said before writing anything
             meta = {"features": getattr(layer, "features", None), "metadata": layer.metadata, "name": layer.name}
+            genes = None
             if self.export_selected.value:
                 if not self.gene.value:
                     raise ValueError("No gene is selected: pick one, or untick 'only the selected gene'.")
-                meta["genes"] = [self.gene.value]
+                genes = [self.gene.value]
             if self.worker is not None:
                 raise RuntimeError("Wait for the running job to finish (or cancel it) before exporting.")
         except Exception as e:
@@ -48,5 +49,5 @@ class ExportControls:
             self.state.status = f"Exported {name} to {path}"
 
         # written in a worker thread (an .h5ad or .zarr of a large slide takes seconds), atomically
-        self._start_job(write_points, path, data, meta, status=f"Exporting {name} to {path}…", returned=done,
+        self._start_job(write_points, path, data, meta, genes, status=f"Exporting {name} to {path}…", returned=done,
                         errored=self._fail)

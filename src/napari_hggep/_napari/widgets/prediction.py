@@ -3,6 +3,8 @@ size), checked on the main thread; the prediction job in a worker thread, with p
 and out-of-memory notices; the result added as a points layer."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
 
@@ -305,7 +307,10 @@ def _update_in_place(layer, data, kwargs):
         return layer
     layer.face_color = "#808080"  # no gene mapped until the dock colours it
     layer.data = data
-    layer.features = kwargs["features"]
+    with warnings.catch_warnings():  # the old gene's column leaves with the old features: napari says that
+        # its colouring is dropped, which is the point (grey until the dock colours the new prediction)
+        warnings.filterwarnings("ignore", message="property used for face_color dropped", category=RuntimeWarning)
+        layer.features = kwargs["features"]
     layer.size = kwargs["size"]
     layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
     layer.visible = True
