@@ -160,3 +160,47 @@ def test_the_estimated_cost_counts_the_encoder_over_each_crop():
     b = estimate_cost(3000, 785, 0.5, pooled, free_bytes=1 << 40)
     assert b.seconds - a.seconds == pytest.approx(3000 * 2 / ENCODER_PATCHES_PER_S["imagenet"])
     assert b.memory_bytes > a.memory_bytes
+
+
+def test_sections_read_back_from_their_cache_files_are_the_sections(tiny_data, tmp_path, monkeypatch):
+    """Training and study caches (``--cache DIR``) give back every array, the pooled features
+    included; a study's older files, which did not store the name, still read."""
+    from napari_hggep.io.readers.samples import rows_from_data_dir
+    from napari_hggep.model.config import preset
+    from napari_hggep.training.config import TrainConfig
+    from napari_hggep.training.dataset import load_sections, read_genes, read_section_file, write_section_file
+    from napari_hggep.training.feature_cache import ENV
+    from napari_hggep.training.study import Study, StudyOptions
+
+    monkeypatch.setenv(ENV, str(tmp_path / "maps"))
+    genes = read_genes(tiny_data / "genes.txt")
+    cfg = preset("compact", n_genes=len(genes))
+    first = load_sections(tiny_data, ["S1"], genes, cfg, tmp_path / "c", stats_res_copies=1)
+    again = load_sections(tiny_data, ["S1"], genes, cfg, tmp_path / "c", stats_res_copies=1)
+    assert len(list((tmp_path / "c").iterdir())) == 1
+
+    def same(a, b):
+        assert a.name == b.name and len(a.stats_aug) == len(b.stats_aug) == 1
+        for k in ("patches", "coords_um", "target", "counts", "spot_ids", "stats"):
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+        np.testing.assert_array_equal(a.stats_aug[0], b.stats_aug[0])
+
+    same(first[0], again[0])
+    from napari_hggep.model.encoders import make_spec
+
+    opts = StudyOptions(hvg=3, branches="stats", encoder=make_spec("imagenet")[0], cache=str(tmp_path / "s"),
+                        stats_res_copies=1, train=TrainConfig(epochs=1, device="cpu"))
+    rows = rows_from_data_dir(tiny_data, ["S1", "S2"])
+    a, b = Study(rows, opts, log=lambda m: None), Study(rows, opts, log=lambda m: None)
+    a.load()
+    b.load()  # from the files
+    for x, y in zip(a.sections, b.sections):
+        same(x, y)
+        assert x.pooled is not None and x.pooled.shape == (x.n_spots, a.config.pooled_features)
+        np.testing.assert_array_equal(x.pooled, y.pooled)
+    # a file as a study wrote it before the name was stored
+    old = tmp_path / "old.npz"
+    write_section_file(old, a.sections[0])
+    with np.load(old) as z:
+        np.savez(old, **{k: z[k] for k in z.files if k != "name"})
+    assert read_section_file(old, 1).name == "old"

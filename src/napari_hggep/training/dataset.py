@@ -76,10 +76,7 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
     key = hashlib.sha1(spec.encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"{folder.name}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
-        z = np.load(cache, allow_pickle=False)
-        aug = tuple(z[f"stats_aug{i}"] for i in range(stats_res_copies)) if with_stats else ()
-        return SectionData(z["name"].item(), z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
-                           z["stats"] if with_stats else None, aug, z["pooled"] if "pooled" in z else None)
+        return read_section_file(cache, stats_res_copies)
     slide = read_visium(folder, genes=genes) if is_visium_folder(folder) else read_her2st(folder, genes=genes)
     if slide.counts is None:
         raise SlideError(f"{folder}: training needs counts (counts.tsv.gz or filtered_feature_bc_matrix.h5)")
@@ -90,15 +87,28 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
         name = slide.name
     sec = build_section(slide, slide.counts, name, config, stats_res_copies)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"stats": sec.stats, **{f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)}} if with_stats else {}
-        if sec.pooled is not None:
-            extra["pooled"] = sec.pooled
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, name=np.array(name), patches=sec.patches, coords_um=sec.coords_um, target=sec.target,
-                         counts=sec.counts, spot_ids=sec.spot_ids, **extra)
+        write_section_file(cache, sec)
     return sec
+
+
+def write_section_file(path: Path, sec: SectionData) -> None:
+    """A section's arrays in one ``.npz`` (atomically): what :func:`read_section_file` reads back."""
+    arrays = {f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)}
+    arrays.update({k: v for k, v in (("stats", sec.stats), ("pooled", sec.pooled)) if v is not None})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, name=np.array(sec.name), patches=sec.patches, coords_um=sec.coords_um, target=sec.target,
+                 counts=sec.counts, spot_ids=sec.spot_ids, **arrays)
+
+
+def read_section_file(path: Path, stats_res_copies: int = 0) -> SectionData:
+    with np.load(path, allow_pickle=False) as z:
+        have = set(z.files)
+        name = z["name"].item() if "name" in have else path.stem  # a study's files name it by its table
+        return SectionData(name, z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
+                           z["stats"] if "stats" in have else None,
+                           tuple(z[f"stats_aug{i}"] for i in range(stats_res_copies) if f"stats_aug{i}" in have),
+                           z["pooled"] if "pooled" in have else None)
 
 
 def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies: int = 0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,7 @@ from ..io.readers.samples import LabelledSection, SampleRow, read_labelled_secti
 from ..data.slide import SlideError
 from ..devices import resolve_device
 from ..model.pooled import pooled_key, with_pooled
-from .dataset import SectionData, build_section, read_genes
+from .dataset import SectionData, build_section, read_genes, read_section_file, write_section_file
 from ..model.reliability import prediction_spread
 from .metrics import gene_pcc, mean_over_sections
 from .panel import DEFAULT_HVG, Panel, panel_counts, panel_from_list, select_hvg
@@ -173,24 +173,12 @@ class Study:
                               + ([pooled_key(cfg)] if cfg.pooled_um else []))
             cache = Path(o.cache) / f"study-{lab.name}-{hashlib.sha1(spec.encode()).hexdigest()[:12]}.npz"
             if cache.is_file():
-                z = np.load(cache, allow_pickle=False)
-                return SectionData(lab.name, z["patches"], z["coords_um"], z["target"], z["counts"], z["spot_ids"],
-                                   z["stats"] if "stats" in z else None,
-                                   tuple(z[f"stats_aug{i}"] for i in range(o.stats_res_copies) if f"stats_aug{i}" in z),
-                                   z["pooled"] if "pooled" in z else None)
+                sec = read_section_file(cache, o.stats_res_copies)
+                return replace(sec, name=lab.name)
         sec = build_section(lab.slide, panel_counts(lab, self.panel.genes), lab.name, cfg, o.stats_res_copies,
                             encoder_weights=o.encoder_weights, feature_cache=o.cache)
         if cache is not None:
-            from .._atomic import atomic_path
-
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            extra = {} if sec.stats is None else {"stats": sec.stats}
-            extra.update({f"stats_aug{i}": a for i, a in enumerate(sec.stats_aug)})
-            if sec.pooled is not None:
-                extra["pooled"] = sec.pooled
-            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                np.savez(f, patches=sec.patches, coords_um=sec.coords_um, target=sec.target, counts=sec.counts,
-                         spot_ids=sec.spot_ids, **extra)
+            write_section_file(cache, sec)
         return sec
 
     # ------------------------------------------------------------ folds
@@ -211,16 +199,12 @@ class Study:
         o = self.opts
         init = None
         if self.config.pretrained_encoder:  # its own weights; the heads are trained on its (cached) maps
-            from dataclasses import replace
-
             return replace(o.train, init_from=None, max_minutes=minutes, freeze_encoder=False,
                            encoder_weights=o.encoder_weights, feature_cache=o.cache)
         if not o.from_scratch and self.config.image_path:
             from ..model._bundled import bundled_checkpoint
 
             init = str(bundled_checkpoint())
-        from dataclasses import replace
-
         return replace(o.train, init_from=init, max_minutes=minutes,
                        freeze_encoder=bool(self.config.image_path and not o.finetune and not o.from_scratch))
 
@@ -317,7 +301,6 @@ class Study:
                 self.log(f"image path kept: it added {gain:+.3f} mean PCC over the statistics branch in the held-out "
                          "folds")
             else:
-                from dataclasses import replace
 
                 self.log(f"image path left out of the final model: it added {gain:+.3f} mean PCC over the statistics "
                          f"branch in the held-out folds (< {IMAGE_PATH_MIN_GAIN}); the model is the statistics branch "
@@ -332,7 +315,6 @@ class Study:
             metrics.update(self._reliability(protocol, done, spreads, genes))
         tcfg = self.train_config(share(1))
         if not config.image_path:
-            from dataclasses import replace
 
             tcfg = replace(tcfg, init_from=None, freeze_encoder=False)
         lo = frac0 + 0.85 * len(folds) / n_train
