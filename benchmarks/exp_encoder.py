@@ -28,8 +28,10 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"
 # variant -> (--branches, --pooled-um): "stats" the tissue statistics alone; "pooled" the statistics
 # branch's ridge on the tissue statistics and the encoder's pooled features (110 and 330 um crops);
-# "image" the multi-stage image path on the encoder alone; "both" the image path beside "pooled"
-VARIANTS = {"stats": ("stats", ()), "pooled": ("stats", None), "image": ("image", ()), "both": ("both", None)}
+# "image" all from the encoder (`--branches image`: the multi-stage image path and the ridge on its
+# pooled features); "image-path" the multi-stage image path alone; "both" the image path beside "pooled"
+VARIANTS = {"stats": ("stats", ()), "pooled": ("stats", None), "image": ("image", None), "image-path": ("image", ()),
+            "both": ("both", None)}
 
 
 def subset(sec, n: int, seed: int = 0):

@@ -57,6 +57,37 @@ def test_pooled_features_train_predict_and_their_weights_are_checked(tiny_data, 
     np.testing.assert_array_equal(cached, fresh)
 
 
+def test_the_image_branch_reads_the_encoders_pooled_features_alone(tiny_data, tmp_path, monkeypatch):
+    """``--branches image`` with a pretrained encoder: everything from the encoder, the multi-stage
+    image path and the ridge on its pooled features; no tissue statistics are computed, in training
+    or in prediction."""
+    from napari_hggep import load_model, predict_slide
+    from napari_hggep.data import features
+    from napari_hggep.io.readers import read_her2st
+    from napari_hggep.training.feature_cache import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path / "cache"))
+    w = _vit(tmp_path / "vit.pth", 0)
+    ck = tmp_path / "m.pt"
+    calls = []
+    real = features.tissue_features
+    from napari_hggep.training import dataset
+
+    counted = lambda *a, **k: (calls.append(1), real(*a, **k))[1]  # noqa: E731
+    monkeypatch.setattr(features, "tissue_features", counted)  # prediction's
+    monkeypatch.setattr(dataset, "tissue_features", counted)  # training's
+    assert main(["train", "--data", str(tiny_data), "--encoder", f"timm:{ARCH}", "--encoder-weights", str(w),
+                 "--encoder-arg", "img_size=112", "--branches", "image", "--epochs", "1", "--no-heldout",
+                 "--device", "cpu", "--out", str(ck)]) == 0
+    cfg = json.loads(ck.with_suffix(".json").read_text())["config"]
+    assert cfg["image_path"] is True and cfg["stats_features"] == cfg["pooled_features"] == 2 * 3 * 192
+    b = load_model(ck, device="cpu")
+    assert b.config.tissue_features == 0
+    pred = predict_slide(b, read_her2st(tiny_data / "S2", with_counts=False))
+    assert np.isfinite(pred.values).all() and pred.values.std(0).max() > 0
+    assert calls == []  # neither training nor prediction computed tissue statistics
+
+
 def _sections(n_sections=3, n=120, informative_pooled=False, seed=0):
     from napari_hggep.training.dataset import SectionData
 

@@ -39,7 +39,7 @@ def _model_config(a, genes):
         raise ValueError(f"preset {a.preset!r} has no statistics branch")
     from ..model.pooled import with_pooled
 
-    return with_pooled(cfg, pooled_crops(a))
+    return with_pooled(cfg, pooled_crops(a), alone=a.branches == "image")
 
 
 def pooled_crops(a):

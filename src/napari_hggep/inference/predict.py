@@ -64,11 +64,11 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
     model = bundle.model.eval()
     guard = MemoryGuard(model, batch_size, notify)
     n = slide.n_spots
-    units = plan_units(n, bool(cfg.image_path), bool(cfg.stats_features), len(cfg.pooled_um))
+    units = plan_units(n, bool(cfg.image_path), bool(cfg.tissue_features), len(cfg.pooled_um))
     total = sum(units.values())
     yield Step(0, total, "reading patches and running the image model" if cfg.image_path else "tissue statistics")
     stats_job = pool = None
-    if cfg.stats_features:  # tissue statistics around every spot, in a thread beside the image path
+    if cfg.tissue_features:  # tissue statistics around every spot, in a thread beside the image path
         from concurrent.futures import ThreadPoolExecutor
 
         from ..data.features import tissue_features
@@ -115,16 +115,18 @@ def predict_steps(bundle, slide: Slide, batch_size: int = 256,
                                    f"{units['pooled']:,} crops")
                 except StopIteration as end:
                     pooled = end.value
-            if stats_job is not None:
+            if stats_job is not None or pooled is not None:
                 from ..data.features import standardise_features
 
-                if cfg.image_path or cfg.pooled_um:
-                    yield Step(units["patches"] + units["pooled"], total, "tissue statistics around the spots")
-                raw_stats = stats_job.result()  # the tissue statistics (also what the reliability reads)
-                stats_z = standardise_features(raw_stats)
+                parts = []
+                if stats_job is not None:
+                    if cfg.image_path or cfg.pooled_um:
+                        yield Step(units["patches"] + units["pooled"], total, "tissue statistics around the spots")
+                    raw_stats = stats_job.result()  # the tissue statistics (also what the reliability reads)
+                    parts.append(standardise_features(raw_stats))
                 if pooled is not None:
-                    stats_z = np.concatenate([stats_z, standardise_features(pooled)], axis=1)
-                stats_z = torch.from_numpy(stats_z)
+                    parts.append(standardise_features(pooled))
+                stats_z = torch.from_numpy(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0])
             yield Step(units["patches"] + units["pooled"] + units["statistics"], total,
                        f"slide-wide attention and hypergraph over {n:,} spots")
             coords = torch.from_numpy(slide.coords_um.astype(np.float32))

@@ -164,7 +164,7 @@ def check_inputs(card: ModelCard, config: HGGEPConfig, path) -> None:
     if len(genes) != config.n_genes:
         raise CheckpointError(f"{path}: made for {config.n_genes} genes but lists {len(genes)}; the file is "
                               "inconsistent, retrain it")
-    if config.stats_features:
+    if config.tissue_features:
         from ..data.features import feature_names
 
         have = len(feature_names(config.context_um))

@@ -24,14 +24,18 @@ from .encoders import build_encoder, verify_weights
 DEFAULT_POOLED_UM = (110.0, 330.0)  # the crops of the measurement behind it (issue 35; docs/encoders.md)
 
 
-def with_pooled(config: HGGEPConfig, crops_um=None) -> HGGEPConfig:
+def with_pooled(config: HGGEPConfig, crops_um=None, alone: bool = False) -> HGGEPConfig:
     """``config`` with its pretrained encoder's pooled features at ``crops_um`` (um; None: the
     default crops) as more columns of its statistics branch; unchanged without a pretrained
-    encoder or a statistics branch, or with ``crops_um`` empty."""
+    encoder or a statistics branch, or with ``crops_um`` empty. ``alone``: the branch reads the
+    pooled features only, no tissue statistics (``--branches image``: all from the encoder)."""
     crops = DEFAULT_POOLED_UM if crops_um is None else tuple(float(u) for u in crops_um)
     if crops and not config.pretrained_encoder and crops_um is not None:
         raise ValueError("pooled encoder features (--pooled-um) need a pretrained encoder: --encoder imagenet or "
                          "timm:ARCH")
+    if alone and crops and config.pretrained_encoder:
+        width = pooled_width(config, crops)
+        return config.replace(pooled_um=crops, pooled_features=width, stats_features=width)
     if not (crops and config.stats_features and config.pretrained_encoder):
         return config.replace(pooled_um=(), pooled_features=0, stats_features=config.tissue_features)
     width = pooled_width(config, crops)

@@ -40,16 +40,19 @@ class SectionData:
         """What the statistics branch of a model with ``n_features`` columns reads: the tissue
         statistics (``aug``: the resampled copy ``aug`` instead), z-scored within the slide, then the
         encoder's pooled features z-scored too when the model has more columns than tissue statistics."""
-        if self.stats is None or not n_features:
+        if not n_features:
             return None
-        z = standardise_features(self.stats if aug is None else self.stats_aug[aug])
-        if n_features == z.shape[1]:
-            return z
-        if self.pooled is None or z.shape[1] + self.pooled.shape[1] != n_features:
+        tissue = 0 if self.stats is None else self.stats.shape[1]
+        pooled = 0 if self.pooled is None else self.pooled.shape[1]
+        parts = []
+        if tissue and n_features in (tissue, tissue + pooled):
+            parts.append(standardise_features(self.stats if aug is None else self.stats_aug[aug]))
+        if pooled and n_features in (pooled, tissue + pooled):
+            parts.append(standardise_features(self.pooled))
+        if sum(p.shape[1] for p in parts) != n_features:
             raise ValueError(f"section {self.name}: the model reads {n_features} statistics, the section has "
-                             f"{z.shape[1]} tissue statistics and "
-                             f"{0 if self.pooled is None else self.pooled.shape[1]} pooled encoder features")
-        return np.concatenate([z, standardise_features(self.pooled)], axis=1)
+                             f"{tissue} tissue statistics and {pooled} pooled encoder features")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def read_genes(path) -> list[str]:
@@ -67,7 +70,7 @@ def load_section(folder, genes: list[str], config, cache_dir=None, resample_um: 
     ``resample_um``: the whole section as if scanned at that resolution (for evaluation).
     Cached in ``cache_dir`` when given."""
     folder = Path(folder)
-    with_stats = bool(config.stats_features)
+    with_stats = bool(config.tissue_features)
     ctx = tuple(config.context_um)
     spec = (f"{folder.resolve()}|{config.patch_um}|{config.patch_px}|{len(genes)}|{genes[:5]}|{resample_um}|"
             + (f"size{size_genes(config)}|" if size_genes(config) else "") +
@@ -121,7 +124,7 @@ def build_section(slide, counts: np.ndarray, name: str, config, stats_res_copies
     check_tissue(slide, name)
     patches = extract_patches(slide, config.patch_um, config.patch_px)
     stats, aug = None, ()
-    if config.stats_features:
+    if config.tissue_features:
         ctx = tuple(config.context_um)
         stats = tissue_features(slide, ctx, config.stats_um_per_px, progress=progress)
         rng = np.random.default_rng(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))

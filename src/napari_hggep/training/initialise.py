@@ -131,9 +131,11 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
     (None without them): weight, the inner held-out PCC with and without them."""
     from .baseline import choose_alpha, ridge_solve
 
-    if any(s.stats is None for s in sections):
-        raise ValueError("the statistics branch needs the sections' tissue statistics")
     cfg = model.config
+    if cfg.tissue_features and any(s.stats is None for s in sections):
+        raise ValueError("the statistics branch needs the sections' tissue statistics")
+    if cfg.pooled_um and any(s.pooled is None for s in sections):
+        raise ValueError("the statistics branch needs the sections' pooled encoder features")
     basis = model.pca_basis.cpu().numpy() if cfg.pca_k is not None else None
     xs, ys, zs = [], [], []
     for sec, z, m in zip(sections, z_targets, masks):
@@ -148,7 +150,9 @@ def init_stats_branch(model: HGGEP, sections, z_targets, masks, alpha: float | N
         return float(np.nanmean(gene_pcc(p @ basis if basis is not None else p, zs[i])))
 
     scale, note = np.ones(cfg.stats_features), None
-    if cfg.pooled_um:
+    if cfg.pooled_um and not cfg.tissue_features:  # the branch's only columns: nothing to weigh them against
+        note = {"weight": 1.0, "kept": True, "chosen": "the statistics branch reads the pooled features alone"}
+    elif cfg.pooled_um:
         weight, pooled_alpha, note = choose_pooled_weight(cfg, sections, xs, ys, zs, basis, alpha, pooled_weight)
         scale[cfg.tissue_features:] = weight * _pooled_base(cfg)
         if weight > 0:

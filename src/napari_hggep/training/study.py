@@ -160,7 +160,7 @@ class Study:
             cfg = cfg.replace(image_path=False)
         elif o.branches == "image":
             cfg = cfg.replace(stats_features=0)
-        return with_pooled(cfg, o.pooled_um)
+        return with_pooled(cfg, o.pooled_um, alone=o.branches == "image")
 
     def _section(self, lab: LabelledSection) -> SectionData:
         o, cfg = self.opts, self.config
